@@ -1,0 +1,53 @@
+//! The launcher library: every subcommand is a module with its own clap
+//! `Args` struct and a `run` function; `main.rs` only dispatches.
+
+pub mod proxy;
+pub mod stress;
+pub mod up;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "launcher", version, about = "Run, supervise, fault-inject and stress a chat server cluster")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start every node of a cluster file and supervise them.
+    Up(up::UpArgs),
+    /// Validate a cluster file and print the resolved plan.
+    Check(up::CheckArgs),
+    /// Show the nodes of a running `launcher up`.
+    Status(up::StatusArgs),
+    /// Stop a running `launcher up` from another terminal.
+    Down(up::DownArgs),
+    /// Fault-injecting proxy on the servers' forwarding addresses.
+    Proxy(proxy::ProxyArgs),
+    /// Drive clients against a cluster and verify the ordering guarantees.
+    Stress(stress::StressArgs),
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LAUNCHER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up(a) => up::run_up(a),
+        Command::Check(a) => up::run_check(a),
+        Command::Status(a) => up::run_status(a),
+        Command::Down(a) => up::run_down(a),
+        Command::Proxy(a) => proxy::run(a),
+        Command::Stress(a) => stress::run(a),
+    }
+}

@@ -1,0 +1,306 @@
+//! The one cluster model, [`ClusterConfig`], parsed from the spec's legacy
+//! line format or from TOML. Used by `chatserver` and by the launcher.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default number of chat rooms (rooms are numbered 1..=rooms).
+pub const DEFAULT_ROOMS: u32 = 10;
+
+/// One server of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEntry {
+    /// `s1`, `s2`, ... unless the TOML names it.
+    pub name: String,
+    /// Where other servers send to (a proxy may sit here).
+    pub forward: SocketAddr,
+    /// Where this server listens, for clients and peers.
+    pub bind: SocketAddr,
+    /// 1-based line in the source file the entry came from.
+    pub line: usize,
+}
+
+/// Which syntax a file was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    Legacy,
+    Toml,
+}
+
+/// Restart policy of a supervised node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    Never,
+    #[default]
+    OnFailure,
+    Always,
+}
+
+/// How the launcher supervises nodes (TOML `[supervise]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuperviseConfig {
+    pub restart: RestartPolicy,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Give up after this many restarts within `restart_window_s`.
+    pub max_restarts: u32,
+    pub restart_window_s: u64,
+    pub stop_timeout_ms: u64,
+}
+
+impl Default for SuperviseConfig {
+    fn default() -> Self {
+        Self {
+            restart: RestartPolicy::OnFailure,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 5_000,
+            max_restarts: 5,
+            restart_window_s: 60,
+            stop_timeout_ms: 3_000,
+        }
+    }
+}
+
+/// Faults the launcher's proxy injects between servers (TOML `[faults]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultConfig {
+    pub delay_min_ms: f64,
+    pub delay_max_ms: f64,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub seed: u64,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        Self {
+            delay_min_ms: 0.0,
+            delay_max_ms: 0.0,
+            loss: 0.0,
+            duplicate: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+/// Where the cluster secret comes from (TOML `secret`, `secret_file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSetting {
+    /// `launcher up` generates one per cluster (the default for TOML).
+    Generate,
+    /// Explicitly off: servers are unauthenticated, as in the spec.
+    Off,
+    Inline(String),
+    File(PathBuf),
+}
+
+/// A whole cluster: the servers and everything the launcher needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub source: PathBuf,
+    pub format: ConfigFormat,
+    pub name: String,
+    /// Ordering mode from the file (TOML); `None` for legacy files.
+    pub ordering: Option<String>,
+    pub rooms: u32,
+    pub servers: Vec<ServerEntry>,
+    pub supervise: SuperviseConfig,
+    pub faults: Option<FaultConfig>,
+    pub secret: SecretSetting,
+    /// The `chatserver` binary the launcher runs (default: next to it).
+    pub chatserver: Option<PathBuf>,
+    /// Where the launcher keeps logs, pid files and the secret.
+    pub state_dir: Option<PathBuf>,
+    /// Extra arguments the launcher passes to every node.
+    pub node_args: Vec<String>,
+}
+
+/// A configuration error, naming the file, the line and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The entry of the 1-based server `index` given on the command line.
+    pub fn server(&self, index: usize) -> Result<&ServerEntry, ConfigError> {
+        if index == 0 || index > self.servers.len() {
+            return Err(ConfigError::new(
+                &self.source,
+                None,
+                format!(
+                    "server index {index} is out of range (the file lists {} server{}, numbered from 1)",
+                    self.servers.len(),
+                    if self.servers.len() == 1 { "" } else { "s" }
+                ),
+            ));
+        }
+        Ok(&self.servers[index - 1])
+    }
+}
+
+/// Reads and parses a config file, legacy or TOML (by the `.toml` extension,
+/// or by content when the extension says nothing).
+pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, None, format!("cannot read: {e}")))?;
+    parse(path, &text)
+}
+
+/// Parses text as [`load`] does.
+pub fn parse(path: &Path, text: &str) -> Result<ClusterConfig, ConfigError> {
+    if looks_like_toml(path, text) {
+        parse_toml(path, text)
+    } else {
+        parse_legacy(path, text)
+    }
+}
+
+fn looks_like_toml(path: &Path, text: &str) -> bool {
+    if path.extension().is_some_and(|e| e == "toml") {
+        return true;
+    }
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .is_some_and(|l| l.starts_with('[') || l.contains('='))
+}
+
+/// The spec's format: one server per line, `ADDR` or `FWD,BIND`.
+pub fn parse_legacy(path: &Path, text: &str) -> Result<ClusterConfig, ConfigError> {
+    let mut servers: Vec<ServerEntry> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parts: Vec<&str> = line.split(',').map(str::trim).collect();
+        let (forward, bind) = match parts.as_slice() {
+            [one] => {
+                let a = resolve(path, line_no, one)?;
+                (a, a)
+            }
+            [f, b] => (resolve(path, line_no, f)?, resolve(path, line_no, b)?),
+            _ => {
+                return Err(ConfigError::new(
+                    path,
+                    Some(line_no),
+                    format!("expected IP:PORT or FWD_IP:PORT,BIND_IP:PORT, found '{line}'"),
+                ));
+            }
+        };
+        servers.push(ServerEntry {
+            name: format!("s{}", servers.len() + 1),
+            forward,
+            bind,
+            line: line_no,
+        });
+    }
+    let cfg = ClusterConfig {
+        source: path.to_path_buf(),
+        format: ConfigFormat::Legacy,
+        name: default_name(path),
+        ordering: None,
+        rooms: DEFAULT_ROOMS,
+        servers,
+        supervise: SuperviseConfig::default(),
+        faults: None,
+        secret: SecretSetting::Off,
+        chatserver: None,
+        state_dir: None,
+        node_args: Vec::new(),
+    };
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+fn default_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cluster".to_string())
+}
+
+/// Resolves `host:port` (hostnames allowed; IPv4 preferred).
+pub fn resolve(path: &Path, line: usize, text: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(ConfigError::new(path, Some(line), format!("port 0 is not allowed in '{text}'")));
+        }
+        return Ok(a);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(ConfigError::new(
+            path,
+            Some(line),
+            format!("'{text}' is not an address: expected IP:PORT or HOST:PORT"),
+        ));
+    };
+    let port: u16 = port.parse().map_err(|_| {
+        ConfigError::new(path, Some(line), format!("bad port '{port}' in '{text}' (expected 1-65535)"))
+    })?;
+    if port == 0 {
+        return Err(ConfigError::new(path, Some(line), format!("port 0 is not allowed in '{text}'")));
+    }
+    if host.is_empty() {
+        return Err(ConfigError::new(path, Some(line), format!("missing host in '{text}'")));
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::new(path, Some(line), format!("cannot resolve '{host}': {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| ConfigError::new(path, Some(line), format!("'{host}' resolves to no address")))
+}
+
+/// Checks what both formats share: at least one server, no address used twice.
+pub fn validate(cfg: &ClusterConfig) -> Result<(), ConfigError> {
+    if cfg.servers.is_empty() {
+        return Err(ConfigError::new(&cfg.source, None, "no servers listed (the file is empty)"));
+    }
+    if cfg.rooms == 0 {
+        return Err(ConfigError::new(&cfg.source, None, "rooms must be at least 1"));
+    }
+    let mut seen: Vec<(SocketAddr, usize, &str)> = Vec::new();
+    for s in &cfg.servers {
+        let mut mine = vec![(s.bind, "bind")];
+        if s.forward != s.bind {
+            mine.push((s.forward, "forwarding"));
+        }
+        for (addr, what) in mine {
+            if let Some((_, line, other)) = seen.iter().find(|(a, _, _)| *a == addr) {
+                return Err(ConfigError::new(
+                    &cfg.source,
+                    Some(s.line),
+                    format!("duplicate address {addr}: {what} address of {} is already the {other} address on line {line}", s.name),
+                ));
+            }
+            seen.push((addr, s.line, what));
+        }
+    }
+    Ok(())
+}
+
+/// TOML: `[cluster]` plus `[[node]]` entries (or a `nodes` shorthand).
+/// Filled in by the launcher issue; see `parse_toml_impl`.
+pub fn parse_toml(path: &Path, text: &str) -> Result<ClusterConfig, ConfigError> {
+    crate::config_toml::parse_toml_impl(path, text)
+}

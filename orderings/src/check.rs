@@ -1,0 +1,1 @@
+//! Delivery-log checker (filled in below).

@@ -1,0 +1,185 @@
+//! Ordering strategies for the replicated chat server, sans-IO.
+//!
+//! A strategy ([`Ordering`]) is a state machine: it is fed `(now, event)` and
+//! writes what should happen (packets for peers, deliveries to local room
+//! members) into an [`Outbox`]. It never touches sockets, clocks, threads or
+//! global randomness, so the same code runs in the tokio server, in the
+//! deterministic simulator ([`sim`]) and in property tests.
+//!
+//! Strategies talk to each other through [`replica::Replica`], which wraps
+//! them with one reliable, FIFO, batching link per peer ([`link`]): a strategy
+//! can rely on every payload it sends reaching each live peer exactly once and
+//! in order, so it only has to solve ordering, not loss.
+//!
+//! Strategies register themselves with [`inventory`] through
+//! [`StrategySpec`]; see [`registry`].
+
+pub mod check;
+pub mod link;
+pub mod registry;
+pub mod replica;
+pub mod rng;
+pub mod sim;
+pub mod strategies;
+pub mod wire;
+
+use bytes::Bytes;
+use std::fmt;
+
+pub use registry::{Guarantees, StrategySpec, UnknownStrategy, lookup, strategies as registered};
+pub use wire::WireError;
+
+/// Virtual or real time in microseconds since an arbitrary origin (the
+/// node's start, or the simulation's start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Time(pub u64);
+
+impl Time {
+    pub const ZERO: Time = Time(0);
+    pub fn from_micros(us: u64) -> Self {
+        Time(us)
+    }
+    pub fn from_millis(ms: u64) -> Self {
+        Time(ms * 1000)
+    }
+    pub fn as_micros(self) -> u64 {
+        self.0
+    }
+    pub fn plus_micros(self, us: u64) -> Self {
+        Time(self.0.saturating_add(us))
+    }
+    pub fn saturating_since(self, earlier: Time) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// A server of the cluster, zero-based (server 1 of the config file is
+/// `ServerId(0)`). Displayed one-based, as the spec numbers servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ServerId(pub u16);
+
+impl ServerId {
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+    /// The spec's one-based server number.
+    pub fn number(self) -> usize {
+        self.index() + 1
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S{:02}", self.number())
+    }
+}
+
+/// A chat room number (1..=rooms).
+pub type RoomId = u32;
+
+/// Identity of a chat message: the server its client posted it to, and that
+/// server's counter. Never the text: the same text may be sent twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MsgId {
+    pub origin: ServerId,
+    pub counter: u64,
+}
+
+impl fmt::Display for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.origin, self.counter)
+    }
+}
+
+/// A chat message posted by a local client, as handed to the strategy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    pub id: MsgId,
+    pub room: RoomId,
+    /// The exact line every member receives: `<nick> text`.
+    pub line: Bytes,
+}
+
+/// A message the strategy has decided to hand to the local members of
+/// `room`, in this order.
+pub type Delivery = Post;
+
+/// Where a strategy packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    Peer(ServerId),
+    AllPeers,
+}
+
+/// What a strategy wants done, written by its handlers.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub sends: Vec<(Dest, Bytes)>,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Outbox {
+    pub fn send(&mut self, dest: Dest, payload: Bytes) {
+        self.sends.push((dest, payload));
+    }
+    pub fn deliver(&mut self, d: Delivery) {
+        self.deliveries.push(d);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty() && self.deliveries.is_empty()
+    }
+}
+
+/// What a strategy knows about the cluster when it is built.
+#[derive(Debug, Clone)]
+pub struct StrategyContext {
+    pub me: ServerId,
+    pub servers: usize,
+}
+
+/// Counters a strategy reports (for `-v`, the stress tool and tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StrategyStats {
+    /// Messages received but not yet delivered locally.
+    pub held_back: usize,
+    /// Messages this server originated whose ordering is not yet settled.
+    pub in_flight: usize,
+}
+
+/// An ordering strategy: a sans-IO state machine.
+///
+/// The replica guarantees that payloads from a live peer arrive exactly once
+/// and in the order that peer sent them (per peer FIFO), and that a strategy
+/// sees its own posts through [`Ordering::handle_post`] only.
+pub trait Ordering: Send {
+    /// A local client posted a message.
+    fn handle_post(&mut self, now: Time, post: Post, out: &mut Outbox);
+
+    /// A payload from peer `from`. A payload that does not decode is an error
+    /// (counted and dropped by the caller), never a panic.
+    fn handle_peer(
+        &mut self,
+        now: Time,
+        from: ServerId,
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError>;
+
+    /// Peer `peer` restarted as a new incarnation: everything it knew is
+    /// gone, and the link to it starts afresh.
+    fn handle_peer_restart(&mut self, now: Time, peer: ServerId, out: &mut Outbox) {
+        let _ = (now, peer, out);
+    }
+
+    /// A timer this strategy asked for (via [`Ordering::poll_timeout`]) fired.
+    fn handle_timeout(&mut self, now: Time, out: &mut Outbox) {
+        let _ = (now, out);
+    }
+
+    /// When the strategy next wants [`Ordering::handle_timeout`] called.
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+
+    fn stats(&self) -> StrategyStats;
+}

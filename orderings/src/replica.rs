@@ -1,0 +1,250 @@
+//! A replica: one ordering strategy plus a reliable link to every peer,
+//! driven sans-IO in the style of quinn-proto: `handle_*` feeds it input,
+//! `poll_*` drains what it wants done.
+
+use crate::link::{self, Datagram, LinkConfig, LinkStats, PeerLink};
+use crate::{
+    Delivery, Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyStats, Time, WireError,
+};
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// How a replica is set up.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub me: ServerId,
+    pub servers: usize,
+    /// Grows with every start of this server (see [`crate::link`]).
+    pub incarnation: u64,
+    pub link: LinkConfig,
+    /// Cluster secret: every datagram is authenticated with it when set.
+    pub key: Option<[u8; 32]>,
+    /// Posts are refused while any peer link holds more frames than this.
+    pub max_backlog: usize,
+}
+
+impl ReplicaConfig {
+    pub fn new(me: ServerId, servers: usize, incarnation: u64) -> Self {
+        Self {
+            me,
+            servers,
+            incarnation,
+            link: LinkConfig::default(),
+            key: None,
+            max_backlog: 64 * 1024,
+        }
+    }
+}
+
+/// A datagram for a peer, ready for the socket (stuffed, sealed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: ServerId,
+    pub payload: Vec<u8>,
+}
+
+/// Why a post was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PostError {
+    #[error("the cluster is congested (a server is slow or down); message not sent")]
+    Congested,
+}
+
+/// Counters of a replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    pub posts: u64,
+    pub deliveries: u64,
+    pub bad_datagrams: u64,
+    pub bad_payloads: u64,
+    pub links: Vec<LinkStats>,
+    pub strategy: StrategyStats,
+    pub max_backlog: usize,
+}
+
+/// See the module docs.
+pub struct Replica {
+    cfg: ReplicaConfig,
+    strategy: Box<dyn Ordering>,
+    /// Indexed by server; `None` at our own index.
+    links: Vec<Option<PeerLink>>,
+    next_counter: u64,
+    scratch: Outbox,
+    deliveries: VecDeque<Delivery>,
+    /// Round-robin start for `poll_transmit`, so no peer starves.
+    next_peer: usize,
+    posts: u64,
+    delivered: u64,
+    bad_datagrams: u64,
+    bad_payloads: u64,
+}
+
+impl Replica {
+    pub fn new(cfg: ReplicaConfig, strategy: Box<dyn Ordering>) -> Self {
+        let links = (0..cfg.servers)
+            .map(|i| {
+                (i != cfg.me.index()).then(|| {
+                    PeerLink::new(ServerId(i as u16), cfg.incarnation, cfg.link.clone())
+                })
+            })
+            .collect();
+        Self {
+            cfg,
+            strategy,
+            links,
+            next_counter: 1,
+            scratch: Outbox::default(),
+            deliveries: VecDeque::new(),
+            next_peer: 0,
+            posts: 0,
+            delivered: 0,
+            bad_datagrams: 0,
+            bad_payloads: 0,
+        }
+    }
+
+    pub fn me(&self) -> ServerId {
+        self.cfg.me
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.cfg.incarnation
+    }
+
+    /// Whether a new post would be accepted now.
+    pub fn accepts_posts(&self) -> bool {
+        self.max_backlog() < self.cfg.max_backlog
+    }
+
+    fn max_backlog(&self) -> usize {
+        self.links.iter().flatten().map(|l| l.backlog()).max().unwrap_or(0)
+    }
+
+    /// A local client posted `line` (already formatted as `<nick> text`) to
+    /// `room`.
+    pub fn post(&mut self, now: Time, room: RoomId, line: Bytes) -> Result<MsgId, PostError> {
+        if !self.accepts_posts() {
+            return Err(PostError::Congested);
+        }
+        let id = MsgId {
+            origin: self.cfg.me,
+            counter: self.next_counter,
+        };
+        self.next_counter += 1;
+        self.posts += 1;
+        self.strategy.handle_post(now, Post { id, room, line }, &mut self.scratch);
+        self.flush_outbox();
+        Ok(id)
+    }
+
+    /// A datagram arrived from the forwarding address of server `from`.
+    pub fn handle_datagram(&mut self, now: Time, from: ServerId, wire: &[u8]) -> Result<(), WireError> {
+        let result = self.handle_datagram_inner(now, from, wire);
+        if result.is_err() {
+            self.bad_datagrams += 1;
+        }
+        result
+    }
+
+    fn handle_datagram_inner(&mut self, now: Time, from: ServerId, wire: &[u8]) -> Result<(), WireError> {
+        let Some(Some(link)) = self.links.get_mut(from.index()) else {
+            return Err(WireError::OutOfRange("sender"));
+        };
+        let raw = link::open(wire, self.cfg.key.as_ref())?;
+        let (d, _) = Datagram::decode_raw(&raw)?;
+        let received = link.receive(now, &d);
+        if received.peer_restarted {
+            tracing::info!("{from} restarted (incarnation {})", d.src_incarnation);
+            self.strategy.handle_peer_restart(now, from, &mut self.scratch);
+        }
+        for payload in received.payloads {
+            if let Err(e) = self.strategy.handle_peer(now, from, &payload, &mut self.scratch) {
+                self.bad_payloads += 1;
+                tracing::warn!("dropped a bad payload from {from}: {e}");
+            }
+        }
+        self.flush_outbox();
+        Ok(())
+    }
+
+    /// Timers are due.
+    pub fn handle_timeout(&mut self, now: Time) {
+        for link in self.links.iter_mut().flatten() {
+            link.handle_timeout(now);
+        }
+        if self.strategy.poll_timeout().is_some_and(|t| t <= now) {
+            self.strategy.handle_timeout(now, &mut self.scratch);
+            self.flush_outbox();
+        }
+    }
+
+    /// The earliest time at which [`Replica::handle_timeout`] or
+    /// [`Replica::poll_transmit`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.links
+            .iter()
+            .flatten()
+            .filter_map(|l| l.poll_timeout())
+            .chain(self.strategy.poll_timeout())
+            .min()
+    }
+
+    /// The next datagram to send, if any is due at `now`.
+    pub fn poll_transmit(&mut self, now: Time) -> Option<Transmit> {
+        let n = self.links.len();
+        for k in 0..n {
+            let i = (self.next_peer + k) % n;
+            let Some(link) = self.links[i].as_mut() else {
+                continue;
+            };
+            if let Some(raw) = link.poll_datagram(now, self.cfg.key.is_some()) {
+                self.next_peer = (i + 1) % n;
+                return Some(Transmit {
+                    to: ServerId(i as u16),
+                    payload: link::seal(&raw, self.cfg.key.as_ref()),
+                });
+            }
+        }
+        None
+    }
+
+    /// The next message to hand to the local members of its room.
+    pub fn poll_delivery(&mut self) -> Option<Delivery> {
+        self.deliveries.pop_front()
+    }
+
+    pub fn stats(&self) -> ReplicaStats {
+        ReplicaStats {
+            posts: self.posts,
+            deliveries: self.delivered,
+            bad_datagrams: self.bad_datagrams,
+            bad_payloads: self.bad_payloads,
+            links: self
+                .links
+                .iter()
+                .map(|l| l.as_ref().map(|l| l.stats.clone()).unwrap_or_default())
+                .collect(),
+            strategy: self.strategy.stats(),
+            max_backlog: self.max_backlog(),
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        for (dest, payload) in self.scratch.sends.drain(..) {
+            match dest {
+                Dest::Peer(p) => {
+                    if let Some(Some(link)) = self.links.get_mut(p.index()) {
+                        link.push(payload);
+                    }
+                }
+                Dest::AllPeers => {
+                    for link in self.links.iter_mut().flatten() {
+                        link.push(payload.clone());
+                    }
+                }
+            }
+        }
+        self.delivered += self.scratch.deliveries.len() as u64;
+        self.deliveries.extend(self.scratch.deliveries.drain(..));
+    }
+}
