@@ -1,5 +1,9 @@
 //! The chat server: configuration, client sessions, and the tokio runtime
 //! around the sans-IO [`orderings::replica::Replica`].
 
+pub mod cli;
 pub mod config;
 pub mod config_toml;
+pub mod server;
+pub mod session;
+pub mod verbose;

@@ -1,1 +1,5 @@
-fn main() {}
+//! `chatserver CONFIG INDEX [-o MODE] [-v]`
+
+fn main() -> std::process::ExitCode {
+    node::cli::main()
+}

@@ -1,0 +1,141 @@
+//! The `chatserver` command line, in the library so that a binary with extra
+//! strategies (see `examples/`) is the same program.
+
+use crate::config;
+use crate::server::{self, ServerSetup};
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use orderings::ServerId;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatserver",
+    version,
+    about = "Replicated chat server with ordered multicast over UDP",
+    long_about = "Replicated chat server with ordered multicast over UDP.\n\n\
+                  CONFIG lists every server (legacy lines `FWD_IP:PORT,BIND_IP:PORT` or `IP:PORT`, or a TOML cluster file); \
+                  INDEX (from 1) says which one this is."
+)]
+pub struct ServerArgs {
+    /// Cluster file: the spec's line format or TOML.
+    pub config: PathBuf,
+    /// Which server of the file this is, from 1.
+    pub index: usize,
+    /// Ordering mode (see the list below); default: the file's, else unordered.
+    #[arg(short = 'o', long = "ordering", value_name = "MODE")]
+    pub ordering: Option<String>,
+    /// Print one line per event: `hh:mm:ss.uuuuuu Snn ...` (UTC).
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Number of chat rooms (1..=N); default: the file's, else 10.
+    #[arg(long)]
+    pub rooms: Option<u32>,
+    /// Cluster secret file: authenticates every server-to-server packet.
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// Incarnation number of this start (default: microseconds since the epoch).
+    #[arg(long, hide = true)]
+    pub incarnation: Option<u64>,
+    /// Most clients this server serves at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_clients: usize,
+}
+
+/// Parses the command line (with the registered modes in `--help`), runs the
+/// server until SIGINT or SIGTERM.
+pub fn main() -> ExitCode {
+    let cmd = ServerArgs::command().after_help(orderings::registry::help_text());
+    let matches = cmd.get_matches();
+    let args = match ServerArgs::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatserver: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Derives the 32-byte link key from a secret's text.
+pub fn key_from_secret(secret: &[u8]) -> [u8; 32] {
+    blake3::derive_key("chatroom server links v1", secret)
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let cluster = config::load(&args.config)?;
+    let entry = cluster.server(args.index)?.clone();
+    let me = ServerId((args.index - 1) as u16);
+    crate::verbose::init(&me.to_string(), args.verbose);
+    let mode = args
+        .ordering
+        .clone()
+        .or_else(|| cluster.ordering.clone())
+        .unwrap_or_else(|| "unordered".to_string());
+    let strategy = orderings::lookup(&mode)?;
+    let key = match &args.secret_file {
+        Some(p) => {
+            let text = std::fs::read(p).with_context(|| format!("reading secret file {}", p.display()))?;
+            let trimmed = text.trim_ascii();
+            anyhow::ensure!(!trimmed.is_empty(), "secret file {} is empty", p.display());
+            Some(key_from_secret(trimmed))
+        }
+        None => None,
+    };
+    let incarnation = args.incarnation.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1)
+    });
+    let rooms = args.rooms.unwrap_or(cluster.rooms);
+    anyhow::ensure!(rooms >= 1, "--rooms must be at least 1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let (std_sock, granted) =
+            server::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
+        let socket = tokio::net::UdpSocket::from_std(std_sock)?;
+        if key.is_none() && cluster.servers.len() > 1 {
+            eprintln!("{me} note: no cluster secret; server-to-server packets are not authenticated");
+        }
+        eprintln!(
+            "{me} ready: listening on {} (ordering {}, {} rooms, incarnation {incarnation}, receive buffer {} KiB)",
+            entry.bind,
+            strategy.name,
+            rooms,
+            granted / 1024
+        );
+        let setup = ServerSetup {
+            cluster,
+            me,
+            strategy,
+            rooms,
+            max_clients: args.max_clients,
+            incarnation,
+            key,
+        };
+        let stats = server::run(socket, setup, shutdown_signal()).await?;
+        tracing::info!("Stopping: {stats:?}");
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers we still stop on Ctrl+C via the default action.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

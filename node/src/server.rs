@@ -1,0 +1,260 @@
+//! The tokio side of a server: one UDP socket for clients and peers, the
+//! sans-IO [`Replica`] for ordering and [`Sessions`] for clients. Everything
+//! runs on one task: no locks, and batches of datagrams are handled before
+//! anything is flushed, so server-to-server packets get batched under load.
+
+use crate::config::ClusterConfig;
+use crate::session::{SessionLimits, Sessions};
+use orderings::replica::{Replica, ReplicaConfig, ReplicaStats};
+use orderings::{ServerId, StrategyContext, StrategySpec, Time};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tokio::net::UdpSocket;
+
+/// Receive buffer we ask the kernel for: bursts must not be dropped.
+pub const RECV_BUFFER: usize = 8 * 1024 * 1024;
+pub const SEND_BUFFER: usize = 4 * 1024 * 1024;
+/// Datagrams handled per wake-up before flushing (bounds latency under load).
+const BATCH: usize = 256;
+
+/// Everything a server needs besides its socket.
+#[derive(Debug, Clone)]
+pub struct ServerSetup {
+    pub cluster: ClusterConfig,
+    /// Zero-based index of this server.
+    pub me: ServerId,
+    pub strategy: &'static StrategySpec,
+    pub rooms: u32,
+    pub max_clients: usize,
+    pub incarnation: u64,
+    pub key: Option<[u8; 32]>,
+}
+
+/// Counters reported when a server stops.
+#[derive(Debug, Clone, Default)]
+pub struct ServerStats {
+    pub client_datagrams: u64,
+    pub peer_datagrams: u64,
+    pub bad_peer_datagrams: u64,
+    pub refused_posts: u64,
+    pub replica: ReplicaStats,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Binds a UDP socket with large kernel buffers. Returns the socket and the
+/// receive buffer size the kernel granted.
+pub fn bind_socket(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    grow_buffer(&sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, RECV_BUFFER);
+    grow_buffer(&sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, SEND_BUFFER);
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    Ok((sock.into(), granted))
+}
+
+/// Asks for `size`; when the system limit caps it and we are privileged, the
+/// FORCE variant gets past the cap.
+fn grow_buffer(sock: &socket2::Socket, opt: libc::c_int, force: libc::c_int, size: usize) {
+    use std::os::fd::AsRawFd;
+    let set = |o: libc::c_int| {
+        let v = size as libc::c_int;
+        // SAFETY: setsockopt on a valid fd with a pointer to a live c_int.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                o,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(force) != 0 {
+        let _ = set(opt);
+    }
+}
+
+struct Server {
+    socket: UdpSocket,
+    replica: Replica,
+    sessions: Sessions,
+    peers: HashMap<SocketAddr, ServerId>,
+    forward: Vec<SocketAddr>,
+    epoch: Instant,
+    stats: ServerStats,
+    held_reported: (usize, usize),
+}
+
+impl Server {
+    fn now(&self) -> Time {
+        Time(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    async fn handle(&mut self, from: SocketAddr, data: &[u8]) {
+        if let Some(&peer) = self.peers.get(&from) {
+            self.stats.peer_datagrams += 1;
+            tracing::info!("Received {} bytes from {peer}", data.len());
+            let now = self.now();
+            if let Err(e) = self.replica.handle_datagram(now, peer, data) {
+                self.stats.bad_peer_datagrams += 1;
+                tracing::debug!("dropped a bad datagram from {peer} ({from}): {e}");
+            }
+            return;
+        }
+        self.stats.client_datagrams += 1;
+        let outcome = self.sessions.handle(from, data);
+        if let Some((room, line)) = outcome.post {
+            let client = outcome.client.unwrap_or(0);
+            tracing::info!(
+                "Client {client} posts \"{}\" to chat room #{room}",
+                String::from_utf8_lossy(&line).escape_debug()
+            );
+            let now = self.now();
+            if let Err(e) = self.replica.post(now, room, line) {
+                self.stats.refused_posts += 1;
+                self.send(from, format!("-ERR {e}").as_bytes()).await;
+            }
+        }
+        if let Some(reply) = outcome.reply {
+            tracing::info!(
+                "Client {} <- \"{}\"",
+                outcome.client.unwrap_or(0),
+                String::from_utf8_lossy(&reply).escape_debug()
+            );
+            self.send(from, &reply).await;
+        }
+    }
+
+    async fn send(&self, to: SocketAddr, data: &[u8]) {
+        let r = match self.socket.try_send_to(data, to) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.send_to(data, to).await,
+            r => r,
+        };
+        if let Err(e) = r {
+            tracing::warn!("send to {to} failed: {e}");
+        }
+    }
+
+    /// Sends what the replica wants sent and delivers what it has ordered.
+    async fn flush(&mut self) {
+        let now = self.now();
+        while let Some(t) = self.replica.poll_transmit(now) {
+            let to = self.forward[t.to.index()];
+            tracing::info!("Sent {} bytes to {}", t.payload.len(), t.to);
+            self.send(to, &t.payload).await;
+        }
+        while let Some(d) = self.replica.poll_delivery() {
+            let members = self.sessions.members(d.room);
+            tracing::info!(
+                "Delivered {} to {} member(s) of chat room #{}",
+                d.id,
+                members.len(),
+                d.room
+            );
+            for &m in members {
+                let r = match self.socket.try_send_to(&d.line, m) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.send_to(&d.line, m).await,
+                    r => r,
+                };
+                if let Err(e) = r {
+                    tracing::warn!("delivery to {m} failed: {e}");
+                }
+            }
+        }
+        if tracing::enabled!(tracing::Level::INFO) {
+            let s = self.replica.stats().strategy;
+            if (s.held_back, s.in_flight) != self.held_reported {
+                self.held_reported = (s.held_back, s.in_flight);
+                tracing::info!(
+                    "Holdback queue: {} held back, {} of ours awaiting agreement",
+                    s.held_back,
+                    s.in_flight
+                );
+            }
+        }
+    }
+}
+
+/// Runs a server on `socket` until `shutdown` completes; returns its counters.
+pub async fn run(
+    socket: UdpSocket,
+    setup: ServerSetup,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ServerStats, ServerError> {
+    let servers = setup.cluster.servers.len();
+    let mut rcfg = ReplicaConfig::new(setup.me, servers, setup.incarnation);
+    rcfg.key = setup.key;
+    let strategy = (setup.strategy.build)(&StrategyContext {
+        me: setup.me,
+        servers,
+    });
+    let peers = setup
+        .cluster
+        .servers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != setup.me.index())
+        .map(|(i, s)| (s.forward, ServerId(i as u16)))
+        .collect();
+    let mut server = Server {
+        socket,
+        replica: Replica::new(rcfg, strategy),
+        sessions: Sessions::new(SessionLimits {
+            rooms: setup.rooms,
+            max_clients: setup.max_clients,
+        }),
+        peers,
+        forward: setup.cluster.servers.iter().map(|s| s.forward).collect(),
+        epoch: Instant::now(),
+        stats: ServerStats::default(),
+        held_reported: (0, 0),
+    };
+    let mut buf = vec![0u8; 65_536];
+    tokio::pin!(shutdown);
+    // Announce ourselves (heartbeats carry our incarnation).
+    server.flush().await;
+    loop {
+        let wake = server.replica.poll_timeout();
+        let sleep_until = wake.map(|t| server.epoch + std::time::Duration::from_micros(t.0));
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = server.socket.readable() => {
+                r?;
+                for _ in 0..BATCH {
+                    match server.socket.try_recv_from(&mut buf) {
+                        Ok((n, from)) => server.handle(from, &buf[..n]).await,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // ICMP errors from a peer that is down surface here; they are not fatal.
+                        Err(e) => {
+                            tracing::debug!("recv: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = async {
+                match sleep_until {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = server.now();
+                server.replica.handle_timeout(now);
+            }
+        }
+        server.flush().await;
+    }
+    server.stats.replica = server.replica.stats();
+    Ok(server.stats)
+}

@@ -1,0 +1,149 @@
+//! Per-(origin server, room) message streams: the origin numbers its
+//! messages for each room 1, 2, 3, ...; a receiver hands them on in that
+//! order, holding back early ones. Ordering by origin server is stronger than
+//! ordering by sender client (every client talks to exactly one server), and
+//! its state is bounded by servers x rooms, so nothing needs cleaning up when
+//! a client leaves.
+
+use crate::wire::{Reader, WireError, Writer};
+use crate::{MsgId, RoomId, ServerId};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+
+/// A chat message on the wire: identity, room, stream position, line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamMsg {
+    pub id: MsgId,
+    pub room: RoomId,
+    pub seq: u64,
+    pub line: Bytes,
+}
+
+impl StreamMsg {
+    pub fn encode(&self, kind: u8) -> Bytes {
+        let mut w = Writer::with_capacity(self.line.len() + 24);
+        w.u8(kind)
+            .varint(self.id.counter)
+            .varint(u64::from(self.room))
+            .varint(self.seq)
+            .bytes(&self.line);
+        w.into_bytes()
+    }
+
+    /// Decodes after the kind byte; the origin is the sending peer.
+    pub fn decode(origin: ServerId, r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let counter = r.varint()?;
+        let room = r.varint_u32("room")?;
+        let seq = r.varint()?;
+        let line = Bytes::copy_from_slice(r.bytes()?);
+        Ok(StreamMsg {
+            id: MsgId { origin, counter },
+            room,
+            seq,
+            line,
+        })
+    }
+}
+
+/// Numbers outgoing messages per room.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    next: HashMap<RoomId, u64>,
+}
+
+impl StreamCounters {
+    pub fn next(&mut self, room: RoomId) -> u64 {
+        let n = self.next.entry(room).or_insert(1);
+        let seq = *n;
+        *n += 1;
+        seq
+    }
+    /// `(room, next seq)` for every room used so far.
+    pub fn positions(&self) -> Vec<(RoomId, u64)> {
+        let mut v: Vec<_> = self.next.iter().map(|(&r, &n)| (r, n)).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    next: u64,
+    early: BTreeMap<u64, StreamMsg>,
+}
+
+impl Default for Stream {
+    fn default() -> Self {
+        Self {
+            next: 1,
+            early: BTreeMap::new(),
+        }
+    }
+}
+
+/// Receiving side: puts each origin's messages for a room back in order.
+#[derive(Debug, Default)]
+pub struct StreamHoldback {
+    streams: HashMap<(ServerId, RoomId), Stream>,
+}
+
+impl StreamHoldback {
+    /// Accepts a message; returns the messages now ready, in order.
+    pub fn accept(&mut self, msg: StreamMsg) -> Vec<StreamMsg> {
+        let s = self.streams.entry((msg.id.origin, msg.room)).or_default();
+        let mut ready = Vec::new();
+        if msg.seq < s.next {
+            return ready; // already handed on
+        }
+        if msg.seq > s.next {
+            s.early.insert(msg.seq, msg);
+            return ready;
+        }
+        s.next += 1;
+        ready.push(msg);
+        while let Some(m) = s.early.remove(&s.next) {
+            s.next += 1;
+            ready.push(m);
+        }
+        ready
+    }
+
+    /// The origin says its stream for `room` continues at `next` (sent after
+    /// one side restarted). Held messages below `next` are dropped.
+    pub fn restart_at(&mut self, origin: ServerId, room: RoomId, next: u64) -> Vec<StreamMsg> {
+        let s = self.streams.entry((origin, room)).or_default();
+        s.next = next;
+        s.early = s.early.split_off(&next);
+        let mut ready = Vec::new();
+        while let Some(m) = s.early.remove(&s.next) {
+            s.next += 1;
+            ready.push(m);
+        }
+        ready
+    }
+
+    /// Forgets everything from `origin` (it restarted: its counters begin anew).
+    pub fn forget_origin(&mut self, origin: ServerId) {
+        self.streams.retain(|(o, _), _| *o != origin);
+    }
+
+    /// Messages waiting for an earlier one.
+    pub fn held(&self) -> usize {
+        self.streams.values().map(|s| s.early.len()).sum()
+    }
+}
+
+/// `STREAM_START room next`: tells a restarted peer where our stream for
+/// `room` continues.
+pub fn encode_stream_start(room: RoomId, next: u64) -> Bytes {
+    let mut w = Writer::with_capacity(12);
+    w.u8(super::kind::STREAM_START).varint(u64::from(room)).varint(next);
+    w.into_bytes()
+}
+
+pub fn decode_stream_start(r: &mut Reader<'_>) -> Result<(RoomId, u64), WireError> {
+    let room = r.varint_u32("room")?;
+    let next = r.varint()?;
+    r.finish()?;
+    Ok((room, next))
+}
