@@ -113,11 +113,16 @@ impl Server {
         }
         self.stats.client_datagrams += 1;
         let outcome = self.sessions.handle(from, data);
+        if outcome.reply.is_none() && outcome.post.is_none() {
+            if let Some(client) = outcome.client {
+                tracing::info!("Client {client} ({from}) quits");
+            }
+        }
         if let Some((room, line)) = outcome.post {
             let client = outcome.client.unwrap_or(0);
             tracing::info!(
                 "Client {client} posts \"{}\" to chat room #{room}",
-                String::from_utf8_lossy(&line).escape_debug()
+                String::from_utf8_lossy(data).escape_debug()
             );
             let now = self.now();
             if let Err(e) = self.replica.post(now, room, line) {

@@ -1,1 +1,500 @@
-//! Deterministic simulator.
+//! A deterministic simulator: N servers running a strategy, a virtual clock,
+//! a seeded network that delays, reorders, loses and duplicates datagrams,
+//! clients posting to rooms, and optional crash-and-restart of a server. One
+//! seed reproduces a run exactly (VOPR style); a failing run prints its seed
+//! and the tail of a readable event trace.
+//!
+//! Two network modes:
+//! - [`Network::Links`]: full replicas (strategy + reliable links) over a
+//!   lossy, duplicating, reordering network; what runs in production.
+//! - [`Network::Raw`]: strategies wired directly to each other over a
+//!   network that reorders but never loses (no link layer), which shows a
+//!   strategy's own logic does not lean on FIFO channels.
+
+use crate::check::{self, CheckInput, MemberLog, Properties, Report, SentMsg};
+use crate::registry::StrategySpec;
+use crate::replica::{Replica, ReplicaConfig};
+use crate::rng::SimRng;
+use crate::{Dest, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext, Time};
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+/// Which network the servers talk over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    Links,
+    Raw,
+}
+
+/// A crash of one server at a virtual time, restarted after `down_us`.
+#[derive(Debug, Clone, Copy)]
+pub struct Crash {
+    pub server: ServerId,
+    pub at: Time,
+    pub down_us: u64,
+}
+
+/// One simulated run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub servers: usize,
+    pub rooms: u32,
+    pub clients: usize,
+    pub messages_per_client: usize,
+    /// One-way delay range of a datagram, microseconds.
+    pub delay_us: (u64, u64),
+    pub loss: f64,
+    pub duplicate: f64,
+    pub network: Network,
+    /// Mean gap between a client's posts.
+    pub post_gap_us: u64,
+    pub crash: Option<Crash>,
+    /// Virtual time after which the run stops (and missing deliveries count).
+    pub time_limit: Time,
+}
+
+impl SimConfig {
+    /// A small random scenario derived from `seed`.
+    pub fn random(seed: u64, network: Network) -> Self {
+        let mut rng = SimRng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let servers = rng.range(2, 5) as usize;
+        let lossy = network == Network::Links;
+        SimConfig {
+            seed,
+            servers,
+            rooms: rng.range(1, 3) as u32,
+            clients: rng.range(servers as u64, 8) as usize,
+            messages_per_client: rng.range(1, 12) as usize,
+            delay_us: (rng.range(10, 200), rng.range(500, 20_000)),
+            loss: if lossy { rng.range(0, 20) as f64 / 100.0 } else { 0.0 },
+            duplicate: if lossy { rng.range(0, 10) as f64 / 100.0 } else { 0.0 },
+            network,
+            post_gap_us: rng.range(50, 5_000),
+            crash: None,
+            time_limit: Time::from_millis(120_000),
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct SimOutcome {
+    pub config: SimConfig,
+    pub report: Report,
+    /// The last lines of the event trace (for failures).
+    pub trace: Vec<String>,
+    pub datagrams: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub end: Time,
+}
+
+impl SimOutcome {
+    pub fn passed(&self) -> bool {
+        self.report.passed()
+    }
+
+    /// A readable failure text: seed, scenario, violations, trace tail.
+    pub fn explain(&self) -> String {
+        let mut s = format!(
+            "simulation failed: seed {} ({:?})\n{}\n--- last {} trace lines ---\n",
+            self.config.seed,
+            self.config,
+            self.report,
+            self.trace.len()
+        );
+        for l in &self.trace {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+enum Node {
+    Replica(Box<Replica>),
+    Raw(Box<dyn Ordering>),
+    Down,
+}
+
+enum Event {
+    /// A datagram (Links) or strategy payload (Raw) arrives.
+    Arrive { to: ServerId, from: ServerId, data: Vec<u8>, incarnation: u64 },
+    Post { client: usize },
+    Timer { server: ServerId },
+    Crash { server: ServerId },
+    Restart { server: ServerId },
+}
+
+struct Client {
+    server: ServerId,
+    room: RoomId,
+    sent: usize,
+    /// Dropped from the checks once its server crashed (its session is gone).
+    alive: bool,
+}
+
+const TRACE_KEEP: usize = 400;
+
+struct Sim {
+    cfg: SimConfig,
+    spec: &'static StrategySpec,
+    rng: SimRng,
+    now: Time,
+    queue: BinaryHeap<Reverse<(Time, u64)>>,
+    events: std::collections::HashMap<u64, Event>,
+    next_event: u64,
+    nodes: Vec<Node>,
+    incarnations: Vec<u64>,
+    clients: Vec<Client>,
+    logs: Vec<MemberLog>,
+    sent: Vec<SentMsg>,
+    trace: VecDeque<String>,
+    datagrams: u64,
+    dropped: u64,
+    duplicated: u64,
+    timer_at: Vec<Option<Time>>,
+}
+
+/// Runs one simulation of strategy `spec`.
+pub fn run(spec: &'static StrategySpec, cfg: SimConfig) -> SimOutcome {
+    let mut rng = SimRng::new(cfg.seed);
+    let clients: Vec<Client> = (0..cfg.clients)
+        .map(|i| Client {
+            // Every server gets a client before any gets two.
+            server: ServerId(if i < cfg.servers { i } else { rng.below(cfg.servers as u64) as usize } as u16),
+            room: 1 + rng.below(u64::from(cfg.rooms)) as u32,
+            sent: 0,
+            alive: true,
+        })
+        .collect();
+    let logs = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| MemberLog::new(i as u32, c.room))
+        .collect();
+    let mut sim = Sim {
+        spec,
+        rng,
+        now: Time::ZERO,
+        queue: BinaryHeap::new(),
+        events: std::collections::HashMap::new(),
+        next_event: 0,
+        nodes: Vec::new(),
+        incarnations: vec![1; cfg.servers],
+        clients,
+        logs,
+        sent: Vec::new(),
+        trace: VecDeque::new(),
+        datagrams: 0,
+        dropped: 0,
+        duplicated: 0,
+        timer_at: vec![None; cfg.servers],
+        cfg,
+    };
+    sim.nodes = (0..sim.cfg.servers).map(|i| sim.build_node(ServerId(i as u16))).collect();
+    for c in 0..sim.clients.len() {
+        let t = Time(sim.rng.below(sim.cfg.post_gap_us.max(1)));
+        sim.schedule(t, Event::Post { client: c });
+    }
+    if let Some(cr) = sim.cfg.crash {
+        sim.schedule(cr.at, Event::Crash { server: cr.server });
+        sim.schedule(cr.at.plus_micros(cr.down_us), Event::Restart { server: cr.server });
+    }
+    for i in 0..sim.cfg.servers {
+        sim.after_step(ServerId(i as u16));
+    }
+    sim.run_loop();
+    sim.finish()
+}
+
+impl Sim {
+    fn build_node(&self, me: ServerId) -> Node {
+        let ctx = StrategyContext {
+            me,
+            servers: self.cfg.servers,
+        };
+        let strategy = (self.spec.build)(&ctx);
+        match self.cfg.network {
+            Network::Raw => Node::Raw(strategy),
+            Network::Links => {
+                let rc = ReplicaConfig::new(me, self.cfg.servers, self.incarnations[me.index()]);
+                Node::Replica(Box::new(Replica::new(rc, strategy)))
+            }
+        }
+    }
+
+    fn schedule(&mut self, at: Time, ev: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.events.insert(id, ev);
+        self.queue.push(Reverse((at, id)));
+    }
+
+    fn note(&mut self, line: String) {
+        if self.trace.len() == TRACE_KEEP {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("{:>10}us {line}", self.now.0));
+    }
+
+    fn all_posted(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| !c.alive || c.sent >= self.cfg.messages_per_client)
+    }
+
+    fn all_delivered(&self) -> bool {
+        // Every live member has every message sent to its room by a sender
+        // whose messages must arrive (see `check`): a cheap count check.
+        self.clients.iter().enumerate().all(|(i, c)| {
+            !c.alive || {
+                let expected = self
+                    .sent
+                    .iter()
+                    .filter(|m| m.room == c.room && m.must_arrive)
+                    .count();
+                self.logs[i].deliveries() >= expected
+            }
+        })
+    }
+
+    fn run_loop(&mut self) {
+        while let Some(Reverse((at, id))) = self.queue.pop() {
+            if at > self.cfg.time_limit {
+                self.note("time limit reached".into());
+                break;
+            }
+            self.now = at;
+            let Some(ev) = self.events.remove(&id) else { continue };
+            match ev {
+                Event::Post { client } => self.post(client),
+                Event::Arrive {
+                    to,
+                    from,
+                    data,
+                    incarnation,
+                } => self.arrive(to, from, data, incarnation),
+                Event::Timer { server } => {
+                    if self.timer_at[server.index()] == Some(at) {
+                        self.timer_at[server.index()] = None;
+                        if let Node::Replica(r) = &mut self.nodes[server.index()] {
+                            r.handle_timeout(at);
+                        } else if let Node::Raw(s) = &mut self.nodes[server.index()] {
+                            let mut out = Outbox::default();
+                            s.handle_timeout(at, &mut out);
+                            self.raw_outbox(server, out);
+                        }
+                        self.after_step(server);
+                    }
+                }
+                Event::Crash { server } => {
+                    self.note(format!("{server} CRASHES"));
+                    self.nodes[server.index()] = Node::Down;
+                    self.timer_at[server.index()] = None;
+                    for c in self.clients.iter_mut().filter(|c| c.server == server) {
+                        c.alive = false;
+                    }
+                }
+                Event::Restart { server } => {
+                    self.incarnations[server.index()] += 1;
+                    self.note(format!(
+                        "{server} RESTARTS as incarnation {}",
+                        self.incarnations[server.index()]
+                    ));
+                    self.nodes[server.index()] = self.build_node(server);
+                    self.after_step(server);
+                }
+            }
+            if self.all_posted() && self.all_delivered() {
+                self.note("all posted and delivered".into());
+                break;
+            }
+        }
+    }
+
+    fn post(&mut self, client: usize) {
+        let c = &self.clients[client];
+        if !c.alive || c.sent >= self.cfg.messages_per_client {
+            return;
+        }
+        let (server, room, seq) = (c.server, c.room, c.sent as u64 + 1);
+        let body = format!("c{client}-{seq}");
+        let line = Bytes::from(format!("<c{client}> {body}"));
+        let accepted = match &mut self.nodes[server.index()] {
+            Node::Replica(r) => r.post(self.now, room, line).is_ok(),
+            Node::Raw(s) => {
+                let mut out = Outbox::default();
+                // Raw mode: the harness numbers messages like a replica would.
+                let id = crate::MsgId {
+                    origin: server,
+                    counter: self.sent.len() as u64 + 1,
+                };
+                s.handle_post(self.now, Post { id, room, line }, &mut out);
+                self.raw_outbox(server, out);
+                true
+            }
+            Node::Down => false,
+        };
+        let next_gap = 1 + self.rng.below(2 * self.cfg.post_gap_us.max(1));
+        if !accepted {
+            // Back-pressure: try again later.
+            self.schedule(self.now.plus_micros(next_gap), Event::Post { client });
+            return;
+        }
+        self.note(format!("c{client}@{server} posts {body} to room {room}"));
+        self.clients[client].sent += 1;
+        self.logs[client].sent(client as u32, seq);
+        self.sent.push(SentMsg {
+            sender: client as u32,
+            seq,
+            room,
+            must_arrive: true,
+        });
+        self.after_step(server);
+        self.schedule(self.now.plus_micros(next_gap), Event::Post { client });
+    }
+
+    fn arrive(&mut self, to: ServerId, from: ServerId, data: Vec<u8>, incarnation: u64) {
+        match &mut self.nodes[to.index()] {
+            Node::Down => {}
+            Node::Replica(r) => {
+                if let Err(e) = r.handle_datagram(self.now, from, &data) {
+                    panic!("seed {}: a well-formed datagram failed to decode: {e}", self.cfg.seed);
+                }
+                self.after_step(to);
+            }
+            Node::Raw(s) => {
+                if incarnation != self.incarnations[to.index()] {
+                    return;
+                }
+                let mut out = Outbox::default();
+                if let Err(e) = s.handle_peer(self.now, from, &data, &mut out) {
+                    panic!("seed {}: a strategy payload failed to decode: {e}", self.cfg.seed);
+                }
+                self.raw_outbox(to, out);
+                self.after_step(to);
+            }
+        }
+    }
+
+    fn send_datagram(&mut self, from: ServerId, to: ServerId, data: Vec<u8>) {
+        self.datagrams += 1;
+        if self.rng.chance(self.cfg.loss) {
+            self.dropped += 1;
+            self.note(format!("{from}->{to} {}B LOST", data.len()));
+            return;
+        }
+        let copies = if self.rng.chance(self.cfg.duplicate) {
+            self.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self.rng.range(self.cfg.delay_us.0, self.cfg.delay_us.1);
+            let incarnation = self.incarnations[to.index()];
+            self.schedule(
+                self.now.plus_micros(delay),
+                Event::Arrive {
+                    to,
+                    from,
+                    data: data.clone(),
+                    incarnation,
+                },
+            );
+        }
+    }
+
+    fn raw_outbox(&mut self, me: ServerId, out: Outbox) {
+        for (dest, payload) in out.sends {
+            let targets: Vec<ServerId> = match dest {
+                Dest::Peer(p) => vec![p],
+                Dest::AllPeers => (0..self.cfg.servers as u16).map(ServerId).filter(|&s| s != me).collect(),
+            };
+            for t in targets {
+                self.send_datagram(me, t, payload.to_vec());
+            }
+        }
+        for d in out.deliveries {
+            self.deliver(me, d);
+        }
+    }
+
+    fn deliver(&mut self, at: ServerId, d: Post) {
+        // `<cN> cN-SEQ`
+        let text = String::from_utf8_lossy(&d.line).into_owned();
+        let parsed = text
+            .split_once("> ")
+            .and_then(|(_, body)| body.strip_prefix('c'))
+            .and_then(|b| b.split_once('-'))
+            .and_then(|(c, s)| Some((c.parse::<u32>().ok()?, s.parse::<u64>().ok()?)));
+        let Some((sender, seq)) = parsed else {
+            panic!("seed {}: delivered a line the simulator never sent: {text:?}", self.cfg.seed);
+        };
+        self.note(format!("{at} delivers {} ({text}) in room {}", d.id, d.room));
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.server == at && c.alive && c.room == d.room {
+                self.logs[i].delivered(sender, seq, d.room);
+            }
+        }
+    }
+
+    /// Drains what server `s` wants sent and delivered; re-arms its timer.
+    fn after_step(&mut self, s: ServerId) {
+        let now = self.now;
+        let mut transmits = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut timer = None;
+        if let Node::Replica(r) = &mut self.nodes[s.index()] {
+            while let Some(t) = r.poll_transmit(now) {
+                transmits.push(t);
+            }
+            while let Some(d) = r.poll_delivery() {
+                deliveries.push(d);
+            }
+            timer = r.poll_timeout();
+        } else if let Node::Raw(st) = &self.nodes[s.index()] {
+            timer = st.poll_timeout();
+        }
+        for t in transmits {
+            self.send_datagram(s, t.to, t.payload);
+        }
+        for d in deliveries {
+            self.deliver(s, d);
+        }
+        if let Some(t) = timer {
+            let t = t.max(now.plus_micros(1));
+            if self.timer_at[s.index()].is_none_or(|cur| t < cur) {
+                self.timer_at[s.index()] = Some(t);
+                self.schedule(t, Event::Timer { server: s });
+            }
+        }
+    }
+
+    fn finish(self) -> SimOutcome {
+        let mut logs = self.logs;
+        for (i, c) in self.clients.iter().enumerate() {
+            if !c.alive {
+                logs[i].partial = true;
+            }
+        }
+        let props = Properties::from(self.spec.guarantees);
+        let report = check::check(&CheckInput {
+            members: logs,
+            sent: self.sent,
+            properties: props,
+        });
+        SimOutcome {
+            config: self.cfg,
+            report,
+            trace: self.trace.into_iter().collect(),
+            datagrams: self.datagrams,
+            dropped: self.dropped,
+            duplicated: self.duplicated,
+            end: self.now,
+        }
+    }
+}
