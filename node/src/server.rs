@@ -202,6 +202,7 @@ pub async fn run(
     let strategy = (setup.strategy.build)(&StrategyContext {
         me: setup.me,
         servers,
+        incarnation: setup.incarnation,
     });
     let peers = setup
         .cluster

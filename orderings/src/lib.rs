@@ -117,6 +117,9 @@ pub enum Dest {
 pub struct Outbox {
     pub sends: Vec<(Dest, Bytes)>,
     pub deliveries: Vec<Delivery>,
+    /// "Server X runs incarnation N or later", learned from a third party:
+    /// the replica then treats X's older incarnation as dead at once.
+    pub incarnation_hints: Vec<(ServerId, u64)>,
 }
 
 impl Outbox {
@@ -126,8 +129,11 @@ impl Outbox {
     pub fn deliver(&mut self, d: Delivery) {
         self.deliveries.push(d);
     }
+    pub fn hint_incarnation(&mut self, peer: ServerId, incarnation: u64) {
+        self.incarnation_hints.push((peer, incarnation));
+    }
     pub fn is_empty(&self) -> bool {
-        self.sends.is_empty() && self.deliveries.is_empty()
+        self.sends.is_empty() && self.deliveries.is_empty() && self.incarnation_hints.is_empty()
     }
 }
 
@@ -136,6 +142,9 @@ impl Outbox {
 pub struct StrategyContext {
     pub me: ServerId,
     pub servers: usize,
+    /// This start's incarnation (grows across restarts; message counters
+    /// start here, so ids never repeat across restarts).
+    pub incarnation: u64,
 }
 
 /// Counters a strategy reports (for `-v`, the stress tool and tests).
@@ -166,10 +175,19 @@ pub trait Ordering: Send {
         out: &mut Outbox,
     ) -> Result<(), WireError>;
 
-    /// Peer `peer` restarted as a new incarnation: everything it knew is
-    /// gone, and the link to it starts afresh.
-    fn handle_peer_restart(&mut self, now: Time, peer: ServerId, out: &mut Outbox) {
-        let _ = (now, peer, out);
+    /// Peer `peer` is running `incarnation`: called when it is first heard
+    /// from (`restarted == false`) and whenever it turns out to have
+    /// restarted (`restarted == true`): then everything the old incarnation
+    /// knew is gone, and the link to it starts afresh.
+    fn handle_peer_incarnation(
+        &mut self,
+        now: Time,
+        peer: ServerId,
+        incarnation: u64,
+        restarted: bool,
+        out: &mut Outbox,
+    ) {
+        let _ = (now, peer, incarnation, restarted, out);
     }
 
     /// A timer this strategy asked for (via [`Ordering::poll_timeout`]) fired.

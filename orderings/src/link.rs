@@ -218,6 +218,8 @@ pub fn open(wire: &[u8], key: Option<&[u8; 32]>) -> Result<Vec<u8>, WireError> {
 pub struct Received {
     /// The peer is a new incarnation: everything from before is void.
     pub peer_restarted: bool,
+    /// First datagram ever from this peer.
+    pub first_contact: bool,
     /// In-order, exactly-once payloads for the strategy.
     pub payloads: Vec<Bytes>,
 }
@@ -319,6 +321,22 @@ impl PeerLink {
         self.last_sent = None;
     }
 
+    /// A third party says the peer runs `incarnation` (or later). Returns
+    /// `Some(restarted)` when that is news: the link then starts afresh.
+    pub fn learn_incarnation(&mut self, incarnation: u64) -> Option<bool> {
+        if incarnation <= self.peer_incarnation {
+            return None;
+        }
+        let restarted = self.peer_incarnation != 0;
+        if restarted {
+            self.stats.peer_restarts += 1;
+            self.reset_for(incarnation);
+        } else {
+            self.peer_incarnation = incarnation;
+        }
+        Some(restarted)
+    }
+
     /// Handles a decoded datagram from the peer.
     pub fn receive(&mut self, now: Time, d: &Datagram<'_>) -> Received {
         let mut out = Received::default();
@@ -335,8 +353,13 @@ impl PeerLink {
             if self.peer_incarnation != 0 {
                 out.peer_restarted = true;
                 self.stats.peer_restarts += 1;
+                self.reset_for(d.src_incarnation);
+            } else {
+                // Keep what we queued before the peer came up: it was sent
+                // to "any incarnation" and is still owed.
+                out.first_contact = true;
+                self.peer_incarnation = d.src_incarnation;
             }
-            self.reset_for(d.src_incarnation);
         }
         self.stats.datagrams_received += 1;
         self.handle_ack(now, d.ack, &d.gaps);

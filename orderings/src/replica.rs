@@ -77,10 +77,13 @@ pub struct Replica {
     delivered: u64,
     bad_datagrams: u64,
     bad_payloads: u64,
+    /// Time of the latest input (for work triggered while flushing).
+    last_now: Time,
 }
 
 impl Replica {
     pub fn new(cfg: ReplicaConfig, strategy: Box<dyn Ordering>) -> Self {
+        let next_counter = cfg.incarnation.max(1);
         let links = (0..cfg.servers)
             .map(|i| {
                 (i != cfg.me.index()).then(|| {
@@ -92,7 +95,10 @@ impl Replica {
             cfg,
             strategy,
             links,
-            next_counter: 1,
+            // Counters start at the incarnation, so ids never repeat across
+            // restarts (a server cannot post more than one message per
+            // microsecond of its previous life).
+            next_counter,
             scratch: Outbox::default(),
             deliveries: VecDeque::new(),
             next_peer: 0,
@@ -100,6 +106,7 @@ impl Replica {
             delivered: 0,
             bad_datagrams: 0,
             bad_payloads: 0,
+            last_now: Time::ZERO,
         }
     }
 
@@ -126,6 +133,7 @@ impl Replica {
         if !self.accepts_posts() {
             return Err(PostError::Congested);
         }
+        self.last_now = now;
         let id = MsgId {
             origin: self.cfg.me,
             counter: self.next_counter,
@@ -147,6 +155,7 @@ impl Replica {
     }
 
     fn handle_datagram_inner(&mut self, now: Time, from: ServerId, wire: &[u8]) -> Result<(), WireError> {
+        self.last_now = now;
         let Some(Some(link)) = self.links.get_mut(from.index()) else {
             return Err(WireError::OutOfRange("sender"));
         };
@@ -155,7 +164,10 @@ impl Replica {
         let received = link.receive(now, &d);
         if received.peer_restarted {
             tracing::info!("{from} restarted (incarnation {})", d.src_incarnation);
-            self.strategy.handle_peer_restart(now, from, &mut self.scratch);
+        }
+        if received.peer_restarted || received.first_contact {
+            self.strategy
+                .handle_peer_incarnation(now, from, d.src_incarnation, received.peer_restarted, &mut self.scratch);
         }
         for payload in received.payloads {
             if let Err(e) = self.strategy.handle_peer(now, from, &payload, &mut self.scratch) {
@@ -169,6 +181,7 @@ impl Replica {
 
     /// Timers are due.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.last_now = now;
         for link in self.links.iter_mut().flatten() {
             link.handle_timeout(now);
         }
@@ -230,6 +243,17 @@ impl Replica {
     }
 
     fn flush_outbox(&mut self) {
+        // Hints may make the strategy write more (including more hints).
+        while let Some((peer, inc)) = self.scratch.incarnation_hints.pop() {
+            let Some(Some(link)) = self.links.get_mut(peer.index()) else {
+                continue;
+            };
+            if let Some(restarted) = link.learn_incarnation(inc) {
+                tracing::info!("{peer} runs incarnation {inc} (learned from a peer)");
+                self.strategy
+                    .handle_peer_incarnation(self.last_now, peer, inc, restarted, &mut self.scratch);
+            }
+        }
         for (dest, payload) in self.scratch.sends.drain(..) {
             match dest {
                 Dest::Peer(p) => {

@@ -7,6 +7,11 @@
 //! (not per client) captures every causal dependency, stays `servers` long,
 //! and needs no clean-up when clients leave. It also keeps per-sender FIFO
 //! (entry `origin` must be exactly one more than delivered).
+//!
+//! Restarts: each entry also names the incarnation of server `k` it counts.
+//! A new incarnation counts from 1 again; a dependency on messages of a
+//! crashed incarnation is released (those that never arrived are lost with
+//! the crashed server's clients), and its undelivered messages are dropped.
 
 use super::kind;
 use crate::registry::{Guarantees, StrategySpec};
@@ -15,10 +20,17 @@ use crate::{Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyConte
 use bytes::Bytes;
 use std::collections::HashMap;
 
+/// One clock entry: `count` messages of incarnation `incarnation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    incarnation: u64,
+    count: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Stamped {
     id: MsgId,
-    clock: Vec<u64>,
+    clock: Vec<Entry>,
     line: Bytes,
 }
 
@@ -31,34 +43,60 @@ struct CausalRoom {
 pub struct Causal {
     me: ServerId,
     servers: usize,
+    /// Current incarnation of every server (0 = not heard from yet).
+    incarnations: Vec<u64>,
     rooms: HashMap<RoomId, CausalRoom>,
 }
 
 impl Causal {
     pub fn new(ctx: &StrategyContext) -> Self {
+        let mut incarnations = vec![0; ctx.servers];
+        incarnations[ctx.me.index()] = ctx.incarnation;
         Self {
             me: ctx.me,
             servers: ctx.servers,
+            incarnations,
             rooms: HashMap::new(),
         }
     }
 
-    fn room(&mut self, room: RoomId) -> &mut CausalRoom {
-        let n = self.servers;
-        self.rooms.entry(room).or_insert_with(|| CausalRoom {
+    fn room_entry(rooms: &mut HashMap<RoomId, CausalRoom>, n: usize, room: RoomId) -> &mut CausalRoom {
+        rooms.entry(room).or_insert_with(|| CausalRoom {
             delivered: vec![0; n],
             held: Vec::new(),
         })
     }
+
+    /// Delivers every held message of `room` that became deliverable.
+    fn drain(&mut self, room: RoomId, out: &mut Outbox) {
+        let incs = &self.incarnations;
+        let Some(cr) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        loop {
+            let Some(i) = cr.held.iter().position(|m| deliverable(incs, &cr.delivered, m)) else {
+                break;
+            };
+            let m = cr.held.swap_remove(i);
+            cr.delivered[m.id.origin.index()] += 1;
+            out.deliver(Post {
+                id: m.id,
+                room,
+                line: m.line,
+            });
+        }
+    }
 }
 
-fn deliverable(delivered: &[u64], m: &Stamped) -> bool {
+fn deliverable(incarnations: &[u64], delivered: &[u64], m: &Stamped) -> bool {
     let o = m.id.origin.index();
-    m.clock.iter().enumerate().all(|(k, &c)| {
+    m.clock.iter().enumerate().all(|(k, e)| {
         if k == o {
-            c == delivered[k] + 1
+            e.incarnation == incarnations[k] && e.count == delivered[k] + 1
+        } else if e.count == 0 || e.incarnation < incarnations[k] {
+            true
         } else {
-            c <= delivered[k]
+            e.incarnation == incarnations[k] && e.count <= delivered[k]
         }
     })
 }
@@ -66,13 +104,16 @@ fn deliverable(delivered: &[u64], m: &Stamped) -> bool {
 impl Ordering for Causal {
     fn handle_post(&mut self, _now: Time, post: Post, out: &mut Outbox) {
         let me = self.me.index();
-        let r = self.room(post.room);
+        let r = Self::room_entry(&mut self.rooms, self.servers, post.room);
         r.delivered[me] += 1;
-        let mut w = Writer::with_capacity(post.line.len() + 16 + 4 * r.delivered.len());
+        let mut w = Writer::with_capacity(post.line.len() + 16 + 10 * r.delivered.len());
         w.u8(kind::CAUSAL_MSG).varint(post.id.counter).varint(u64::from(post.room));
         w.varint(r.delivered.len() as u64);
-        for &c in &r.delivered {
+        for (k, &c) in r.delivered.iter().enumerate() {
             w.varint(c);
+            if c > 0 {
+                w.varint(self.incarnations[k]);
+            }
         }
         w.bytes(&post.line);
         out.send(Dest::AllPeers, w.into_bytes());
@@ -93,37 +134,44 @@ impl Ordering for Causal {
         }
         let mut clock = Vec::with_capacity(self.servers);
         for _ in 0..len {
-            clock.push(r.varint()?);
+            let count = r.varint()?;
+            let incarnation = if count > 0 { r.varint()? } else { 0 };
+            clock.push(Entry { incarnation, count });
         }
         let line = Bytes::copy_from_slice(r.bytes()?);
         r.finish()?;
+        for (k, e) in clock.iter().enumerate() {
+            if e.count > 0 && e.incarnation > self.incarnations[k] {
+                // The sender knows a newer incarnation of k than we do.
+                out.hint_incarnation(ServerId(k as u16), e.incarnation);
+            }
+        }
         let id = MsgId { origin: from, counter };
-        let cr = self.room(room);
-        if clock[from.index()] <= cr.delivered[from.index()] {
+        let o = from.index();
+        let cr = Self::room_entry(&mut self.rooms, self.servers, room);
+        if clock[o].incarnation == self.incarnations[o] && clock[o].count <= cr.delivered[o] {
             return Ok(()); // already delivered
         }
         cr.held.push(Stamped { id, clock, line });
-        // Deliver everything that became deliverable, repeatedly.
-        loop {
-            let Some(i) = cr.held.iter().position(|m| deliverable(&cr.delivered, m)) else {
-                break;
-            };
-            let m = cr.held.swap_remove(i);
-            cr.delivered[m.id.origin.index()] += 1;
-            out.deliver(Post {
-                id: m.id,
-                room,
-                line: m.line,
-            });
-        }
+        self.drain(room, out);
         Ok(())
     }
 
-    fn handle_peer_restart(&mut self, _now: Time, peer: ServerId, _out: &mut Outbox) {
-        // The new incarnation counts its messages from 1 again.
-        for r in self.rooms.values_mut() {
-            r.delivered[peer.index()] = 0;
-            r.held.retain(|m| m.id.origin != peer);
+    fn handle_peer_incarnation(&mut self, _now: Time, peer: ServerId, incarnation: u64, restarted: bool, out: &mut Outbox) {
+        let k = peer.index();
+        if incarnation <= self.incarnations[k] {
+            return;
+        }
+        self.incarnations[k] = incarnation;
+        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+        for room in rooms {
+            if restarted && let Some(r) = self.rooms.get_mut(&room) {
+                r.delivered[k] = 0;
+                r.held.retain(|m| m.id.origin != peer || m.clock[k].incarnation >= incarnation);
+            }
+            // Messages waiting to learn this incarnation, or depending on
+            // the crashed one, may go now.
+            self.drain(room, out);
         }
     }
 

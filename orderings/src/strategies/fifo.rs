@@ -55,7 +55,10 @@ impl Ordering for Fifo {
         Ok(())
     }
 
-    fn handle_peer_restart(&mut self, _now: Time, peer: ServerId, out: &mut Outbox) {
+    fn handle_peer_incarnation(&mut self, _now: Time, peer: ServerId, _inc: u64, restarted: bool, out: &mut Outbox) {
+        if !restarted {
+            return;
+        }
         // Its numbering starts again at 1; ours continues where it is.
         self.holdback.forget_origin(peer);
         for (room, next) in self.counters.positions() {

@@ -18,4 +18,6 @@ pub(crate) mod kind {
     pub const TOTAL_PROPOSE: u8 = 4;
     pub const TOTAL_FINAL: u8 = 5;
     pub const CAUSAL_MSG: u8 = 6;
+    pub const TOTAL_QUERY: u8 = 7;
+    pub const TOTAL_ANSWER: u8 = 8;
 }

@@ -12,6 +12,16 @@
 //! messages of a room in their stream order (the [`StreamHoldback`] in front
 //! of the proposal step), so each server's proposals grow along the stream,
 //! and so does their maximum.
+//!
+//! Crash of an origin: when server `k` comes back as a new incarnation, its
+//! old incarnation's messages that are still tentative here can never be
+//! finalized by it. Each survivor asks every other survivor what it knows
+//! ([`kind::TOTAL_QUERY`]); a survivor that saw the final priority answers
+//! with it (it remembers recent finals), the others answer "unknown" and,
+//! having marked the old incarnation dead, can never learn it later. So one
+//! known final settles the message everywhere, and "unknown" from all means
+//! nobody delivered it: every survivor drops it. Rounds of ours that waited
+//! for `k` are sent again to its new incarnation.
 
 use super::kind;
 use super::stream::{StreamCounters, StreamHoldback, StreamMsg, decode_stream_start, encode_stream_start};
@@ -53,6 +63,37 @@ struct ProposalRound {
 }
 
 const FLAG_RESENT: u8 = 1;
+/// Finals remembered per origin, to answer recovery queries.
+const RECENT_FINALS: usize = 16 * 1024;
+
+/// Settling a crashed origin's tentative message (see the module docs).
+#[derive(Debug)]
+struct Recovery {
+    room: RoomId,
+    /// The incarnation that replaced the origin's crashed one.
+    incarnation: u64,
+    /// Per server: `None` = no answer yet; `Some(None)` = does not know.
+    answers: Vec<Option<Option<Priority>>>,
+}
+
+#[derive(Debug, Default)]
+struct RecentFinals {
+    order: std::collections::VecDeque<u64>,
+    by_counter: HashMap<u64, Priority>,
+}
+
+impl RecentFinals {
+    fn remember(&mut self, counter: u64, p: Priority) {
+        if self.by_counter.insert(counter, p).is_none() {
+            self.order.push_back(counter);
+            if self.order.len() > RECENT_FINALS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.by_counter.remove(&old);
+            }
+        }
+    }
+}
 
 pub struct Total {
     me: ServerId,
@@ -61,8 +102,12 @@ pub struct Total {
     streams: StreamHoldback,
     rooms: HashMap<RoomId, RoomQueue>,
     rounds: BTreeMap<MsgId, ProposalRound>,
+    recent_finals: HashMap<ServerId, RecentFinals>,
+    recoveries: BTreeMap<MsgId, Recovery>,
     /// Payloads that named messages we do not know (stale or hostile).
     pub ignored: u64,
+    /// Crashed origins' messages settled by recovery: (finalized, dropped).
+    pub recovered: (u64, u64),
 }
 
 impl Total {
@@ -74,7 +119,10 @@ impl Total {
             streams: StreamHoldback::default(),
             rooms: HashMap::new(),
             rounds: BTreeMap::new(),
+            recent_finals: HashMap::new(),
+            recoveries: BTreeMap::new(),
             ignored: 0,
+            recovered: (0, 0),
         }
     }
 
@@ -151,6 +199,17 @@ impl Total {
         rq.highest = rq.highest.max(p.n);
         rq.queue.insert(p, held);
         rq.position.insert(id, p);
+        if id.origin != self.me {
+            self.recent_finals.entry(id.origin).or_default().remember(id.counter, p);
+        }
+        self.drain_room(room, out);
+    }
+
+    /// Delivers the final messages at the head of a room's queue.
+    fn drain_room(&mut self, room: RoomId, out: &mut Outbox) {
+        let Some(rq) = self.rooms.get_mut(&room) else {
+            return;
+        };
         while let Some(entry) = rq.queue.first_entry() {
             if !entry.get().is_final {
                 break;
@@ -162,6 +221,105 @@ impl Total {
                 room,
                 line: held.line,
             });
+        }
+    }
+
+    /// Asks `to` what it knows of the listed messages of `origin`.
+    fn send_query(&self, to: Dest, origin: ServerId, incarnation: u64, counters: &[u64], out: &mut Outbox) {
+        let mut w = Writer::with_capacity(16 + 9 * counters.len());
+        w.u8(kind::TOTAL_QUERY)
+            .varint(u64::from(origin.0))
+            .varint(incarnation)
+            .varint(counters.len() as u64);
+        for &c in counters {
+            w.varint(c);
+        }
+        out.send(to, w.into_bytes());
+    }
+
+    fn handle_query(&mut self, from: ServerId, r: &mut Reader<'_>, out: &mut Outbox) -> Result<(), WireError> {
+        let origin = ServerId(r.varint_u16("server")?);
+        let incarnation = r.varint()?;
+        let n = r.varint()?;
+        if origin.index() >= self.servers || n > r.remaining() as u64 {
+            return Err(WireError::OutOfRange("query"));
+        }
+        let mut counters = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            counters.push(r.varint()?);
+        }
+        r.finish()?;
+        // Mark the old incarnation dead before answering: from now on we
+        // never accept a final from it, so "unknown" stays true.
+        out.hint_incarnation(origin, incarnation);
+        let known = self.recent_finals.get(&origin);
+        let mut w = Writer::with_capacity(16 + 12 * counters.len());
+        w.u8(kind::TOTAL_ANSWER).varint(u64::from(origin.0)).varint(counters.len() as u64);
+        for c in counters {
+            w.varint(c);
+            match known.and_then(|k| k.by_counter.get(&c)) {
+                Some(p) => w.u8(1).varint(p.n).varint(u64::from(p.server)),
+                None => w.u8(0),
+            };
+        }
+        out.send(Dest::Peer(from), w.into_bytes());
+        Ok(())
+    }
+
+    fn handle_answer(&mut self, from: ServerId, r: &mut Reader<'_>, out: &mut Outbox) -> Result<(), WireError> {
+        let origin = ServerId(r.varint_u16("server")?);
+        let n = r.varint()?;
+        if n > r.remaining() as u64 {
+            return Err(WireError::Truncated);
+        }
+        let mut answers = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let counter = r.varint()?;
+            let answer = match r.u8()? {
+                0 => None,
+                1 => Some(Priority {
+                    n: r.varint()?,
+                    server: r.varint_u16("server")?,
+                }),
+                _ => return Err(WireError::OutOfRange("answer")),
+            };
+            answers.push((counter, answer));
+        }
+        r.finish()?;
+        for (counter, answer) in answers {
+            let id = MsgId { origin, counter };
+            let Some(rec) = self.recoveries.get_mut(&id) else {
+                continue;
+            };
+            if let Some(slot) = rec.answers.get_mut(from.index()) {
+                *slot = Some(answer);
+            }
+            self.try_settle(id, out);
+        }
+        Ok(())
+    }
+
+    /// Settles a recovery once one survivor knows the final, or all say no.
+    fn try_settle(&mut self, id: MsgId, out: &mut Outbox) {
+        let Some(rec) = self.recoveries.get(&id) else {
+            return;
+        };
+        let known = rec.answers.iter().flatten().flatten().copied().next();
+        let all_answered = rec.answers.iter().all(Option::is_some);
+        let room = rec.room;
+        if let Some(p) = known {
+            self.recoveries.remove(&id);
+            self.recovered.0 += 1;
+            self.apply_final(id, room, p, out);
+        } else if all_answered {
+            self.recoveries.remove(&id);
+            self.recovered.1 += 1;
+            if let Some(rq) = self.rooms.get_mut(&room)
+                && let Some(pos) = rq.position.remove(&id)
+            {
+                rq.queue.remove(&pos);
+            }
+            self.drain_room(room, out);
         }
     }
 
@@ -235,13 +393,69 @@ impl Ordering for Total {
                     self.propose(m, out);
                 }
             }
+            kind::TOTAL_QUERY => self.handle_query(from, &mut r, out)?,
+            kind::TOTAL_ANSWER => self.handle_answer(from, &mut r, out)?,
             k => return Err(WireError::UnknownKind(k)),
         }
         Ok(())
     }
 
-    fn handle_peer_restart(&mut self, _now: Time, peer: ServerId, out: &mut Outbox) {
+    fn handle_peer_incarnation(&mut self, _now: Time, peer: ServerId, incarnation: u64, restarted: bool, out: &mut Outbox) {
+        if !restarted {
+            return;
+        }
         self.streams.forget_origin(peer);
+
+        // The crashed incarnation's tentative messages: ask the survivors.
+        // Its counters are below the new incarnation (they start there).
+        let mut stuck: Vec<(MsgId, RoomId)> = Vec::new();
+        for (&room, rq) in &self.rooms {
+            for held in rq.queue.values() {
+                if held.id.origin == peer && !held.is_final && held.id.counter < incarnation {
+                    stuck.push((held.id, room));
+                }
+            }
+        }
+        stuck.sort_unstable();
+        for &(id, room) in &stuck {
+            let mut answers: Vec<Option<Option<Priority>>> = vec![None; self.servers];
+            // We hold it tentatively: we do not know its final.
+            answers[self.me.index()] = Some(None);
+            // The crashed origin has no say.
+            answers[peer.index()] = Some(None);
+            self.recoveries.insert(
+                id,
+                Recovery {
+                    room,
+                    incarnation,
+                    answers,
+                },
+            );
+        }
+        if !stuck.is_empty() {
+            let counters: Vec<u64> = stuck.iter().map(|(id, _)| id.counter).collect();
+            for s in 0..self.servers {
+                let s = ServerId(s as u16);
+                if s != self.me && s != peer {
+                    self.send_query(Dest::Peer(s), peer, incarnation, &counters, out);
+                }
+            }
+            for (id, _) in stuck {
+                self.try_settle(id, out);
+            }
+        }
+        // Queries of ours that waited for the restarted server's answer:
+        // ask its new incarnation (it knows nothing, which is an answer).
+        let mut again: BTreeMap<(ServerId, u64), Vec<u64>> = BTreeMap::new();
+        for (id, rec) in &self.recoveries {
+            if id.origin != peer && rec.answers.get(peer.index()).is_some_and(Option::is_none) {
+                again.entry((id.origin, rec.incarnation)).or_default().push(id.counter);
+            }
+        }
+        for ((origin, inc), counters) in again {
+            self.send_query(Dest::Peer(peer), origin, inc, &counters, out);
+        }
+
         // The new incarnation knows none of our open rounds: tell it where
         // our streams continue, then send them again; its old proposals are
         // void (a proposal must come from a server that holds the message).
@@ -268,7 +482,7 @@ impl Ordering for Total {
     fn stats(&self) -> StrategyStats {
         StrategyStats {
             held_back: self.streams.held() + self.rooms.values().map(|r| r.queue.len()).sum::<usize>(),
-            in_flight: self.rounds.len(),
+            in_flight: self.rounds.len() + self.recoveries.len(),
         }
     }
 }
