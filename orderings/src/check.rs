@@ -24,8 +24,11 @@
 //! - `total`: all members of a room deliver the room's messages in one
 //!   identical order ([`Kind::Total`]). Each member is compared against a
 //!   reference member (the one with the most deliveries), O(members ×
-//!   messages); if some messages are missing from the reference, a cycle check
-//!   over all members' orders catches disagreements the reference cannot see.
+//!   messages); a member's count is the number of its deliveries out of
+//!   place (its deliveries minus the longest subsequence agreeing with the
+//!   reference), with one example each. If some messages are missing from
+//!   the reference, a cycle check over all members' orders catches
+//!   disagreements the reference cannot see.
 //! - `causal`: if a member delivered (or sent) `a` before it sent `b`, every
 //!   member that delivers both delivers `a` before `b` ([`Kind::Causal`]).
 //!   Dependencies are derived from the senders' own logs as a vector of "the
@@ -356,7 +359,7 @@ impl fmt::Display for Report {
         let parts: Vec<String> = self
             .counts
             .iter()
-            .map(|(k, c)| format!("{c} {k}"))
+            .map(|(k, c)| format!("{k}: {c}"))
             .collect();
         write!(
             f,
@@ -959,31 +962,46 @@ impl<'a> Checker<'a> {
         }
         let mut found = 0u64;
         let mut outside = false;
-        let mut violations = Vec::new();
+        // One example per member (the first inversion it shows), counted as
+        // the number of its deliveries out of place: its deliveries minus the
+        // longest subsequence that agrees with the reference.
+        let mut violations: Vec<(Violation, u64)> = Vec::new();
+        let mut positions: Vec<u32> = Vec::new();
+        let mut tails: Vec<u32> = Vec::new();
         for (i, o) in orders.iter().enumerate() {
             if i == best {
                 continue;
             }
+            positions.clear();
             let mut hi: Option<(u32, u32)> = None;
+            let mut example = None;
             for &l in o {
                 let p = ref_pos[l as usize];
                 if p == NONE {
                     outside = true;
                     continue;
                 }
+                positions.push(p);
                 match hi {
                     Some((hp, hl)) if p < hp => {
-                        found += 1;
-                        violations.push(Violation::Total {
-                            room: room.room,
-                            member: room.members[i],
-                            reference,
-                            first: self.msgs[room.msgs[hl as usize] as usize].id,
-                            second: self.msgs[room.msgs[l as usize] as usize].id,
-                        });
+                        if example.is_none() {
+                            example = Some(Violation::Total {
+                                room: room.room,
+                                member: room.members[i],
+                                reference,
+                                first: self.msgs[room.msgs[hl as usize] as usize].id,
+                                second: self.msgs[room.msgs[l as usize] as usize].id,
+                            });
+                        }
                     }
                     _ => hi = Some((p, l)),
                 }
+            }
+            if let Some(v) = example {
+                let misplaced =
+                    (positions.len() - longest_increasing(&positions, &mut tails)) as u64;
+                found += misplaced;
+                violations.push((v, misplaced));
             }
         }
         if found == 0
@@ -995,15 +1013,34 @@ impl<'a> Checker<'a> {
                 .take(8)
                 .map(|l| self.msgs[room.msgs[l as usize] as usize].id)
                 .collect();
-            violations.push(Violation::TotalCycle {
-                room: room.room,
-                messages,
-            });
+            violations.push((
+                Violation::TotalCycle {
+                    room: room.room,
+                    messages,
+                },
+                1,
+            ));
         }
-        for v in violations {
+        for (v, n) in violations {
+            let k = v.kind();
             self.out.add(v);
+            self.out.add_count(k, n.saturating_sub(1));
         }
     }
+}
+
+/// Length of the longest strictly increasing subsequence (patience sorting).
+fn longest_increasing(xs: &[u32], tails: &mut Vec<u32>) -> usize {
+    tails.clear();
+    for &x in xs {
+        let at = tails.partition_point(|&t| t < x);
+        if at == tails.len() {
+            tails.push(x);
+        } else {
+            tails[at] = x;
+        }
+    }
+    tails.len()
 }
 
 /// Kahn's algorithm over the union of the members' orders (edges between
@@ -1257,6 +1294,26 @@ mod tests {
     }
 
     #[test]
+    fn total_counts_misplaced_deliveries_not_pairs() {
+        let mut h = History::new();
+        let a = h.add_member("a", 1);
+        let b = h.add_member("b", 1);
+        let m: Vec<MessageId> = (0..10).map(|i| h.sent(a, i, 0)).collect();
+        deliver_all(&mut h, &[a], &m);
+        // b got the last message first: one delivery out of place, although
+        // it precedes nine messages it should follow.
+        let mut moved = vec![m[9]];
+        moved.extend_from_slice(&m[..9]);
+        deliver_all(&mut h, &[b], &moved);
+        let r = h.check(Properties {
+            total: true,
+            ..Properties::NONE
+        });
+        assert_eq!(r.count(Kind::Total), 1, "{r}");
+        assert_eq!(r.examples_of(Kind::Total).count(), 1);
+    }
+
+    #[test]
     fn total_violation_outside_the_reference_is_found_by_the_cycle_check() {
         let mut h = History::new();
         let a = h.add_member("a", 1);
@@ -1409,7 +1466,7 @@ mod tests {
         assert_eq!(r.examples_of(Kind::Missing).count(), 3);
         let _ = b;
         let s = r.to_string();
-        assert!(s.contains("100 missing"), "{s}");
+        assert!(s.contains("missing: 100"), "{s}");
     }
 
     #[test]

@@ -19,7 +19,6 @@ pub mod link;
 pub mod registry;
 pub mod replica;
 pub mod rng;
-#[cfg(any())] // enabled once the checker API lands
 pub mod sim;
 pub mod strategies;
 pub mod wire;

@@ -333,6 +333,7 @@ impl PeerLink {
             self.reset_for(incarnation);
         } else {
             self.peer_incarnation = incarnation;
+            self.last_sent = None;
         }
         Some(restarted)
     }
@@ -355,14 +356,21 @@ impl PeerLink {
                 self.stats.peer_restarts += 1;
                 self.reset_for(d.src_incarnation);
             } else {
-                // Keep what we queued before the peer came up: it was sent
-                // to "any incarnation" and is still owed.
+                // Keep what we queued before the peer came up (frames wait
+                // until we know whom they are for), and answer at once.
                 out.first_contact = true;
                 self.peer_incarnation = d.src_incarnation;
+                self.last_sent = None;
             }
         }
         self.stats.datagrams_received += 1;
         self.handle_ack(now, d.ack, &d.gaps);
+        if d.dst_incarnation == 0 && !d.frames.is_empty() {
+            // Frames always name their receiver's incarnation; frames for
+            // "anyone" could be meant for an earlier life of ours.
+            self.stats.stale += 1;
+            return out;
+        }
 
         let mut gap_seen = false;
         for &(seq, payload) in &d.frames {
@@ -490,8 +498,9 @@ impl PeerLink {
     }
 
     fn wants_to_send(&self, now: Time) -> bool {
-        self.resend_pending > 0
-            || (self.first_unsent < self.queue.len() && self.first_unsent < self.cfg.window)
+        let may_send_frames = self.peer_incarnation != 0;
+        (may_send_frames && self.resend_pending > 0)
+            || (may_send_frames && self.first_unsent < self.queue.len() && self.first_unsent < self.cfg.window)
             || self.ack_due.is_some_and(|t| t <= now)
             || self
                 .last_sent
@@ -530,8 +539,15 @@ impl PeerLink {
         let mut size = stuffed_len(&header.encode_raw(authenticated)) + 2 + overhead;
         let budget = self.cfg.max_datagram;
         let mut picked: Vec<usize> = Vec::new();
+        // Until the peer's incarnation is known, only heartbeats go out:
+        // frames must name the incarnation they are for.
+        let limit = if self.peer_incarnation == 0 {
+            0
+        } else {
+            self.queue.len().min(self.cfg.window)
+        };
         // Resends first (oldest first), then new frames within the window.
-        if self.resend_pending > 0 {
+        if self.resend_pending > 0 && limit > 0 {
             for (i, f) in self.queue.iter().enumerate().take(self.first_unsent) {
                 if f.resend {
                     let cost = frame_cost(f);
@@ -543,7 +559,6 @@ impl PeerLink {
                 }
             }
         }
-        let limit = self.queue.len().min(self.cfg.window);
         let mut i = self.first_unsent;
         while i < limit {
             let cost = frame_cost(&self.queue[i]);
@@ -592,10 +607,26 @@ mod tests {
 
     fn pair() -> (PeerLink, PeerLink) {
         let cfg = LinkConfig::default();
-        (
-            PeerLink::new(ServerId(1), 11, cfg.clone()),
-            PeerLink::new(ServerId(0), 22, cfg),
-        )
+        let mut a = PeerLink::new(ServerId(1), 11, cfg.clone());
+        let mut b = PeerLink::new(ServerId(0), 22, cfg);
+        // The heartbeat exchange that introduces the two.
+        carry(&mut a, &mut b, Time(0));
+        carry(&mut b, &mut a, Time(0));
+        (a, b)
+    }
+
+    #[test]
+    fn frames_wait_until_the_peer_is_known() {
+        let cfg = LinkConfig::default();
+        let mut a = PeerLink::new(ServerId(1), 11, cfg.clone());
+        let mut b = PeerLink::new(ServerId(0), 22, cfg);
+        a.push(Bytes::from_static(b"early"));
+        let raw = a.poll_datagram(Time(0), false).expect("heartbeat");
+        let (d, _) = Datagram::decode_raw(&raw).unwrap();
+        assert!(d.frames.is_empty(), "no frames for an unknown incarnation");
+        assert!(b.receive(Time(0), &d).first_contact);
+        assert_eq!(carry(&mut b, &mut a, Time(1)), Vec::<Bytes>::new());
+        assert_eq!(carry(&mut a, &mut b, Time(2)), vec![Bytes::from_static(b"early")]);
     }
 
     fn carry(from: &mut PeerLink, to: &mut PeerLink, now: Time) -> Vec<Bytes> {
@@ -648,6 +679,7 @@ mod tests {
         assert_eq!(carry(&mut a, &mut b, Time(0)).len(), 1);
         // a restarts as incarnation 33.
         let mut a2 = PeerLink::new(ServerId(1), 33, LinkConfig::default());
+        a2.learn_incarnation(22);
         a2.push(Bytes::from_static(b"fresh"));
         let raw = a2.poll_datagram(Time(5), false).unwrap();
         let (d, _) = Datagram::decode_raw(&raw).unwrap();

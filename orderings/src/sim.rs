@@ -11,7 +11,7 @@
 //!   network that reorders but never loses (no link layer), which shows a
 //!   strategy's own logic does not lean on FIFO channels.
 
-use crate::check::{self, CheckInput, MemberLog, Properties, Report, SentMsg};
+use crate::check::{History, MemberOpts, MessageId, Properties, Report};
 use crate::registry::StrategySpec;
 use crate::replica::{Replica, ReplicaConfig};
 use crate::rng::SimRng;
@@ -83,6 +83,8 @@ impl SimConfig {
 pub struct SimOutcome {
     pub config: SimConfig,
     pub report: Report,
+    /// Properties that were checked.
+    pub properties: Properties,
     /// The last lines of the event trace (for failures).
     pub trace: Vec<String>,
     pub datagrams: u64,
@@ -93,7 +95,7 @@ pub struct SimOutcome {
 
 impl SimOutcome {
     pub fn passed(&self) -> bool {
-        self.report.passed()
+        self.report.ok()
     }
 
     /// A readable failure text: seed, scenario, violations, trace tail.
@@ -149,8 +151,14 @@ struct Sim {
     nodes: Vec<Node>,
     incarnations: Vec<u64>,
     clients: Vec<Client>,
-    logs: Vec<MemberLog>,
-    sent: Vec<SentMsg>,
+    history: History,
+    /// Per client, per sender: deliveries so far.
+    delivered: Vec<Vec<usize>>,
+    /// Per client: messages sent.
+    sent_count: Vec<usize>,
+    /// Per message sent: (sender client, room).
+    sent: Vec<(usize, RoomId)>,
+    properties: Properties,
     trace: VecDeque<String>,
     datagrams: u64,
     dropped: u64,
@@ -158,8 +166,13 @@ struct Sim {
     timer_at: Vec<Option<Time>>,
 }
 
-/// Runs one simulation of strategy `spec`.
+/// Runs one simulation of strategy `spec`, checking what it guarantees.
 pub fn run(spec: &'static StrategySpec, cfg: SimConfig) -> SimOutcome {
+    run_checking(spec, cfg, None)
+}
+
+/// Runs one simulation, checking `props` (default: what `spec` guarantees).
+pub fn run_checking(spec: &'static StrategySpec, cfg: SimConfig, props_override: Option<Properties>) -> SimOutcome {
     let mut rng = SimRng::new(cfg.seed);
     let clients: Vec<Client> = (0..cfg.clients)
         .map(|i| Client {
@@ -170,11 +183,13 @@ pub fn run(spec: &'static StrategySpec, cfg: SimConfig) -> SimOutcome {
             alive: true,
         })
         .collect();
-    let logs = clients
-        .iter()
-        .enumerate()
-        .map(|(i, c)| MemberLog::new(i as u32, c.room))
-        .collect();
+    let mut history = History::new();
+    for (i, c) in clients.iter().enumerate() {
+        history.add_member(format!("c{i}@{}", c.server), c.room);
+    }
+    let properties = props_override.unwrap_or_else(|| Properties::from_guarantees(spec.guarantees));
+    let delivered = vec![vec![0; clients.len()]; clients.len()];
+    let sent_count = vec![0; clients.len()];
     let mut sim = Sim {
         spec,
         rng,
@@ -185,8 +200,11 @@ pub fn run(spec: &'static StrategySpec, cfg: SimConfig) -> SimOutcome {
         nodes: Vec::new(),
         incarnations: vec![1; cfg.servers],
         clients,
-        logs,
+        history,
+        delivered,
+        sent_count,
         sent: Vec::new(),
+        properties,
         trace: VecDeque::new(),
         datagrams: 0,
         dropped: 0,
@@ -215,10 +233,20 @@ impl Sim {
         let ctx = StrategyContext {
             me,
             servers: self.cfg.servers,
+            incarnation: self.incarnations[me.index()],
         };
-        let strategy = (self.spec.build)(&ctx);
+        let mut strategy = (self.spec.build)(&ctx);
         match self.cfg.network {
-            Network::Raw => Node::Raw(strategy),
+            Network::Raw => {
+                // No links to introduce the peers: do it by hand.
+                let mut out = Outbox::default();
+                for p in 0..self.cfg.servers {
+                    if p != me.index() {
+                        strategy.handle_peer_incarnation(Time::ZERO, ServerId(p as u16), self.incarnations[p], false, &mut out);
+                    }
+                }
+                Node::Raw(strategy)
+            }
             Network::Links => {
                 let rc = ReplicaConfig::new(me, self.cfg.servers, self.incarnations[me.index()]);
                 Node::Replica(Box::new(Replica::new(rc, strategy)))
@@ -249,15 +277,13 @@ impl Sim {
     fn all_delivered(&self) -> bool {
         // Every live member has every message sent to its room by a sender
         // whose messages must arrive (see `check`): a cheap count check.
+        // Every live member has every message of its room from every live
+        // sender (the crashed server's clients' messages may be lost).
         self.clients.iter().enumerate().all(|(i, c)| {
-            !c.alive || {
-                let expected = self
-                    .sent
-                    .iter()
-                    .filter(|m| m.room == c.room && m.must_arrive)
-                    .count();
-                self.logs[i].deliveries() >= expected
-            }
+            !c.alive
+                || self.clients.iter().enumerate().all(|(s, sc)| {
+                    !sc.alive || sc.room != c.room || self.delivered[i][s] >= self.sent_count[s]
+                })
         })
     }
 
@@ -299,7 +325,9 @@ impl Sim {
                     }
                 }
                 Event::Restart { server } => {
-                    self.incarnations[server.index()] += 1;
+                    // Counters start at the incarnation: leave room for
+                    // every message the old one could have posted.
+                    self.incarnations[server.index()] += 1 << 40;
                     self.note(format!(
                         "{server} RESTARTS as incarnation {}",
                         self.incarnations[server.index()]
@@ -346,13 +374,9 @@ impl Sim {
         }
         self.note(format!("c{client}@{server} posts {body} to room {room}"));
         self.clients[client].sent += 1;
-        self.logs[client].sent(client as u32, seq);
-        self.sent.push(SentMsg {
-            sender: client as u32,
-            seq,
-            room,
-            must_arrive: true,
-        });
+        self.history.sent(client as u32, seq, self.now.0);
+        self.sent.push((client, room));
+        self.sent_count[client] += 1;
         self.after_step(server);
         self.schedule(self.now.plus_micros(next_gap), Event::Post { client });
     }
@@ -437,7 +461,8 @@ impl Sim {
         self.note(format!("{at} delivers {} ({text}) in room {}", d.id, d.room));
         for (i, c) in self.clients.iter().enumerate() {
             if c.server == at && c.alive && c.room == d.room {
-                self.logs[i].delivered(sender, seq, d.room);
+                self.history.delivered(i as u32, MessageId { sender, seq }, self.now.0);
+                self.delivered[i][sender as usize] += 1;
             }
         }
     }
@@ -474,22 +499,25 @@ impl Sim {
         }
     }
 
-    fn finish(self) -> SimOutcome {
-        let mut logs = self.logs;
+    fn finish(mut self) -> SimOutcome {
         for (i, c) in self.clients.iter().enumerate() {
             if !c.alive {
-                logs[i].partial = true;
+                // Its server crashed: it saw only part, and what it sent may
+                // be lost with the server.
+                self.history.set_opts(
+                    i as u32,
+                    MemberOpts {
+                        partial: true,
+                        optional_sends: true,
+                    },
+                );
             }
         }
-        let props = Properties::from(self.spec.guarantees);
-        let report = check::check(&CheckInput {
-            members: logs,
-            sent: self.sent,
-            properties: props,
-        });
+        let report = self.history.check(self.properties);
         SimOutcome {
             config: self.cfg,
             report,
+            properties: self.properties,
             trace: self.trace.into_iter().collect(),
             datagrams: self.datagrams,
             dropped: self.dropped,

@@ -462,10 +462,27 @@ impl Ordering for Total {
         for (room, next) in self.counters.positions() {
             out.send(Dest::Peer(peer), encode_stream_start(room, next));
         }
+        // We also propose afresh for each open round, above every priority
+        // agreed here so far: the new incarnation's proposals start low, and
+        // without this a re-sent message could be ordered before an earlier
+        // message of the same sender that was finalized before the crash.
         let mut resend = Vec::new();
         for (&id, round) in self.rounds.iter_mut() {
             if let Some(slot) = round.proposals.get_mut(peer.index()) {
                 *slot = None;
+            }
+            if let Some(rq) = self.rooms.get_mut(&round.room)
+                && let Some(old) = rq.position.get(&id).copied()
+                && let Some(held) = rq.queue.remove(&old)
+            {
+                rq.highest += 1;
+                let fresh = Priority {
+                    n: rq.highest,
+                    server: self.me.0,
+                };
+                rq.queue.insert(fresh, held);
+                rq.position.insert(id, fresh);
+                round.proposals[self.me.index()] = Some(fresh);
             }
             resend.push(StreamMsg {
                 id,
@@ -497,5 +514,19 @@ inventory::submit! {
         summary: "one identical order per room for all members (ISIS/Skeen agreement, leaderless), keeping each sender's order",
         guarantees: Guarantees { fifo: true, total: true, causal: false },
         build,
+    }
+}
+
+#[cfg(test)]
+impl Total {
+    /// (room, priority, id, final) of every held message, for debugging.
+    pub fn dump(&self) -> Vec<(RoomId, Priority, MsgId, bool)> {
+        let mut v: Vec<_> = self
+            .rooms
+            .iter()
+            .flat_map(|(&r, q)| q.queue.iter().map(move |(&p, h)| (r, p, h.id, h.is_final)))
+            .collect();
+        v.sort_unstable();
+        v
     }
 }
