@@ -1,8 +1,14 @@
 //! The launcher library: every subcommand is a module with its own clap
 //! `Args` struct and a `run` function; `main.rs` only dispatches.
 
+pub mod output;
+pub mod plan;
 pub mod proxy;
+pub mod state;
 pub mod stress;
+pub mod stress_cluster;
+pub mod stress_load;
+pub mod supervise;
 pub mod up;
 
 use clap::{Parser, Subcommand};

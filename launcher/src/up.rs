@@ -1,14 +1,28 @@
 //! `launcher up/check/status/down`.
+//!
+//! `up` runs every node of a cluster file under [`crate::supervise`] and
+//! keeps `STATE_DIR/launcher.json` current; `status` and `down` work from
+//! that file in another terminal, checking each pid's start time in `/proc`
+//! before trusting (or signalling) it.
 
+use crate::output::{Output, want_colour};
+use crate::plan::{self, Plan, SecretPlan};
+use crate::state::{self, StateFile};
+use anyhow::Context;
 use clap::Args;
-use std::path::PathBuf;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Cluster file (TOML or the legacy line format).
     pub file: PathBuf,
-    /// Ordering mode (required for legacy files unless given in TOML).
+    /// Ordering mode (overrides the TOML file's; default for legacy files: unordered).
     #[arg(short = 'o', long = "ordering")]
     pub ordering: Option<String>,
 }
@@ -30,15 +44,257 @@ pub struct DownArgs {
     pub file: PathBuf,
 }
 
-pub fn run_up(_a: UpArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("launcher up: not yet implemented")
+/// Exit status of `status` when the cluster is not running (as LSB init
+/// scripts do).
+const NOT_RUNNING: u8 = 3;
+
+/// The running launcher of a state file, if it is still the same process.
+fn live_launcher(st: &StateFile) -> bool {
+    state::is_same_process(st.launcher_pid, st.launcher_start_time)
 }
-pub fn run_check(_a: CheckArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("launcher check: not yet implemented")
+
+fn refuse_if_running(plan: &Plan) -> anyhow::Result<()> {
+    if let Some(st) = state::read(&plan.state_file())?
+        && live_launcher(&st)
+    {
+        anyhow::bail!(
+            "cluster {} is already running under launcher pid {} (state file {}); stop it with `launcher down {}`",
+            st.cluster,
+            st.launcher_pid,
+            plan.state_file().display(),
+            plan.config_path.display()
+        );
+    }
+    Ok(())
 }
-pub fn run_status(_a: StatusArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("launcher status: not yet implemented")
+
+pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::build(&a.file, a.ordering.as_deref())?;
+    refuse_if_running(&plan)?;
+    plan.check_ports()?;
+    std::fs::create_dir_all(plan.log_dir())
+        .with_context(|| format!("cannot create {}", plan.log_dir().display()))?;
+    prepare_secret(&plan.secret)?;
+    let names = plan.nodes.iter().map(|n| n.name.clone()).collect();
+    let out = Output::new(names, Some(&plan.log_dir()), want_colour())
+        .with_context(|| format!("cannot create log files in {}", plan.log_dir().display()))?;
+    out.global(&format!(
+        "cluster {}: {} node{} from {}; {}",
+        plan.cfg.name,
+        plan.nodes.len(),
+        if plan.nodes.len() == 1 { "" } else { "s" },
+        plan.config_path.display(),
+        plan.ordering_line()
+    ));
+    out.global(&format!(
+        "state {}, logs {}",
+        plan.state_file().display(),
+        plan.log_dir().display()
+    ));
+    for w in plan.warnings() {
+        out.global(&format!("warning: {w}"));
+    }
+    if plan.cfg.faults.is_some() {
+        // PROXY HOOK (owner of launcher/src/proxy.rs): start the
+        // fault-injecting proxy here, before the nodes, e.g.
+        //     let _proxy = crate::proxy::spawn_for_up(&plan.cfg)?;
+        // and keep it alive until `supervise::run` returns.
+        out.global("note: [faults] is set, but `launcher up` does not start the proxy yet; run `launcher proxy FILE` beside it");
+    }
+    crate::supervise::run(plan, out)
 }
-pub fn run_down(_a: DownArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("launcher down: not yet implemented")
+
+/// Writes the secret file the nodes get with `--secret-file` (mode 0600).
+fn prepare_secret(secret: &SecretPlan) -> anyhow::Result<()> {
+    let (path, text) = match secret {
+        SecretPlan::Off => return Ok(()),
+        SecretPlan::File { path } => {
+            std::fs::metadata(path).with_context(|| format!("secret_file {}", path.display()))?;
+            return Ok(());
+        }
+        SecretPlan::Generate { path } => (path, random_hex(32)?),
+        SecretPlan::Inline { path, secret } => (path, secret.clone()),
+    };
+    write_private(path, &text)
+        .with_context(|| format!("cannot write the secret to {}", path.display()))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // `mode` applies only to a new file.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+fn random_hex(n: usize) -> anyhow::Result<String> {
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub fn run_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::build(&a.file, a.ordering.as_deref())?;
+    print!("{}", plan.describe());
+    refuse_if_running(&plan)?;
+    plan.check_ports()?;
+    println!(
+        "ok: {} bind address{} free",
+        plan.nodes.len(),
+        if plan.nodes.len() == 1 {
+            " is"
+        } else {
+            "es are"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let cfg = plan::load_config(&a.file)?;
+    let path = plan::state_file(&cfg)?;
+    let Some(st) = state::read(&path)? else {
+        println!(
+            "cluster {}: not running (no state file {})",
+            cfg.name,
+            path.display()
+        );
+        return Ok(ExitCode::from(NOT_RUNNING));
+    };
+    let running = live_launcher(&st);
+    if running {
+        println!(
+            "cluster {}: launcher pid {} running, ordering {}",
+            st.cluster, st.launcher_pid, st.ordering
+        );
+    } else {
+        println!(
+            "cluster {}: launcher pid {} is NOT running (stale state file {}; run `launcher down` to clean up)",
+            st.cluster,
+            st.launcher_pid,
+            path.display()
+        );
+    }
+    let w = st
+        .nodes
+        .iter()
+        .map(|n| n.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:w$}  {:>8}  {:10}  {:5}  {:21}  {:>8}  LAST EXIT",
+        "NAME", "PID", "STATE", "ALIVE", "BIND", "RESTARTS"
+    );
+    for n in &st.nodes {
+        let alive = match (n.pid, n.start_time) {
+            (Some(p), Some(t)) => state::is_same_process(p, t),
+            _ => false,
+        };
+        let pid = n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:w$}  {:>8}  {:10}  {:5}  {:21}  {:>8}  {}",
+            n.name,
+            pid,
+            n.status.to_string(),
+            if alive { "yes" } else { "no" },
+            n.bind,
+            n.restarts,
+            n.last_exit.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(if running {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(NOT_RUNNING)
+    })
+}
+
+/// Polls `gone` until it holds or `deadline` passes.
+fn wait_until(deadline: Instant, mut gone: impl FnMut() -> bool) -> bool {
+    loop {
+        if gone() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
+    let cfg = plan::load_config(&a.file)?;
+    let path = plan::state_file(&cfg)?;
+    let Some(st) = state::read(&path)? else {
+        println!("cluster {}: not running", cfg.name);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let stop_timeout = Duration::from_millis(cfg.supervise.stop_timeout_ms);
+    // The launcher gives each node stop_timeout, then SIGKILLs it.
+    let deadline = Instant::now() + stop_timeout + Duration::from_secs(5);
+    if live_launcher(&st) {
+        let pid = st.launcher_pid;
+        match kill(Pid::from_raw(pid), Signal::SIGTERM) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => anyhow::bail!("cannot signal launcher pid {pid}: {e}"),
+        }
+        println!("cluster {}: sent SIGTERM to launcher pid {pid}", st.cluster);
+        if !wait_until(deadline, || !live_launcher(&st)) {
+            anyhow::bail!(
+                "launcher pid {pid} is still running {} s after SIGTERM",
+                (stop_timeout + Duration::from_secs(5)).as_secs()
+            );
+        }
+        println!("cluster {}: stopped", st.cluster);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The launcher died without cleaning up (SIGKILL?). Its nodes normally
+    // died with it (PDEATHSIG); stop any that did not.
+    let alive: Vec<(i32, u64, &str)> = st
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.pid?, n.start_time?, n.name.as_str())))
+        .filter(|(p, t, _)| state::is_same_process(*p, *t))
+        .collect();
+    for (pid, _, name) in &alive {
+        println!(
+            "cluster {}: {name} (pid {pid}) outlived its launcher; sending SIGTERM",
+            st.cluster
+        );
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    let all_gone = || {
+        alive
+            .iter()
+            .all(|(p, t, _)| !state::is_same_process(*p, *t))
+    };
+    if !wait_until(Instant::now() + stop_timeout, all_gone) {
+        for (pid, t, name) in &alive {
+            if state::is_same_process(*pid, *t) {
+                println!(
+                    "cluster {}: {name} (pid {pid}) ignored SIGTERM; sending SIGKILL",
+                    st.cluster
+                );
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+        if !wait_until(deadline, all_gone) {
+            anyhow::bail!("some nodes of cluster {} are still running", st.cluster);
+        }
+    }
+    std::fs::remove_file(&path)
+        .with_context(|| format!("cannot remove stale state file {}", path.display()))?;
+    println!(
+        "cluster {}: launcher pid {} was not running; removed its stale state file",
+        st.cluster, st.launcher_pid
+    );
+    Ok(ExitCode::SUCCESS)
 }

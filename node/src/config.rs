@@ -173,10 +173,12 @@ fn looks_like_toml(path: &Path, text: &str) -> bool {
     if path.extension().is_some_and(|e| e == "toml") {
         return true;
     }
+    // A legacy line may start with '[' too (`[::1]:5000`), but never ends
+    // with ']' the way a TOML table header does.
     text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .is_some_and(|l| l.starts_with('[') || l.contains('='))
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| (l.starts_with('[') && l.ends_with(']')) || l.contains('='))
 }
 
 /// The spec's format: one server per line, `ADDR` or `FWD,BIND`.

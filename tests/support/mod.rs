@@ -22,10 +22,16 @@ pub fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let profile_release = std::env::current_exe()
             .ok()
-            .and_then(|p| p.parent().and_then(|d| d.parent()).map(|d| d.ends_with("release")))
+            .and_then(|p| {
+                p.parent()
+                    .and_then(|d| d.parent())
+                    .map(|d| d.ends_with("release"))
+            })
             .unwrap_or(false);
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "node", "-p", "client", "-p", "launcher", "--bins"]);
+        cmd.args([
+            "build", "--quiet", "-p", "node", "-p", "client", "-p", "launcher", "--bins",
+        ]);
         if profile_release {
             cmd.arg("--release");
         }
@@ -80,7 +86,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     let socks: Vec<UdpSocket> = (0..n)
         .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind port 0"))
         .collect();
-    socks.iter().map(|s| s.local_addr().expect("local addr").port()).collect()
+    socks
+        .iter()
+        .map(|s| s.local_addr().expect("local addr").port())
+        .collect()
 }
 
 /// A legacy config with `n` servers; with `proxy` each server gets a
@@ -119,7 +128,9 @@ pub struct Proc {
 impl Proc {
     /// Spawns with stdout and stderr captured line by line.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stdout_lines = child.stdout.take().map(lines_of);
         let stderr_lines = child.stderr.take().map(lines_of);
@@ -133,11 +144,19 @@ impl Proc {
 
     /// Waits for a stderr line containing `needle`; returns all lines read.
     pub fn wait_stderr(&mut self, needle: &str) -> Vec<String> {
-        wait_line(self.stderr_lines.as_ref().expect("stderr captured"), needle, &self.name)
+        wait_line(
+            self.stderr_lines.as_ref().expect("stderr captured"),
+            needle,
+            &self.name,
+        )
     }
 
     pub fn wait_stdout(&mut self, needle: &str) -> Vec<String> {
-        wait_line(self.stdout_lines.as_ref().expect("stdout captured"), needle, &self.name)
+        wait_line(
+            self.stdout_lines.as_ref().expect("stdout captured"),
+            needle,
+            &self.name,
+        )
     }
 
     pub fn pid(&self) -> i32 {
@@ -151,7 +170,11 @@ impl Proc {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
                 return st;
             }
-            assert!(Instant::now() < deadline, "{} did not exit in time", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit in time",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -229,7 +252,9 @@ impl Client {
     }
     /// Next datagram, or `None` after `timeout`.
     pub fn recv_within(&self, timeout: Duration) -> Option<Vec<u8>> {
-        self.sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).expect("timeout");
+        self.sock
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .expect("timeout");
         let mut buf = vec![0u8; 70000];
         match self.sock.recv_from(&mut buf) {
             Ok((n, _)) => Some(buf[..n].to_vec()),
@@ -238,23 +263,23 @@ impl Client {
     }
     /// Next datagram; panics after `WAIT`.
     pub fn recv(&self) -> Vec<u8> {
-        self.recv_within(WAIT).unwrap_or_else(|| panic!("client {} got nothing in time", self.addr()))
+        self.recv_within(WAIT)
+            .unwrap_or_else(|| panic!("client {} got nothing in time", self.addr()))
     }
     /// Sends `line` and checks the one reply, byte for byte.
     pub fn expect_reply(&self, line: &str, reply: &str) {
         self.send(line);
         let got = self.recv();
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            reply,
-            "reply to {line:?}"
-        );
+        assert_eq!(String::from_utf8_lossy(&got), reply, "reply to {line:?}");
     }
     /// Sends `line` and checks the reply starts with `prefix`.
     pub fn expect_reply_prefix(&self, line: &str, prefix: &str) -> String {
         self.send(line);
         let got = String::from_utf8_lossy(&self.recv()).into_owned();
-        assert!(got.starts_with(prefix), "reply to {line:?} was {got:?}, expected {prefix}...");
+        assert!(
+            got.starts_with(prefix),
+            "reply to {line:?} was {got:?}, expected {prefix}..."
+        );
         got
     }
     /// Collects exactly `n` datagrams (each within `WAIT`).
