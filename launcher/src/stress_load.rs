@@ -1,0 +1,655 @@
+//! The client workload of `launcher stress`: C UDP clients on one
+//! single-threaded tokio runtime, joined to G rooms spread over all servers,
+//! sending M messages each at a total rate (or as fast as a per-client window
+//! of un-echoed messages allows), logging every send and delivery.
+
+use crate::proxy::bind_udp;
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use orderings::check::{History, MessageId};
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Receive buffer of each client socket.
+const CLIENT_BUFFER: usize = 1 << 20;
+/// How many examples of odd datagrams are kept.
+const KEEP_EXAMPLES: usize = 5;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// Bind addresses of the servers (clients connect there).
+    pub servers: Vec<SocketAddr>,
+    pub clients: usize,
+    pub rooms: u32,
+    /// Messages per client.
+    pub messages: u32,
+    /// Total messages per second over all clients; 0 = as fast as the window
+    /// allows.
+    pub rate: f64,
+    /// Most un-echoed messages per client.
+    pub window: u32,
+    /// Pad each message body to this many bytes.
+    pub size: usize,
+    /// Stop when nothing was sent or received for this long.
+    pub quiet: Duration,
+    /// Stop at the latest after this long (setup included).
+    pub deadline: Duration,
+    /// After the last expected delivery, keep listening this long for extra
+    /// (duplicate) deliveries.
+    pub linger: Duration,
+    /// Print a progress line on stderr every second.
+    pub progress: bool,
+}
+
+/// Where client `c` goes: room `c % G + 1` on server `(c / G + c % G) % S`,
+/// so that clients are spread evenly over the servers and each room's
+/// members sit on consecutive servers (every room spans min(members, S)
+/// servers).
+pub fn assign(c: usize, servers: usize, rooms: u32) -> (usize, u32) {
+    let g = c % rooms as usize;
+    let k = c / rooms as usize;
+    ((k + g) % servers, g as u32 + 1)
+}
+
+/// The body of message `seq` of client `c`: `c12-s3-r2-000042`, padded with
+/// dots to `size` bytes.
+pub fn body(c: usize, server: usize, room: u32, seq: u32, size: usize) -> String {
+    let mut s = format!("c{c}-s{}-r{room}-{seq:06}", server + 1);
+    while s.len() < size {
+        s.push('.');
+    }
+    s
+}
+
+/// Parses a delivery `<cN> cN-sX-rY-SEQ...` into (N, SEQ).
+pub fn parse_delivery(line: &[u8]) -> Option<(u32, u32)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let rest = text.strip_prefix('<')?;
+    let (nick, body) = rest.split_once("> ")?;
+    let sender: u32 = nick.strip_prefix('c')?.parse().ok()?;
+    let mut fields = body.splitn(4, '-');
+    let c = fields.next()?;
+    if c != nick {
+        return None;
+    }
+    fields.next()?.strip_prefix('s')?;
+    fields.next()?.strip_prefix('r')?;
+    let last = fields.next()?;
+    let digits = last.split('.').next()?;
+    if digits.is_empty() || !last[digits.len()..].bytes().all(|b| b == b'.') {
+        return None;
+    }
+    Some((sender, digits.parse().ok()?))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Sent { seq: u32, at: u64 },
+    Delivered { sender: u32, seq: u32, at: u64 },
+    Garbled { at: u64 },
+}
+
+struct ClientSt {
+    room: u32,
+    server: usize,
+    sock: Rc<UdpSocket>,
+    log: Vec<Ev>,
+    sent: u32,
+    outstanding: u32,
+    /// Send time (µs since start) of message `seq` (1-based) at `seq - 1`.
+    sent_at: Vec<u64>,
+    seen: HashSet<u64>,
+}
+
+struct Shared {
+    plan: LoadPlan,
+    start: Instant,
+    clients: RefCell<Vec<ClientSt>>,
+    /// Room -> number of members.
+    room_size: Vec<u64>,
+    notify: Notify,
+    sent: Cell<u64>,
+    deliveries: Cell<u64>,
+    distinct: Cell<u64>,
+    first_send: Cell<Option<u64>>,
+    last_send: Cell<u64>,
+    last_delivery: Cell<u64>,
+    last_progress: Cell<Instant>,
+    sending_done: Cell<bool>,
+    stop: Cell<bool>,
+    other: Cell<u64>,
+    other_examples: RefCell<Vec<String>>,
+    garbled: Cell<u64>,
+    garbled_examples: RefCell<Vec<String>>,
+    latency: RefCell<Histogram<u64>>,
+    expected_so_far: Cell<u64>,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn on_datagram(&self, c: usize, data: &[u8]) {
+        let at = self.now_us();
+        self.last_progress.set(Instant::now());
+        if data.first() != Some(&b'<') {
+            self.other.set(self.other.get() + 1);
+            let mut ex = self.other_examples.borrow_mut();
+            if ex.len() < KEEP_EXAMPLES {
+                ex.push(format!(
+                    "c{c}: {}",
+                    String::from_utf8_lossy(&data[..data.len().min(200)])
+                ));
+            }
+            return;
+        }
+        self.deliveries.set(self.deliveries.get() + 1);
+        let mut clients = self.clients.borrow_mut();
+        let Some((sender, seq)) =
+            parse_delivery(data).filter(|&(s, q)| (s as usize) < clients.len() && q >= 1)
+        else {
+            self.garbled.set(self.garbled.get() + 1);
+            let mut ex = self.garbled_examples.borrow_mut();
+            if ex.len() < KEEP_EXAMPLES {
+                ex.push(format!(
+                    "c{c}: {}",
+                    String::from_utf8_lossy(&data[..data.len().min(200)])
+                ));
+            }
+            clients[c].log.push(Ev::Garbled { at });
+            return;
+        };
+        clients[c].log.push(Ev::Delivered { sender, seq, at });
+        let key = (u64::from(sender) << 32) | u64::from(seq);
+        if clients[c].seen.insert(key) {
+            self.distinct.set(self.distinct.get() + 1);
+            self.last_delivery.set(at);
+            if let Some(&t) = clients[sender as usize].sent_at.get(seq as usize - 1) {
+                let _ = self
+                    .latency
+                    .borrow_mut()
+                    .record(at.saturating_sub(t).max(1));
+            }
+            if sender as usize == c {
+                let st = &mut clients[c];
+                st.outstanding = st.outstanding.saturating_sub(1);
+                self.notify.notify_one();
+            }
+        }
+    }
+}
+
+/// The outcome of a run.
+pub struct LoadResult {
+    pub history: History,
+    pub sent: u64,
+    /// Deliveries that would arrive if every sent message reached every
+    /// member of its room once.
+    pub expected: u64,
+    pub deliveries: u64,
+    pub distinct: u64,
+    pub other: u64,
+    pub other_examples: Vec<String>,
+    pub garbled: u64,
+    pub garbled_examples: Vec<String>,
+    pub latency: Histogram<u64>,
+    pub setup: Duration,
+    /// From the first send to the last send.
+    pub send_duration: Duration,
+    /// From the first send to the last first-time delivery.
+    pub run_duration: Duration,
+    pub stop_reason: &'static str,
+    /// Per server, how many clients it had.
+    pub clients_per_server: Vec<usize>,
+}
+
+/// Runs the workload on a fresh single-threaded runtime.
+pub fn run_load(plan: &LoadPlan) -> anyhow::Result<LoadResult> {
+    if plan.servers.is_empty() || plan.clients == 0 || plan.rooms == 0 {
+        bail!("need at least one server, one client and one room");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the client runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, load(plan.clone()))
+}
+
+async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
+    let start = Instant::now();
+    let hard_deadline = start + plan.deadline;
+    let mut clients = Vec::with_capacity(plan.clients);
+    let mut room_size = vec![0u64; plan.rooms as usize + 1];
+    let mut per_server = vec![0usize; plan.servers.len()];
+    for c in 0..plan.clients {
+        let (server, room) = assign(c, plan.servers.len(), plan.rooms);
+        let local: SocketAddr = if plan.servers[server].is_ipv4() {
+            "127.0.0.1:0".parse().expect("addr")
+        } else {
+            "[::1]:0".parse().expect("addr")
+        };
+        let local = if plan.servers[server].ip().is_loopback() {
+            local
+        } else {
+            SocketAddr::new(
+                if plan.servers[server].is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                },
+                0,
+            )
+        };
+        let std_sock = bind_udp(local, CLIENT_BUFFER).context("binding a client socket")?;
+        let sock = UdpSocket::from_std(std_sock).context("registering a client socket")?;
+        sock.connect(plan.servers[server])
+            .await
+            .context("connecting a client socket")?;
+        room_size[room as usize] += 1;
+        per_server[server] += 1;
+        clients.push(ClientSt {
+            room,
+            server,
+            sock: Rc::new(sock),
+            log: Vec::new(),
+            sent: 0,
+            outstanding: 0,
+            sent_at: Vec::with_capacity(plan.messages as usize),
+            seen: HashSet::new(),
+        });
+    }
+    let latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds");
+    let sh = Rc::new(Shared {
+        plan: plan.clone(),
+        start,
+        clients: RefCell::new(clients),
+        room_size,
+        notify: Notify::new(),
+        sent: Cell::new(0),
+        deliveries: Cell::new(0),
+        distinct: Cell::new(0),
+        first_send: Cell::new(None),
+        last_send: Cell::new(0),
+        last_delivery: Cell::new(0),
+        last_progress: Cell::new(Instant::now()),
+        sending_done: Cell::new(false),
+        stop: Cell::new(false),
+        other: Cell::new(0),
+        other_examples: RefCell::new(Vec::new()),
+        garbled: Cell::new(0),
+        garbled_examples: RefCell::new(Vec::new()),
+        latency: RefCell::new(latency),
+        expected_so_far: Cell::new(0),
+    });
+
+    // Setup: every client joins its room and sets its nick, all at once.
+    let mut setups = Vec::new();
+    for c in 0..plan.clients {
+        let (sock, room) = {
+            let cl = sh.clients.borrow();
+            (cl[c].sock.clone(), cl[c].room)
+        };
+        setups.push(tokio::task::spawn_local(setup_client(
+            c,
+            sock,
+            room,
+            hard_deadline,
+        )));
+    }
+    for (c, s) in setups.into_iter().enumerate() {
+        s.await
+            .context("setup task")?
+            .with_context(|| format!("setting up client c{c}"))?;
+    }
+    let setup = start.elapsed();
+    if plan.progress {
+        eprintln!(
+            "stress: {} clients joined {} rooms on {} servers in {:.2}s",
+            plan.clients,
+            plan.rooms,
+            plan.servers.len(),
+            setup.as_secs_f64()
+        );
+    }
+
+    // Receivers, then the sender.
+    let mut tasks = Vec::new();
+    for c in 0..plan.clients {
+        let sock = sh.clients.borrow()[c].sock.clone();
+        let sh2 = sh.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                match sock.recv(&mut buf).await {
+                    Ok(n) => sh2.on_datagram(c, &buf[..n]),
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+        }));
+    }
+    sh.last_progress.set(Instant::now());
+    tasks.push(tokio::task::spawn_local(sender(sh.clone())));
+
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    let mut next_progress = Instant::now() + Duration::from_secs(1);
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let stop_reason: &'static str = loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut ctrl_c => break "interrupted",
+        }
+        let now = Instant::now();
+        let all_sent = sh.sending_done.get();
+        if all_sent && sh.distinct.get() >= sh.expected_so_far.get() {
+            break "complete";
+        }
+        if now.duration_since(sh.last_progress.get()) > plan.quiet {
+            break "quiet";
+        }
+        if now >= hard_deadline {
+            break "deadline";
+        }
+        if plan.progress && now >= next_progress {
+            next_progress = now + Duration::from_secs(1);
+            progress_line(&sh);
+        }
+    };
+    if stop_reason == "complete" && !plan.linger.is_zero() {
+        // Catch trailing duplicates.
+        tokio::time::sleep(
+            plan.linger
+                .min(hard_deadline.saturating_duration_since(Instant::now())),
+        )
+        .await;
+    }
+    sh.stop.set(true);
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    if plan.progress {
+        progress_line(&sh);
+    }
+
+    // Build the checker's history.
+    let mut history = History::new();
+    let clients = sh.clients.take();
+    for (c, st) in clients.iter().enumerate() {
+        let id = history.add_member(format!("c{c}"), st.room);
+        debug_assert_eq!(id as usize, c);
+    }
+    for (c, st) in clients.iter().enumerate() {
+        let me = c as u32;
+        for ev in &st.log {
+            match *ev {
+                Ev::Sent { seq, at } => {
+                    history.sent(me, u64::from(seq), at);
+                }
+                Ev::Delivered { sender, seq, at } => history.delivered(
+                    me,
+                    MessageId {
+                        sender,
+                        seq: u64::from(seq),
+                    },
+                    at,
+                ),
+                Ev::Garbled { at } => history.delivered(
+                    me,
+                    MessageId {
+                        sender: u32::MAX,
+                        seq: 0,
+                    },
+                    at,
+                ),
+            }
+        }
+    }
+    let first = sh.first_send.get().unwrap_or(0);
+    let send_duration = Duration::from_micros(sh.last_send.get().saturating_sub(first));
+    let run_duration = Duration::from_micros(
+        sh.last_delivery
+            .get()
+            .max(sh.last_send.get())
+            .saturating_sub(first),
+    );
+    let latency = sh.latency.borrow().clone();
+    Ok(LoadResult {
+        history,
+        sent: sh.sent.get(),
+        expected: sh.expected_so_far.get(),
+        deliveries: sh.deliveries.get(),
+        distinct: sh.distinct.get(),
+        other: sh.other.get(),
+        other_examples: sh.other_examples.take(),
+        garbled: sh.garbled.get(),
+        garbled_examples: sh.garbled_examples.take(),
+        latency,
+        setup,
+        send_duration,
+        run_duration,
+        stop_reason,
+        clients_per_server: per_server,
+    })
+}
+
+fn progress_line(sh: &Shared) {
+    let total = sh.plan.clients as u64 * u64::from(sh.plan.messages);
+    let exp = sh.expected_so_far.get().max(1);
+    eprintln!(
+        "stress: {:6.1}s sent {}/{} delivered {}/{} ({:.1}%)",
+        sh.start.elapsed().as_secs_f64(),
+        sh.sent.get(),
+        total,
+        sh.distinct.get(),
+        sh.expected_so_far.get(),
+        100.0 * sh.distinct.get() as f64 / exp as f64
+    );
+}
+
+/// One request/reply exchange: sends `line`, waits for a reply accepted by
+/// `ok`; retries a few times (UDP), bounded by `deadline`.
+async fn exchange(
+    sock: &UdpSocket,
+    line: &str,
+    ok: impl Fn(&str) -> bool,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    let mut last = String::new();
+    for attempt in 0..4u32 {
+        sock.send(line.as_bytes())
+            .await
+            .with_context(|| format!("sending {line:?}"))?;
+        let wait = Duration::from_millis(1000 << attempt.min(2));
+        let until = (Instant::now() + wait).min(deadline);
+        loop {
+            match tokio::time::timeout_at(until, sock.recv(&mut buf)).await {
+                Ok(Ok(n)) => {
+                    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if ok(&reply) {
+                        return Ok(());
+                    }
+                    last = reply;
+                }
+                Ok(Err(_)) => continue, // ICMP error from an earlier send
+                Err(_) => break,
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    if last.is_empty() {
+        bail!("no reply to {line:?}")
+    } else {
+        bail!("unexpected reply to {line:?}: {last:?}")
+    }
+}
+
+async fn setup_client(
+    c: usize,
+    sock: Rc<UdpSocket>,
+    room: u32,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let join = format!("/join {room}");
+    exchange(
+        &sock,
+        &join,
+        |r| r.starts_with("+OK") || r.starts_with(&format!("-ERR You are already in room #{room}")),
+        deadline,
+    )
+    .await?;
+    exchange(
+        &sock,
+        &format!("/nick c{c}"),
+        |r| r.starts_with("+OK"),
+        deadline,
+    )
+    .await
+}
+
+async fn sender(sh: Rc<Shared>) {
+    let plan = sh.plan.clone();
+    let n = plan.clients;
+    let interval = if plan.rate > 0.0 {
+        Duration::from_secs_f64(1.0 / plan.rate)
+    } else {
+        Duration::ZERO
+    };
+    let mut rr = 0usize;
+    let mut next = Instant::now();
+    let mut since_yield = 0u32;
+    loop {
+        if sh.stop.get() {
+            break;
+        }
+        let (pick, all_sent) = {
+            let cl = sh.clients.borrow();
+            let pick = (0..n)
+                .map(|d| (rr + d) % n)
+                .find(|&c| cl[c].sent < plan.messages && cl[c].outstanding < plan.window);
+            let all_sent = pick.is_none() && cl.iter().all(|c| c.sent >= plan.messages);
+            (pick, all_sent)
+        };
+        let Some(c) = pick else {
+            if all_sent {
+                break;
+            }
+            // Every client with messages left has a full window.
+            tokio::select! {
+                _ = sh.notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            continue;
+        };
+        if !interval.is_zero() {
+            let now = Instant::now();
+            if next > now {
+                tokio::time::sleep_until(next).await;
+            } else if now.duration_since(next) > Duration::from_millis(100) {
+                // Fell behind (e.g. windows were full): do not burst to catch up.
+                next = now;
+            }
+            next += interval;
+        }
+        let (sock, line, seq) = {
+            let mut cl = sh.clients.borrow_mut();
+            let st = &mut cl[c];
+            st.sent += 1;
+            st.outstanding += 1;
+            let seq = st.sent;
+            let at = sh.now_us();
+            st.sent_at.push(at);
+            st.log.push(Ev::Sent { seq, at });
+            if sh.first_send.get().is_none() {
+                sh.first_send.set(Some(at));
+            }
+            sh.last_send.set(at);
+            sh.sent.set(sh.sent.get() + 1);
+            sh.expected_so_far
+                .set(sh.expected_so_far.get() + sh.room_size[st.room as usize]);
+            (
+                st.sock.clone(),
+                body(c, st.server, st.room, seq, plan.size),
+                seq,
+            )
+        };
+        let _ = seq;
+        sh.last_progress.set(Instant::now());
+        match sock.try_send(line.as_bytes()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let _ = sock.send(line.as_bytes()).await;
+            }
+            Err(_) => {}
+        }
+        rr = (c + 1) % n;
+        since_yield += 1;
+        if since_yield >= 16 {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+    sh.sending_done.set(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_span_servers_and_load_is_even() {
+        for (clients, servers, rooms) in [(6, 3, 2), (250, 10, 10), (20, 4, 4), (7, 3, 3)] {
+            let mut per_server = vec![0; servers];
+            let mut room_servers: Vec<HashSet<usize>> = vec![HashSet::new(); rooms as usize + 1];
+            let mut room_members = vec![0usize; rooms as usize + 1];
+            for c in 0..clients {
+                let (s, r) = assign(c, servers, rooms);
+                per_server[s] += 1;
+                room_servers[r as usize].insert(s);
+                room_members[r as usize] += 1;
+            }
+            let (min, max) = (
+                per_server.iter().min().unwrap(),
+                per_server.iter().max().unwrap(),
+            );
+            assert!(max - min <= 1 + clients / servers / 5, "{per_server:?}");
+            for r in 1..=rooms as usize {
+                assert_eq!(
+                    room_servers[r].len(),
+                    room_members[r].min(servers),
+                    "room {r}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_parse_back() {
+        let b = body(12, 2, 2, 42, 0);
+        assert_eq!(b, "c12-s3-r2-000042");
+        let line = format!("<c12> {b}");
+        assert_eq!(parse_delivery(line.as_bytes()), Some((12, 42)));
+        let padded = body(3, 0, 1, 7, 100);
+        assert_eq!(padded.len(), 100);
+        assert_eq!(
+            parse_delivery(format!("<c3> {padded}").as_bytes()),
+            Some((3, 7))
+        );
+        assert_eq!(parse_delivery(b"<c3> c4-s1-r1-000007"), None);
+        assert_eq!(parse_delivery(b"<c3> c3-s1-r1-00x007"), None);
+        assert_eq!(parse_delivery(b"+OK"), None);
+    }
+}
