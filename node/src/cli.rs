@@ -122,7 +122,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             key,
         };
         let stats = server::run(socket, setup, shutdown_signal()).await?;
-        tracing::info!("Stopping: {stats:?}");
+        eprintln!("{me} stopped: {}", stats.summary());
         Ok(())
     })
 }

@@ -43,6 +43,42 @@ pub struct ServerStats {
     pub replica: ReplicaStats,
 }
 
+impl ServerStats {
+    /// One line of `key=value` counters (printed when a server stops).
+    pub fn summary(&self) -> String {
+        let r = &self.replica;
+        let links = r.links.iter().fold(orderings::link::LinkStats::default(), |mut a, l| {
+            a.datagrams_sent += l.datagrams_sent;
+            a.datagrams_received += l.datagrams_received;
+            a.retransmissions += l.retransmissions;
+            a.duplicates += l.duplicates;
+            a.stale += l.stale;
+            a.peer_restarts += l.peer_restarts;
+            a
+        });
+        format!(
+            "client_datagrams={} peer_datagrams={} bad_peer_datagrams={} refused_posts={} posts={} deliveries={} \
+             bad_payloads={} link_datagrams_sent={} link_datagrams_received={} retransmissions={} duplicates={} \
+             stale={} peer_restarts={} held_back={} in_flight={}",
+            self.client_datagrams,
+            self.peer_datagrams,
+            self.bad_peer_datagrams,
+            self.refused_posts,
+            r.posts,
+            r.deliveries,
+            r.bad_payloads,
+            links.datagrams_sent,
+            links.datagrams_received,
+            links.retransmissions,
+            links.duplicates,
+            links.stale,
+            links.peer_restarts,
+            r.strategy.held_back,
+            r.strategy.in_flight,
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("socket error: {0}")]
