@@ -621,9 +621,11 @@ pub fn spawn(cfg: &ClusterConfig, faults: &FaultConfig) -> anyhow::Result<ProxyH
     spawn_plan(plan, faults)
 }
 
-/// [`spawn`] for `launcher up`: starts the proxy from the file's `[faults]`.
-pub fn spawn_for_up(cfg: &ClusterConfig, faults: &FaultConfig) -> anyhow::Result<ProxyHandle> {
-    spawn(cfg, faults)
+/// [`spawn`] for `launcher up`: starts the proxy with the file's `[faults]`
+/// (none: a plain pass-through). Keep the handle alive while the nodes run;
+/// dropping it (or [`ProxyHandle::stop`]) stops the proxy.
+pub fn spawn_for_up(cfg: &ClusterConfig) -> anyhow::Result<ProxyHandle> {
+    spawn(cfg, &cfg.faults.clone().unwrap_or_default())
 }
 
 /// [`spawn`] from an explicit plan.

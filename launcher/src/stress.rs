@@ -131,6 +131,8 @@ pub struct StressReport {
     pub garbled: u64,
     pub garbled_examples: Vec<String>,
     pub server_problems: Vec<String>,
+    /// How long the checker took.
+    pub check_s: f64,
     pub check: Report,
 }
 
@@ -286,7 +288,9 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         proxy_counts = c.stop(Duration::from_secs(3));
     }
     let load = load?;
+    let check_started = std::time::Instant::now();
     let check = load.history.check(props);
+    let check_s = check_started.elapsed().as_secs_f64();
     let report = build_report(
         &a,
         &mode,
@@ -300,6 +304,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
             .map(|(b, a)| a.saturating_sub(b)),
         proxy_counts,
         server_problems,
+        check_s,
     );
     print_report(&report);
     if let Some(path) = &a.json {
@@ -325,6 +330,7 @@ fn build_report(
     kernel_rcvbuf_errors: Option<u64>,
     proxy: Option<ProxyCounts>,
     server_problems: Vec<String>,
+    check_s: f64,
 ) -> StressReport {
     let h = &load.latency;
     let latency = Latency {
@@ -370,6 +376,7 @@ fn build_report(
         garbled: load.garbled,
         garbled_examples: load.garbled_examples,
         server_problems,
+        check_s,
         check,
     }
 }
@@ -436,5 +443,6 @@ fn print_report(r: &StressReport) {
         println!("  {p}");
     }
     println!("  {}", r.check.to_string().replace('\n', "\n  "));
+    println!("  checker took {:.3}s", r.check_s);
     println!("  result: {}", if r.ok { "PASS" } else { "FAIL" });
 }

@@ -189,6 +189,16 @@ impl Cluster {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
+            // If the launcher dies without cleaning up (SIGKILL), the
+            // servers follow it instead of lingering.
+            // SAFETY: prctl is async-signal-safe; nothing else runs here.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
             let mut child = cmd.spawn().with_context(|| {
                 format!("starting {} for server {index}", spec.chatserver.display())
             })?;

@@ -342,10 +342,13 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     let mut next_progress = Instant::now() + Duration::from_secs(1);
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
     let stop_reason: &'static str = loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = &mut ctrl_c => break "interrupted",
+            _ = term.recv() => break "interrupted",
         }
         let now = Instant::now();
         let all_sent = sh.sending_done.get();

@@ -6,4 +6,5 @@ pub mod config;
 pub mod config_toml;
 pub mod server;
 pub mod session;
+pub mod udp;
 pub mod verbose;

@@ -4,7 +4,9 @@
 //! anything is flushed, so server-to-server packets get batched under load.
 
 use crate::config::ClusterConfig;
-use crate::session::{SessionLimits, Sessions};
+use crate::session::{MAX_LINE, Outcome, SessionLimits, Sessions};
+use crate::udp::{RECV_BATCH, RecvBatch, SendQueue};
+use bytes::Bytes;
 use orderings::replica::{Replica, ReplicaConfig, ReplicaStats};
 use orderings::{ServerId, StrategyContext, StrategySpec, Time};
 use std::collections::HashMap;
@@ -17,8 +19,8 @@ use tokio::net::UdpSocket;
 /// Receive buffer we ask the kernel for: bursts must not be dropped.
 pub const RECV_BUFFER: usize = 8 * 1024 * 1024;
 pub const SEND_BUFFER: usize = 4 * 1024 * 1024;
-/// Datagrams handled per wake-up before flushing (bounds latency under load).
-const BATCH: usize = 256;
+/// `recvmmsg` calls per wake-up before flushing (bounds latency under load).
+const BATCHES_PER_WAKE: usize = 4;
 
 /// Everything a server needs besides its socket.
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct ServerStats {
     pub peer_datagrams: u64,
     pub bad_peer_datagrams: u64,
     pub refused_posts: u64,
+    /// Datagrams the kernel refused to send (not counting full buffers).
+    pub failed_sends: u64,
     pub replica: ReplicaStats,
 }
 
@@ -129,6 +133,7 @@ struct Server {
     epoch: Instant,
     stats: ServerStats,
     held_reported: (usize, usize),
+    out: SendQueue,
 }
 
 impl Server {
@@ -136,19 +141,33 @@ impl Server {
         Time(self.epoch.elapsed().as_micros() as u64)
     }
 
-    async fn handle(&mut self, from: SocketAddr, data: &[u8]) {
+    /// Handles one datagram of `len` bytes (`data` may be cut short when
+    /// `len` exceeds what a receive slot keeps).
+    fn handle(&mut self, from: SocketAddr, data: &[u8], len: usize) {
         if let Some(&peer) = self.peers.get(&from) {
             self.stats.peer_datagrams += 1;
-            tracing::info!("Received {} bytes from {peer}", data.len());
+            tracing::info!("Received {len} bytes from {peer}");
             let now = self.now();
-            if let Err(e) = self.replica.handle_datagram(now, peer, data) {
+            let result = if len > data.len() {
+                Err(orderings::WireError::OutOfRange("datagram length"))
+            } else {
+                self.replica.handle_datagram(now, peer, data)
+            };
+            if let Err(e) = result {
                 self.stats.bad_peer_datagrams += 1;
                 tracing::debug!("dropped a bad datagram from {peer} ({from}): {e}");
             }
             return;
         }
         self.stats.client_datagrams += 1;
-        let outcome = self.sessions.handle(from, data);
+        let outcome = if len > MAX_LINE {
+            Outcome {
+                reply: Some(format!("-ERR Message too long ({len} bytes; at most {MAX_LINE})").into_bytes()),
+                ..Outcome::default()
+            }
+        } else {
+            self.sessions.handle(from, data)
+        };
         if outcome.reply.is_none() && outcome.post.is_none() {
             if let Some(client) = outcome.client {
                 tracing::info!("Client {client} ({from}) quits");
@@ -163,7 +182,7 @@ impl Server {
             let now = self.now();
             if let Err(e) = self.replica.post(now, room, line) {
                 self.stats.refused_posts += 1;
-                self.send(from, format!("-ERR {e}").as_bytes()).await;
+                self.out.push(from, Bytes::from(format!("-ERR {e}")));
             }
         }
         if let Some(reply) = outcome.reply {
@@ -172,27 +191,18 @@ impl Server {
                 outcome.client.unwrap_or(0),
                 String::from_utf8_lossy(&reply).escape_debug()
             );
-            self.send(from, &reply).await;
+            self.out.push(from, Bytes::from(reply));
         }
     }
 
-    async fn send(&self, to: SocketAddr, data: &[u8]) {
-        let r = match self.socket.try_send_to(data, to) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.send_to(data, to).await,
-            r => r,
-        };
-        if let Err(e) = r {
-            tracing::warn!("send to {to} failed: {e}");
-        }
-    }
-
-    /// Sends what the replica wants sent and delivers what it has ordered.
+    /// Queues what the replica wants sent and delivers what it has ordered,
+    /// then sends it all in batches.
     async fn flush(&mut self) {
         let now = self.now();
         while let Some(t) = self.replica.poll_transmit(now) {
             let to = self.forward[t.to.index()];
             tracing::info!("Sent {} bytes to {}", t.payload.len(), t.to);
-            self.send(to, &t.payload).await;
+            self.out.push(to, Bytes::from(t.payload));
         }
         while let Some(d) = self.replica.poll_delivery() {
             let members = self.sessions.members(d.room);
@@ -203,13 +213,7 @@ impl Server {
                 d.room
             );
             for &m in members {
-                let r = match self.socket.try_send_to(&d.line, m) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.send_to(&d.line, m).await,
-                    r => r,
-                };
-                if let Err(e) = r {
-                    tracing::warn!("delivery to {m} failed: {e}");
-                }
+                self.out.push(m, d.line.clone());
             }
         }
         if tracing::enabled!(tracing::Level::INFO) {
@@ -222,6 +226,9 @@ impl Server {
                     s.in_flight
                 );
             }
+        }
+        if !self.out.is_empty() {
+            self.stats.failed_sends += self.out.flush(&self.socket).await;
         }
     }
 }
@@ -260,8 +267,9 @@ pub async fn run(
         epoch: Instant::now(),
         stats: ServerStats::default(),
         held_reported: (0, 0),
+        out: SendQueue::default(),
     };
-    let mut buf = vec![0u8; 65_536];
+    let mut batch = RecvBatch::new();
     tokio::pin!(shutdown);
     // Announce ourselves (heartbeats carry our incarnation).
     server.flush().await;
@@ -273,10 +281,20 @@ pub async fn run(
             _ = &mut shutdown => break,
             r = server.socket.readable() => {
                 r?;
-                for _ in 0..BATCH {
-                    match server.socket.try_recv_from(&mut buf) {
-                        Ok((n, from)) => server.handle(from, &buf[..n]).await,
+                // Drain what is there (bounded, so timers and flushes run).
+                for _ in 0..BATCHES_PER_WAKE {
+                    match batch.recv(&server.socket) {
+                        Ok(n) => {
+                            for i in 0..n {
+                                let (from, len) = batch.got[i];
+                                server.handle(from, batch.data(i), len);
+                            }
+                            if n < RECV_BATCH {
+                                break;
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         // ICMP errors from a peer that is down surface here; they are not fatal.
                         Err(e) => {
                             tracing::debug!("recv: {e}");
