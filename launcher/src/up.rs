@@ -94,14 +94,34 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
     for w in plan.warnings() {
         out.global(&format!("warning: {w}"));
     }
-    if plan.cfg.faults.is_some() {
-        // PROXY HOOK (owner of launcher/src/proxy.rs): start the
-        // fault-injecting proxy here, before the nodes, e.g.
-        //     let _proxy = crate::proxy::spawn_for_up(&plan.cfg)?;
-        // and keep it alive until `supervise::run` returns.
-        out.global("note: [faults] is set, but `launcher up` does not start the proxy yet; run `launcher proxy FILE` beside it");
+    // With [faults], the proxy sits on the forwarding addresses for the
+    // whole life of the cluster.
+    let proxy = match &plan.cfg.faults {
+        Some(f) => {
+            if plan.cfg.servers.iter().any(|s| s.forward == s.bind) {
+                anyhow::bail!(
+                    "{}: [faults] needs separate forwarding addresses for the proxy (set forward_base_port in [nodes], or forward in each [[node]])",
+                    plan.cfg.source.display()
+                );
+            }
+            let handle = crate::proxy::spawn_for_up(&plan.cfg).context("starting the fault-injecting proxy")?;
+            out.global(&format!(
+                "proxy on the forwarding addresses: delay {}..{} ms, loss {}, duplicate {}, seed {}",
+                f.delay_min_ms, f.delay_max_ms, f.loss, f.duplicate, f.seed
+            ));
+            Some(handle)
+        }
+        None => None,
+    };
+    let result = crate::supervise::run(plan, out);
+    // Every node is gone: nothing else writes to stdout any more.
+    if let Some(p) = proxy {
+        match p.stop() {
+            Ok(counts) => println!("launcher: proxy stopped: {counts}"),
+            Err(e) => println!("launcher: proxy stopped with an error: {e:#}"),
+        }
     }
-    crate::supervise::run(plan, out)
+    result
 }
 
 /// Writes the secret file the nodes get with `--secret-file` (mode 0600).
