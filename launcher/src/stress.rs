@@ -73,6 +73,10 @@ pub struct StressArgs {
     /// Stop collecting after this long without any progress (ms).
     #[arg(long, default_value_t = 3000, value_name = "MS")]
     pub quiet_ms: u64,
+    /// Put clients only on these servers (1-based, comma list), e.g. to
+    /// crash another server during the run and check the survivors.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub client_servers: Vec<usize>,
     /// Upper bound on the whole run, setup included (s).
     #[arg(long, default_value_t = 300, value_name = "S")]
     pub timeout: u64,
@@ -263,6 +267,18 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         binds
     };
 
+    let servers: Vec<std::net::SocketAddr> = if a.client_servers.is_empty() {
+        servers
+    } else {
+        let mut chosen = Vec::new();
+        for &i in &a.client_servers {
+            let addr = servers
+                .get(i.wrapping_sub(1))
+                .with_context(|| format!("--client-servers: no server {i} (the cluster has {})", servers.len()))?;
+            chosen.push(*addr);
+        }
+        chosen
+    };
     let plan = LoadPlan {
         servers: servers.clone(),
         clients: a.clients,

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Receive buffer of each client socket.
-const CLIENT_BUFFER: usize = 1 << 20;
+const CLIENT_BUFFER: usize = 8 << 20;
 /// How many examples of odd datagrams are kept.
 const KEEP_EXAMPLES: usize = 5;
 
