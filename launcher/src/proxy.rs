@@ -52,19 +52,32 @@ pub struct ProxyArgs {
     /// Cluster file (legacy lines `FWD,BIND` or TOML); every server needs a
     /// forwarding address different from its bind address.
     pub file: PathBuf,
-    /// Delay range in milliseconds, `MIN..MAX` (e.g. `0..20`) or one number.
-    /// Default: the file's `[faults]`, else 0.
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Fault options shared by `launcher proxy` and `launcher stress`; each
+/// defaults to the file's `[faults]`, else none.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FaultArgs {
+    /// Delay between servers in milliseconds, `MIN..MAX` (e.g. `0..20`) or one number.
     #[arg(long, value_parser = parse_delay, value_name = "MIN..MAX")]
     pub delay: Option<(f64, f64)>,
-    /// Probability (0..=1) that a packet is dropped.
+    /// Probability (0..=1) that a packet between servers is dropped.
     #[arg(long, value_parser = parse_probability, value_name = "P")]
     pub loss: Option<f64>,
-    /// Probability (0..=1) that a packet is sent twice.
+    /// Probability (0..=1) that a packet between servers is sent twice.
     #[arg(long, value_parser = parse_probability, value_name = "P")]
     pub duplicate: Option<f64>,
     /// Seed of the proxy's random decisions.
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
+}
+
+impl FaultArgs {
+    pub fn any(&self) -> bool {
+        self.delay.is_some() || self.loss.is_some() || self.duplicate.is_some() || self.seed.is_some()
+    }
 }
 
 /// Parses a delay range in milliseconds: `MIN..MAX`, `MIN..=MAX`, `MIN-MAX`
@@ -683,7 +696,7 @@ pub fn faults_from_args(
 /// counts and exits 0.
 pub fn run(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     let cfg = node::config::load(&a.file)?;
-    let faults = faults_from_args(&cfg, a.delay, a.loss, a.duplicate, a.seed);
+    let faults = faults_from_args(&cfg, a.faults.delay, a.faults.loss, a.faults.duplicate, a.faults.seed);
     let plan = ProxyPlan::from_config(&cfg)?;
     let bound = BoundProxy::bind(plan.clone())?;
     let counters = Arc::new(ProxyCounters::default());

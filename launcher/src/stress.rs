@@ -9,7 +9,7 @@
 //! receive-buffer drops and violations. Exit code 0 only when every check
 //! passed.
 
-use crate::proxy::{self, ProxyCounts, faults_active, parse_delay, parse_probability};
+use crate::proxy::{self, ProxyCounts, faults_active};
 use crate::stress_cluster::{Cluster, ClusterSpec, default_chatserver};
 use crate::stress_load::{LoadPlan, LoadResult, run_load};
 use anyhow::{Context, bail};
@@ -47,18 +47,8 @@ pub struct StressArgs {
     /// Pad each message body to this many bytes (at most 1000).
     #[arg(long, default_value_t = 0)]
     pub size: usize,
-    /// Proxy delay between servers in ms, `MIN..MAX`.
-    #[arg(long, value_parser = parse_delay, value_name = "MIN..MAX")]
-    pub delay: Option<(f64, f64)>,
-    /// Proxy loss probability.
-    #[arg(long, value_parser = parse_probability, value_name = "P")]
-    pub loss: Option<f64>,
-    /// Proxy duplication probability.
-    #[arg(long, value_parser = parse_probability, value_name = "P")]
-    pub duplicate: Option<f64>,
-    /// Seed of the proxy's decisions.
-    #[arg(long, value_name = "S")]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub faults: crate::proxy::FaultArgs,
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -197,7 +187,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         bail!("--rate must be a number >= 0");
     }
     let fault_given =
-        a.delay.is_some() || a.loss.is_some() || a.duplicate.is_some() || a.seed.is_some();
+        a.faults.any();
     let deadline = Duration::from_secs(a.timeout.max(1));
     let started = std::time::Instant::now();
 
@@ -221,10 +211,10 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         let faults = if fault_given || cfg.faults.is_some() {
             Some(proxy::faults_from_args(
                 &cfg,
-                a.delay,
-                a.loss,
-                a.duplicate,
-                a.seed,
+                a.faults.delay,
+                a.faults.loss,
+                a.faults.duplicate,
+                a.faults.seed,
             ))
         } else {
             None
