@@ -172,3 +172,20 @@ fn verbose_lines_have_time_and_server_tag() {
     assert!(rest.starts_with(" S02 Client "), "{posts}");
     assert!(rest.ends_with(r#"posts "Hi" to chat room #2"#), "{posts}");
 }
+
+#[test]
+fn help_lists_every_registered_mode() {
+    let out = std::process::Command::new(support::bin("chatserver"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for mode in ["unordered", "fifo", "total", "causal"] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(mode)),
+            "--help does not list {mode}:\n{help}"
+        );
+    }
+    assert!(help.contains("CONFIG") && help.contains("INDEX") && help.contains("-o"), "{help}");
+}
