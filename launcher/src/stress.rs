@@ -168,9 +168,21 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| cfg.ordering.clone())
         .context("no ordering mode: give --ordering MODE (the file names none)")?;
-    let spec = orderings::lookup(&mode)?;
-    let props =
-        Properties::from_guarantees(spec.guarantees).union(a.check.unwrap_or(Properties::NONE));
+    // A mode this launcher does not know (a plugin in another chatserver
+    // build) is fine with --attach or --chatserver: --check says what to check.
+    let claimed = match orderings::lookup(&mode) {
+        Ok(spec) => Properties::from_guarantees(spec.guarantees),
+        Err(_) if a.attach || a.chatserver.is_some() => {
+            if a.check.is_none() {
+                eprintln!(
+                    "stress: mode '{mode}' is not registered in this launcher; checking exactly-once only (add --check to check more)"
+                );
+            }
+            Properties::from_guarantees(orderings::Guarantees::NONE)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let props = claimed.union(a.check.unwrap_or(Properties::NONE));
     if a.clients == 0 || a.rooms == 0 {
         bail!("--clients and --rooms must be at least 1");
     }
