@@ -1,6 +1,10 @@
 //! The launcher library: every subcommand is a module with its own clap
 //! `Args` struct and a `run` function; `main.rs` only dispatches.
 
+pub mod bench;
+pub mod bench_cpu;
+pub mod bench_latency;
+pub mod bench_proc;
 pub mod output;
 pub mod plan;
 pub mod proxy;
@@ -35,6 +39,8 @@ pub enum Command {
     Proxy(proxy::ProxyArgs),
     /// Drive clients against a cluster and verify the ordering guarantees.
     Stress(stress::StressArgs),
+    /// Run a named benchmark (W1..W4, latency, memory, cpu).
+    Bench(bench::BenchArgs),
 }
 
 pub fn init_tracing() {
@@ -55,5 +61,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down(a) => up::run_down(a),
         Command::Proxy(a) => proxy::run(a),
         Command::Stress(a) => stress::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
