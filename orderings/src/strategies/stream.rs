@@ -35,6 +35,10 @@ impl StreamMsg {
         let counter = r.varint()?;
         let room = r.varint_u32("room")?;
         let seq = r.varint()?;
+        // No stream gets that far; refusing it keeps `next + 1` in range.
+        if seq == u64::MAX {
+            return Err(WireError::OutOfRange("seq"));
+        }
         let line = Bytes::copy_from_slice(r.bytes()?);
         Ok(StreamMsg {
             id: MsgId { origin, counter },
@@ -144,6 +148,9 @@ pub fn encode_stream_start(room: RoomId, next: u64) -> Bytes {
 pub fn decode_stream_start(r: &mut Reader<'_>) -> Result<(RoomId, u64), WireError> {
     let room = r.varint_u32("room")?;
     let next = r.varint()?;
+    if next == u64::MAX {
+        return Err(WireError::OutOfRange("seq"));
+    }
     r.finish()?;
     Ok((room, next))
 }

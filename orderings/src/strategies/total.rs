@@ -66,6 +66,18 @@ const FLAG_RESENT: u8 = 1;
 /// Finals remembered per origin, to answer recovery queries.
 const RECENT_FINALS: usize = 16 * 1024;
 
+/// Largest priority number accepted from a peer: no real cluster gets near
+/// it, and the headroom keeps `highest + 1` from overflowing.
+const MAX_PRIORITY: u64 = u64::MAX / 2;
+
+fn priority_number(r: &mut Reader<'_>) -> Result<u64, WireError> {
+    let n = r.varint()?;
+    if n > MAX_PRIORITY {
+        return Err(WireError::OutOfRange("priority"));
+    }
+    Ok(n)
+}
+
 /// Settling a crashed origin's tentative message (see the module docs).
 #[derive(Debug)]
 struct Recovery {
@@ -278,7 +290,7 @@ impl Total {
             let answer = match r.u8()? {
                 0 => None,
                 1 => Some(Priority {
-                    n: r.varint()?,
+                    n: priority_number(r)?,
                     server: r.varint_u16("server")?,
                 }),
                 _ => return Err(WireError::OutOfRange("answer")),
@@ -370,7 +382,7 @@ impl Ordering for Total {
             }
             kind::TOTAL_PROPOSE => {
                 let counter = r.varint()?;
-                let n = r.varint()?;
+                let n = priority_number(&mut r)?;
                 r.finish()?;
                 let id = MsgId {
                     origin: self.me,
@@ -381,7 +393,7 @@ impl Ordering for Total {
             kind::TOTAL_FINAL => {
                 let counter = r.varint()?;
                 let room = r.varint_u32("room")?;
-                let n = r.varint()?;
+                let n = priority_number(&mut r)?;
                 let server = r.varint_u16("server")?;
                 r.finish()?;
                 let id = MsgId { origin: from, counter };
