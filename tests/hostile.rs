@@ -865,7 +865,6 @@ fn missing_secret_is_noted_once_and_mismatched_secrets_do_not_talk() {
 /// that stops a node right after starting it sees the same. Fix: register
 /// the signal streams before printing `ready`.
 #[test]
-#[ignore = "defect: SIGTERM right after `ready` kills chatserver before its handler exists"]
 fn sigterm_right_after_ready_still_prints_the_counters() {
     let dir = Scratch::new("hostile-sigterm");
     let (one, _, _) = legacy_config(1, false);

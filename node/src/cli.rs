@@ -109,6 +109,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         if key.is_none() && cluster.servers.len() > 1 {
             eprintln!("{me} note: no cluster secret; server-to-server packets are not authenticated");
         }
+        // Signal handlers go in before `ready`: a supervisor may stop us
+        // the moment it reads that line.
+        let shutdown = shutdown_signal()?;
         eprintln!(
             "{me} ready: listening on {} (ordering {}, {} rooms, incarnation {incarnation}, receive buffer {} KiB)",
             entry.bind,
@@ -126,21 +129,22 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             key,
             busy_poll_us: args.busy_poll_us,
         };
-        let stats = server::run(socket, setup, shutdown_signal()).await?;
+        let stats = server::run(socket, setup, shutdown).await?;
         eprintln!("{me} stopped: {}", stats.summary());
         Ok(())
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Installs SIGINT and SIGTERM handlers now; the returned future completes
+/// on either.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers we still stop on Ctrl+C via the default action.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

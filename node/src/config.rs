@@ -281,21 +281,21 @@ pub fn validate(cfg: &ClusterConfig) -> Result<(), ConfigError> {
     if cfg.rooms == 0 {
         return Err(ConfigError::new(&cfg.source, None, "rooms must be at least 1"));
     }
-    let mut seen: Vec<(SocketAddr, usize, &str)> = Vec::new();
+    let mut seen: std::collections::HashMap<SocketAddr, (usize, &str)> = std::collections::HashMap::new();
     for s in &cfg.servers {
         let mut mine = vec![(s.bind, "bind")];
         if s.forward != s.bind {
             mine.push((s.forward, "forwarding"));
         }
         for (addr, what) in mine {
-            if let Some((_, line, other)) = seen.iter().find(|(a, _, _)| *a == addr) {
+            if let Some((line, other)) = seen.get(&addr) {
                 return Err(ConfigError::new(
                     &cfg.source,
                     Some(s.line),
                     format!("duplicate address {addr}: {what} address of {} is already the {other} address on line {line}", s.name),
                 ));
             }
-            seen.push((addr, s.line, what));
+            seen.insert(addr, (s.line, what));
         }
     }
     Ok(())

@@ -422,15 +422,14 @@ fn parse_node_list(
 
 /// Like `config::validate`'s check, but naming the keys.
 fn check_duplicates(doc: &Doc<'_>, servers: &[(ServerEntry, Origin)]) -> Result<()> {
-    let mut seen: Vec<(SocketAddr, &str, &str, usize)> = Vec::new();
+    let mut seen: std::collections::HashMap<SocketAddr, (&str, &str, usize)> = std::collections::HashMap::new();
     for (s, origin) in servers {
         let mut mine = vec![(s.bind, "bind", &origin.bind)];
         if s.forward != s.bind {
             mine.push((s.forward, "forwarding", &origin.forward));
         }
         for (addr, what, (key, line)) in mine {
-            if let Some((_, other, other_what, other_line)) = seen.iter().find(|(a, ..)| *a == addr)
-            {
+            if let Some((other, other_what, other_line)) = seen.get(&addr) {
                 return Err(ConfigError::new(
                     doc.path,
                     Some(*line),
@@ -440,7 +439,7 @@ fn check_duplicates(doc: &Doc<'_>, servers: &[(ServerEntry, Origin)]) -> Result<
                     ),
                 ));
             }
-            seen.push((addr, &s.name, what, *line));
+            seen.insert(addr, (&s.name, what, *line));
         }
     }
     Ok(())

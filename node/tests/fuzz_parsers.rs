@@ -553,7 +553,6 @@ fn seeds_are_valid_and_the_guard_works() {
 /// a debug build (a `HashSet` makes it milliseconds). A hostile or mistyped
 /// count should not stall `chatserver` or `launcher` at start.
 #[test]
-#[ignore = "defect: quadratic duplicate check; un-ignore once config validation uses a set"]
 fn largest_node_count_parses_quickly() {
     let text = "[nodes]\ncount = 65535\nbase_port = 1\n";
     let started = std::time::Instant::now();
