@@ -314,6 +314,7 @@ impl Ordering for Lamport {
 
     fn stats(&self) -> StrategyStats {
         StrategyStats {
+            refused: 0,
             held_back: self.queue.len() - self.own_queued,
             in_flight: self.own_queued + self.waiting.len(),
         }

@@ -65,7 +65,7 @@ impl ServerStats {
         format!(
             "client_datagrams={} peer_datagrams={} bad_peer_datagrams={} refused_posts={} posts={} deliveries={} \
              bad_payloads={} link_datagrams_sent={} link_datagrams_received={} retransmissions={} duplicates={} \
-             stale={} peer_restarts={} held_back={} in_flight={}",
+             stale={} peer_restarts={} held_back={} in_flight={} refused_by_holdback_limit={}",
             self.client_datagrams,
             self.peer_datagrams,
             self.bad_peer_datagrams,
@@ -81,6 +81,7 @@ impl ServerStats {
             links.peer_restarts,
             r.strategy.held_back,
             r.strategy.in_flight,
+            r.strategy.refused,
         )
     }
 }

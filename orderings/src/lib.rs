@@ -153,6 +153,8 @@ pub struct StrategyStats {
     pub held_back: usize,
     /// Messages this server originated whose ordering is not yet settled.
     pub in_flight: usize,
+    /// Peer messages dropped by a holdback limit (a broken or hostile peer).
+    pub refused: u64,
 }
 
 /// An ordering strategy: a sans-IO state machine.

@@ -40,7 +40,15 @@ struct CausalRoom {
     held: Vec<Stamped>,
 }
 
+/// Most messages held back per (origin, room). An honest origin cannot get
+/// this far ahead of us: it refuses posts once its link to us holds 65,536
+/// unacknowledged payloads. Beyond it, a broken or hostile peer's messages
+/// are dropped and counted.
+pub const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
+
 pub struct Causal {
+    /// Messages dropped by the holdback limit.
+    pub refused: u64,
     me: ServerId,
     servers: usize,
     /// Current incarnation of every server (0 = not heard from yet).
@@ -53,6 +61,7 @@ impl Causal {
         let mut incarnations = vec![0; ctx.servers];
         incarnations[ctx.me.index()] = ctx.incarnation;
         Self {
+            refused: 0,
             me: ctx.me,
             servers: ctx.servers,
             incarnations,
@@ -152,6 +161,10 @@ impl Ordering for Causal {
         if clock[o].incarnation == self.incarnations[o] && clock[o].count <= cr.delivered[o] {
             return Ok(()); // already delivered
         }
+        if cr.held.iter().filter(|m| m.id.origin == from).count() >= MAX_HELD_PER_ORIGIN {
+            self.refused += 1;
+            return Ok(());
+        }
         cr.held.push(Stamped { id, clock, line });
         self.drain(room, out);
         Ok(())
@@ -177,6 +190,7 @@ impl Ordering for Causal {
 
     fn stats(&self) -> StrategyStats {
         StrategyStats {
+            refused: self.refused,
             held_back: self.rooms.values().map(|r| r.held.len()).sum(),
             in_flight: 0,
         }

@@ -68,6 +68,7 @@ impl Ordering for Fifo {
 
     fn stats(&self) -> StrategyStats {
         StrategyStats {
+            refused: self.holdback.refused,
             held_back: self.holdback.held(),
             in_flight: 0,
         }

@@ -86,9 +86,17 @@ impl Default for Stream {
 }
 
 /// Receiving side: puts each origin's messages for a room back in order.
+/// Most messages held back per stream, waiting for an earlier one. A peer's
+/// link never runs this far ahead (it delivers in order, at most a window
+/// at a time); anything beyond is a broken or hostile peer, and is dropped
+/// and counted rather than allowed to exhaust memory.
+pub const MAX_EARLY_PER_STREAM: u64 = 1 << 17;
+
 #[derive(Debug, Default)]
 pub struct StreamHoldback {
     streams: HashMap<(ServerId, RoomId), Stream>,
+    /// Messages dropped for running too far ahead of their stream.
+    pub refused: u64,
 }
 
 impl StreamHoldback {
@@ -100,7 +108,11 @@ impl StreamHoldback {
             return ready; // already handed on
         }
         if msg.seq > s.next {
-            s.early.insert(msg.seq, msg);
+            if msg.seq - s.next > MAX_EARLY_PER_STREAM {
+                self.refused += 1;
+            } else {
+                s.early.insert(msg.seq, msg);
+            }
             return ready;
         }
         s.next += 1;
@@ -153,4 +165,35 @@ pub fn decode_stream_start(r: &mut Reader<'_>) -> Result<(RoomId, u64), WireErro
     }
     r.finish()?;
     Ok((room, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> StreamMsg {
+        StreamMsg {
+            id: MsgId {
+                origin: ServerId(1),
+                counter: seq,
+            },
+            room: 1,
+            seq,
+            line: Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn releases_in_order_and_bounds_what_it_holds() {
+        let mut h = StreamHoldback::default();
+        assert!(h.accept(msg(3)).is_empty());
+        assert!(h.accept(msg(2)).is_empty());
+        let seqs: Vec<u64> = h.accept(msg(1)).iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert!(h.accept(msg(2)).is_empty(), "a duplicate is not handed on twice");
+        assert!(h.accept(msg(4 + MAX_EARLY_PER_STREAM + 1)).is_empty());
+        assert_eq!((h.held(), h.refused), (0, 1), "too far ahead: dropped and counted");
+        assert!(h.accept(msg(4 + MAX_EARLY_PER_STREAM)).is_empty());
+        assert_eq!((h.held(), h.refused), (1, 1), "within the limit: held");
+    }
 }

@@ -64,7 +64,7 @@ struct ProposalRound {
 
 const FLAG_RESENT: u8 = 1;
 /// Finals remembered per origin, to answer recovery queries.
-const RECENT_FINALS: usize = 16 * 1024;
+const RECENT_FINALS: usize = 8 * 1024;
 
 /// Largest priority number accepted from a peer: no real cluster gets near
 /// it, and the headroom keeps `highest + 1` from overflowing.
@@ -76,6 +76,18 @@ fn priority_number(r: &mut Reader<'_>) -> Result<u64, WireError> {
         return Err(WireError::OutOfRange("priority"));
     }
     Ok(n)
+}
+
+/// Most messages held back per origin. An honest origin never gets near it:
+/// it refuses posts once its link to us holds 65,536 unacknowledged
+/// payloads. Beyond it, a broken or hostile peer's messages are dropped and
+/// counted rather than allowed to exhaust memory.
+pub const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
+
+fn release(held: &mut HashMap<ServerId, usize>, origin: ServerId) {
+    if let Some(n) = held.get_mut(&origin) {
+        *n = n.saturating_sub(1);
+    }
 }
 
 /// Settling a crashed origin's tentative message (see the module docs).
@@ -116,8 +128,12 @@ pub struct Total {
     rounds: BTreeMap<MsgId, ProposalRound>,
     recent_finals: HashMap<ServerId, RecentFinals>,
     recoveries: BTreeMap<MsgId, Recovery>,
+    /// Held messages per origin, for the holdback limit.
+    held_by_origin: HashMap<ServerId, usize>,
     /// Payloads that named messages we do not know (stale or hostile).
     pub ignored: u64,
+    /// Messages dropped by the holdback limit.
+    pub refused: u64,
     /// Crashed origins' messages settled by recovery: (finalized, dropped).
     pub recovered: (u64, u64),
 }
@@ -133,18 +149,26 @@ impl Total {
             rounds: BTreeMap::new(),
             recent_finals: HashMap::new(),
             recoveries: BTreeMap::new(),
+            held_by_origin: HashMap::new(),
             ignored: 0,
+            refused: 0,
             recovered: (0, 0),
         }
     }
 
     /// Proposal step: hold the message back under a fresh priority.
     fn propose(&mut self, msg: StreamMsg, out: &mut Outbox) {
+        let held = self.held_by_origin.entry(msg.id.origin).or_default();
+        if msg.id.origin != self.me && *held >= MAX_HELD_PER_ORIGIN {
+            self.refused += 1;
+            return;
+        }
         let rq = self.rooms.entry(msg.room).or_default();
         if rq.position.contains_key(&msg.id) {
             self.ignored += 1;
             return;
         }
+        *held += 1;
         rq.highest += 1;
         let p = Priority {
             n: rq.highest,
@@ -228,6 +252,7 @@ impl Total {
             }
             let held = entry.remove();
             rq.position.remove(&held.id);
+            release(&mut self.held_by_origin, held.id.origin);
             out.deliver(Post {
                 id: held.id,
                 room,
@@ -330,6 +355,7 @@ impl Total {
                 && let Some(pos) = rq.position.remove(&id)
             {
                 rq.queue.remove(&pos);
+                release(&mut self.held_by_origin, id.origin);
             }
             self.drain_room(room, out);
         }
@@ -510,6 +536,7 @@ impl Ordering for Total {
 
     fn stats(&self) -> StrategyStats {
         StrategyStats {
+            refused: self.refused + self.streams.refused,
             held_back: self.streams.held() + self.rooms.values().map(|r| r.queue.len()).sum::<usize>(),
             in_flight: self.rounds.len() + self.recoveries.len(),
         }
