@@ -52,7 +52,7 @@ impl Default for LinkConfig {
             window: 4096,
             max_datagram: 999,
             ack_delay_us: 500,
-            min_rto_us: 10_000,
+            min_rto_us: 40_000,
             max_rto_us: 1_000_000,
             initial_rto_us: 100_000,
             heartbeat_us: 500_000,
@@ -438,7 +438,7 @@ impl PeerLink {
                 if idx >= self.first_unsent {
                     break;
                 }
-                let min_gap = self.srtt_us.unwrap_or(self.cfg.min_rto_us / 2).max(200);
+                let min_gap = self.srtt_us.unwrap_or(1_000).max(200);
                 let f = &mut self.queue[idx];
                 let recently = f.sent_at.is_some_and(|t| now.saturating_since(t) < min_gap);
                 if !f.resend && !recently {
