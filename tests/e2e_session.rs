@@ -16,7 +16,9 @@ fn cluster(n: usize, mode: &str) -> Cluster {
     let dir = Scratch::new("e2e");
     let (text, binds, _) = legacy_config(n, false);
     let cfg = dir.write("servers.txt", &text);
-    let servers = (1..=n).map(|i| start_server(&cfg, i, &["-o", mode])).collect();
+    let servers = (1..=n)
+        .map(|i| start_server(&cfg, i, &["-o", mode]))
+        .collect();
     Cluster {
         _dir: dir,
         _servers: servers,
@@ -136,7 +138,10 @@ fn unknown_mode_and_bad_index_are_clear_errors() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown ordering mode 'sequencer'") && err.contains("total"), "{err}");
+    assert!(
+        err.contains("unknown ordering mode 'sequencer'") && err.contains("total"),
+        "{err}"
+    );
     let out = std::process::Command::new(support::bin("chatserver"))
         .arg(&cfg)
         .arg("3")
@@ -159,7 +164,10 @@ fn verbose_lines_have_time_and_server_tag() {
     a.send("Hi");
     assert_eq!(a.recv(), format!("<{}> Hi", a.addr()).into_bytes());
     let lines = s2.wait_stdout("Delivered");
-    let posts = lines.iter().find(|l| l.contains("posts")).expect("a posts line");
+    let posts = lines
+        .iter()
+        .find(|l| l.contains("posts"))
+        .expect("a posts line");
     // hh:mm:ss.uuuuuu S02 ...
     let (time, rest) = posts.split_at(15);
     assert!(
@@ -187,5 +195,8 @@ fn help_lists_every_registered_mode() {
             "--help does not list {mode}:\n{help}"
         );
     }
-    assert!(help.contains("CONFIG") && help.contains("INDEX") && help.contains("-o"), "{help}");
+    assert!(
+        help.contains("CONFIG") && help.contains("INDEX") && help.contains("-o"),
+        "{help}"
+    );
 }

@@ -48,12 +48,34 @@ fn lossy(servers: usize, mode: &str, clients: &str, messages: &str) {
     let run = stress(
         &cfg,
         &[
-            "--ordering", mode, "--clients", clients, "--rooms", "2", "--messages", messages, "--delay", "0..20",
-            "--loss", "0.1", "--duplicate", "0.05", "--seed", "11",
+            "--ordering",
+            mode,
+            "--clients",
+            clients,
+            "--rooms",
+            "2",
+            "--messages",
+            messages,
+            "--delay",
+            "0..20",
+            "--loss",
+            "0.1",
+            "--duplicate",
+            "0.05",
+            "--seed",
+            "11",
         ],
     );
-    assert!(run.ok, "{mode} on {servers} servers through a lossy proxy:\n{}", run.report);
-    assert!(run.report.contains("kernel UDP receive-buffer drops") && run.report.contains("OK"), "{}", run.report);
+    assert!(
+        run.ok,
+        "{mode} on {servers} servers through a lossy proxy:\n{}",
+        run.report
+    );
+    assert!(
+        run.report.contains("kernel UDP receive-buffer drops") && run.report.contains("OK"),
+        "{}",
+        run.report
+    );
 }
 
 #[test]
@@ -96,8 +118,18 @@ fn total_order_holds_under_overload() {
     let run = stress(
         &cfg,
         &[
-            "--ordering", "total", "--clients", "6", "--rooms", "1", "--messages", "4000", "--window", "256",
-            "--size", "200",
+            "--ordering",
+            "total",
+            "--clients",
+            "6",
+            "--rooms",
+            "1",
+            "--messages",
+            "4000",
+            "--window",
+            "256",
+            "--size",
+            "200",
         ],
     );
     assert!(run.ok, "overload:\n{}", run.report);
@@ -117,7 +149,12 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_for(rx: &mpsc::Receiver<String>, what: impl Fn(&str) -> bool, seen: &mut Vec<String>, limit: Duration) {
+fn wait_for(
+    rx: &mpsc::Receiver<String>,
+    what: impl Fn(&str) -> bool,
+    seen: &mut Vec<String>,
+    limit: Duration,
+) {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -129,7 +166,10 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: impl Fn(&str) -> bool, seen: &mut
                     return;
                 }
             }
-            Err(_) => panic!("condition not met in time; output so far:\n{}", seen.join("\n")),
+            Err(_) => panic!(
+                "condition not met in time; output so far:\n{}",
+                seen.join("\n")
+            ),
         }
     }
 }
@@ -187,7 +227,12 @@ fn total_order_recovers_when_a_node_is_killed_mid_run() {
     let up_lines = lines(&mut up.0);
     let mut seen = Vec::new();
     for node in ["s1", "s2", "s3"] {
-        wait_for(&up_lines, |l| l.starts_with(node) && l.contains("launcher: up"), &mut seen, Duration::from_secs(30));
+        wait_for(
+            &up_lines,
+            |l| l.starts_with(node) && l.contains("launcher: up"),
+            &mut seen,
+            Duration::from_secs(30),
+        );
     }
 
     // Clients only on s1 and s2; s3 will be killed.
@@ -195,8 +240,23 @@ fn total_order_recovers_when_a_node_is_killed_mid_run() {
         .arg("stress")
         .arg(&cfg)
         .args([
-            "--attach", "--ordering", "total", "--client-servers", "1,2", "--clients", "6", "--rooms", "2",
-            "--messages", "300", "--rate", "600", "--quiet-ms", "10000", "--timeout", "120",
+            "--attach",
+            "--ordering",
+            "total",
+            "--client-servers",
+            "1,2",
+            "--clients",
+            "6",
+            "--rooms",
+            "2",
+            "--messages",
+            "300",
+            "--rate",
+            "600",
+            "--quiet-ms",
+            "10000",
+            "--timeout",
+            "120",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -230,7 +290,8 @@ fn total_order_recovers_when_a_node_is_killed_mid_run() {
         &mut stress_seen,
         Duration::from_secs(60),
     );
-    let state = std::fs::read_to_string(dir.path().join("state/launcher.json")).expect("state file");
+    let state =
+        std::fs::read_to_string(dir.path().join("state/launcher.json")).expect("state file");
     let state: serde_json::Value = serde_json::from_str(&state).expect("state json");
     let pid = state["nodes"][2]["pid"].as_i64().expect("s3 pid") as i32;
     // SAFETY: s3 was started by our launcher; its pid comes from the state file.
@@ -248,5 +309,10 @@ fn total_order_recovers_when_a_node_is_killed_mid_run() {
         "stress after kill -9:\n{report}\nlauncher:\n{}",
         seen.join("\n")
     );
-    assert!(seen.iter().any(|l| l.starts_with("s3") && l.contains("signal 9")), "{}", seen.join("\n"));
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("s3") && l.contains("signal 9")),
+        "{}",
+        seen.join("\n")
+    );
 }

@@ -17,15 +17,23 @@ fn ten_servers_250_clients_10_rooms_total() {
     let dir = Scratch::new("scale");
     let (text, binds, _) = legacy_config(SERVERS, false);
     let cfg = dir.write("servers.txt", &text);
-    let _servers: Vec<_> = (1..=SERVERS).map(|i| start_server(&cfg, i, &["-o", "total"])).collect();
+    let _servers: Vec<_> = (1..=SERVERS)
+        .map(|i| start_server(&cfg, i, &["-o", "total"]))
+        .collect();
 
     // Client i: room (i % 10) + 1 on server (i / 10) % 10, so rooms span servers.
     let clients: Vec<(Client, usize)> = (0..CLIENTS)
         .map(|i| (Client::new(binds[(i / ROOMS) % SERVERS]), i % ROOMS + 1))
         .collect();
     for (i, (c, room)) in clients.iter().enumerate() {
-        c.expect_reply(&format!("/join {room}"), &format!("+OK You are now in chat room #{room}"));
-        c.expect_reply(&format!("/nick c{i}"), &format!("+OK Nickname set to 'c{i}'"));
+        c.expect_reply(
+            &format!("/join {room}"),
+            &format!("+OK You are now in chat room #{room}"),
+        );
+        c.expect_reply(
+            &format!("/nick c{i}"),
+            &format!("+OK Nickname set to 'c{i}'"),
+        );
     }
     for k in 0..PER_CLIENT {
         for (i, (c, room)) in clients.iter().enumerate() {
@@ -40,7 +48,10 @@ fn ten_servers_250_clients_10_rooms_total() {
         assert_eq!(unique.len(), per_room, "client {i} got duplicates");
         for line in &got {
             let s = String::from_utf8_lossy(line);
-            assert!(s.ends_with(&format!("-room{room}")), "client {i} in room {room} got {s}");
+            assert!(
+                s.ends_with(&format!("-room{room}")),
+                "client {i} in room {room} got {s}"
+            );
             let (nick, body) = s.split_once("> ").expect("<nick> body");
             let sender: usize = body.split('-').nth(1).unwrap().parse().unwrap();
             assert_eq!(nick, format!("<c{sender}"), "nick names the sender");

@@ -19,7 +19,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "launcher", version, about = "Run, supervise, fault-inject and stress a chat server cluster")]
+#[command(
+    name = "launcher",
+    version,
+    about = "Run, supervise, fault-inject and stress a chat server cluster"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

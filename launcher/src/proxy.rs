@@ -76,7 +76,10 @@ pub struct FaultArgs {
 
 impl FaultArgs {
     pub fn any(&self) -> bool {
-        self.delay.is_some() || self.loss.is_some() || self.duplicate.is_some() || self.seed.is_some()
+        self.delay.is_some()
+            || self.loss.is_some()
+            || self.duplicate.is_some()
+            || self.seed.is_some()
     }
 }
 
@@ -696,7 +699,13 @@ pub fn faults_from_args(
 /// counts and exits 0.
 pub fn run(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     let cfg = node::config::load(&a.file)?;
-    let faults = faults_from_args(&cfg, a.faults.delay, a.faults.loss, a.faults.duplicate, a.faults.seed);
+    let faults = faults_from_args(
+        &cfg,
+        a.faults.delay,
+        a.faults.loss,
+        a.faults.duplicate,
+        a.faults.seed,
+    );
     let plan = ProxyPlan::from_config(&cfg)?;
     let bound = BoundProxy::bind(plan.clone())?;
     let counters = Arc::new(ProxyCounters::default());

@@ -198,8 +198,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
     if !(a.rate >= 0.0 && a.rate.is_finite()) {
         bail!("--rate must be a number >= 0");
     }
-    let fault_given =
-        a.faults.any();
+    let fault_given = a.faults.any();
     let deadline = Duration::from_secs(a.timeout.max(1));
     let started = std::time::Instant::now();
 
@@ -274,9 +273,12 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
     } else {
         let mut chosen = Vec::new();
         for &i in &a.client_servers {
-            let addr = servers
-                .get(i.wrapping_sub(1))
-                .with_context(|| format!("--client-servers: no server {i} (the cluster has {})", servers.len()))?;
+            let addr = servers.get(i.wrapping_sub(1)).with_context(|| {
+                format!(
+                    "--client-servers: no server {i} (the cluster has {})",
+                    servers.len()
+                )
+            })?;
             chosen.push(*addr);
         }
         chosen

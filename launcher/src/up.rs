@@ -104,7 +104,8 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
                     plan.cfg.source.display()
                 );
             }
-            let handle = crate::proxy::spawn_for_up(&plan.cfg).context("starting the fault-injecting proxy")?;
+            let handle = crate::proxy::spawn_for_up(&plan.cfg)
+                .context("starting the fault-injecting proxy")?;
             out.global(&format!(
                 "proxy on the forwarding addresses: delay {}..{} ms, loss {}, duplicate {}, seed {}",
                 f.delay_min_ms, f.delay_max_ms, f.loss, f.duplicate, f.seed

@@ -85,7 +85,8 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let strategy = orderings::lookup(&mode)?;
     let key = match &args.secret_file {
         Some(p) => {
-            let text = std::fs::read(p).with_context(|| format!("reading secret file {}", p.display()))?;
+            let text =
+                std::fs::read(p).with_context(|| format!("reading secret file {}", p.display()))?;
             let trimmed = text.trim_ascii();
             anyhow::ensure!(!trimmed.is_empty(), "secret file {} is empty", p.display());
             Some(key_from_secret(trimmed))

@@ -241,7 +241,11 @@ pub fn resolve(path: &Path, line: usize, text: &str) -> Result<SocketAddr, Confi
     use std::net::ToSocketAddrs;
     if let Ok(a) = text.parse::<SocketAddr>() {
         if a.port() == 0 {
-            return Err(ConfigError::new(path, Some(line), format!("port 0 is not allowed in '{text}'")));
+            return Err(ConfigError::new(
+                path,
+                Some(line),
+                format!("port 0 is not allowed in '{text}'"),
+            ));
         }
         return Ok(a);
     }
@@ -253,13 +257,25 @@ pub fn resolve(path: &Path, line: usize, text: &str) -> Result<SocketAddr, Confi
         ));
     };
     let port: u16 = port.parse().map_err(|_| {
-        ConfigError::new(path, Some(line), format!("bad port '{port}' in '{text}' (expected 1-65535)"))
+        ConfigError::new(
+            path,
+            Some(line),
+            format!("bad port '{port}' in '{text}' (expected 1-65535)"),
+        )
     })?;
     if port == 0 {
-        return Err(ConfigError::new(path, Some(line), format!("port 0 is not allowed in '{text}'")));
+        return Err(ConfigError::new(
+            path,
+            Some(line),
+            format!("port 0 is not allowed in '{text}'"),
+        ));
     }
     if host.is_empty() {
-        return Err(ConfigError::new(path, Some(line), format!("missing host in '{text}'")));
+        return Err(ConfigError::new(
+            path,
+            Some(line),
+            format!("missing host in '{text}'"),
+        ));
     }
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
@@ -270,18 +286,29 @@ pub fn resolve(path: &Path, line: usize, text: &str) -> Result<SocketAddr, Confi
         .find(|a| a.is_ipv4())
         .or_else(|| addrs.first())
         .copied()
-        .ok_or_else(|| ConfigError::new(path, Some(line), format!("'{host}' resolves to no address")))
+        .ok_or_else(|| {
+            ConfigError::new(path, Some(line), format!("'{host}' resolves to no address"))
+        })
 }
 
 /// Checks what both formats share: at least one server, no address used twice.
 pub fn validate(cfg: &ClusterConfig) -> Result<(), ConfigError> {
     if cfg.servers.is_empty() {
-        return Err(ConfigError::new(&cfg.source, None, "no servers listed (the file is empty)"));
+        return Err(ConfigError::new(
+            &cfg.source,
+            None,
+            "no servers listed (the file is empty)",
+        ));
     }
     if cfg.rooms == 0 {
-        return Err(ConfigError::new(&cfg.source, None, "rooms must be at least 1"));
+        return Err(ConfigError::new(
+            &cfg.source,
+            None,
+            "rooms must be at least 1",
+        ));
     }
-    let mut seen: std::collections::HashMap<SocketAddr, (usize, &str)> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<SocketAddr, (usize, &str)> =
+        std::collections::HashMap::new();
     for s in &cfg.servers {
         let mut mine = vec![(s.bind, "bind")];
         if s.forward != s.bind {
@@ -292,7 +319,10 @@ pub fn validate(cfg: &ClusterConfig) -> Result<(), ConfigError> {
                 return Err(ConfigError::new(
                     &cfg.source,
                     Some(s.line),
-                    format!("duplicate address {addr}: {what} address of {} is already the {other} address on line {line}", s.name),
+                    format!(
+                        "duplicate address {addr}: {what} address of {} is already the {other} address on line {line}",
+                        s.name
+                    ),
                 ));
             }
             seen.insert(addr, (s.line, what));

@@ -422,7 +422,8 @@ fn parse_node_list(
 
 /// Like `config::validate`'s check, but naming the keys.
 fn check_duplicates(doc: &Doc<'_>, servers: &[(ServerEntry, Origin)]) -> Result<()> {
-    let mut seen: std::collections::HashMap<SocketAddr, (&str, &str, usize)> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<SocketAddr, (&str, &str, usize)> =
+        std::collections::HashMap::new();
     for (s, origin) in servers {
         let mut mine = vec![(s.bind, "bind", &origin.bind)];
         if s.forward != s.bind {

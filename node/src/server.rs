@@ -53,15 +53,18 @@ impl ServerStats {
     /// One line of `key=value` counters (printed when a server stops).
     pub fn summary(&self) -> String {
         let r = &self.replica;
-        let links = r.links.iter().fold(orderings::link::LinkStats::default(), |mut a, l| {
-            a.datagrams_sent += l.datagrams_sent;
-            a.datagrams_received += l.datagrams_received;
-            a.retransmissions += l.retransmissions;
-            a.duplicates += l.duplicates;
-            a.stale += l.stale;
-            a.peer_restarts += l.peer_restarts;
-            a
-        });
+        let links = r
+            .links
+            .iter()
+            .fold(orderings::link::LinkStats::default(), |mut a, l| {
+                a.datagrams_sent += l.datagrams_sent;
+                a.datagrams_received += l.datagrams_received;
+                a.retransmissions += l.retransmissions;
+                a.duplicates += l.duplicates;
+                a.stale += l.stale;
+                a.peer_restarts += l.peer_restarts;
+                a
+            });
         format!(
             "client_datagrams={} peer_datagrams={} bad_peer_datagrams={} refused_posts={} posts={} deliveries={} \
              bad_payloads={} link_datagrams_sent={} link_datagrams_received={} retransmissions={} duplicates={} \
@@ -165,7 +168,9 @@ impl Server {
         self.stats.client_datagrams += 1;
         let outcome = if len > MAX_LINE {
             Outcome {
-                reply: Some(format!("-ERR Message too long ({len} bytes; at most {MAX_LINE})").into_bytes()),
+                reply: Some(
+                    format!("-ERR Message too long ({len} bytes; at most {MAX_LINE})").into_bytes(),
+                ),
                 ..Outcome::default()
             }
         } else {

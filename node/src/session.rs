@@ -90,7 +90,11 @@ impl Sessions {
 
     fn session(&mut self, from: SocketAddr) -> Result<&mut Session, Vec<u8>> {
         if !self.clients.contains_key(&from) && self.clients.len() >= self.limits.max_clients {
-            return Err(format!("-ERR Server is full ({} clients); try another server", self.limits.max_clients).into_bytes());
+            return Err(format!(
+                "-ERR Server is full ({} clients); try another server",
+                self.limits.max_clients
+            )
+            .into_bytes());
         }
         let next = &mut self.next_number;
         Ok(self.clients.entry(from).or_insert_with(|| {
@@ -110,7 +114,10 @@ impl Sessions {
         if data.len() > MAX_LINE {
             return Outcome::reply(
                 known,
-                format!("-ERR Message too long ({} bytes; at most {MAX_LINE})", data.len()),
+                format!(
+                    "-ERR Message too long ({} bytes; at most {MAX_LINE})",
+                    data.len()
+                ),
             );
         }
         if data.first() != Some(&b'/') {
@@ -142,10 +149,16 @@ impl Sessions {
 
     fn chat(&mut self, from: SocketAddr, text: &[u8]) -> Outcome {
         let Some(s) = self.clients.get(&from) else {
-            return Outcome::reply(None, "-ERR You are not in a chat room (join one with /join N)");
+            return Outcome::reply(
+                None,
+                "-ERR You are not in a chat room (join one with /join N)",
+            );
         };
         let Some(room) = s.room else {
-            return Outcome::reply(Some(s.number), "-ERR You are not in a chat room (join one with /join N)");
+            return Outcome::reply(
+                Some(s.number),
+                "-ERR You are not in a chat room (join one with /join N)",
+            );
         };
         let mut line = Vec::with_capacity(text.len() + 32);
         line.push(b'<');
@@ -166,9 +179,15 @@ impl Sessions {
         let rooms = self.limits.rooms;
         let known = self.clients.get(&from).map(|s| s.number);
         if arg.is_empty() {
-            return Outcome::reply(known, format!("-ERR Usage: /join <room> (rooms are 1 to {rooms})"));
+            return Outcome::reply(
+                known,
+                format!("-ERR Usage: /join <room> (rooms are 1 to {rooms})"),
+            );
         }
-        let room = match std::str::from_utf8(arg).ok().and_then(|s| s.parse::<u64>().ok()) {
+        let room = match std::str::from_utf8(arg)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             Some(r) if r >= 1 && r <= u64::from(rooms) => r as RoomId,
             _ => {
                 return Outcome::reply(
@@ -190,7 +209,10 @@ impl Sessions {
         }
         s.room = Some(room);
         self.members.entry(room).or_default().push(from);
-        Outcome::reply(Some(number), format!("+OK You are now in chat room #{room}"))
+        Outcome::reply(
+            Some(number),
+            format!("+OK You are now in chat room #{room}"),
+        )
     }
 
     fn part(&mut self, from: SocketAddr, arg: &[u8]) -> Outcome {
@@ -213,10 +235,16 @@ impl Sessions {
         if arg.is_empty() {
             return Outcome::reply(known, "-ERR Usage: /nick <name>");
         }
-        if arg.len() > MAX_NICK || arg.iter().any(|&b| b < 0x20 || b == 0x7f || b == b'<' || b == b'>') {
+        if arg.len() > MAX_NICK
+            || arg
+                .iter()
+                .any(|&b| b < 0x20 || b == 0x7f || b == b'<' || b == b'>')
+        {
             return Outcome::reply(
                 known,
-                format!("-ERR Invalid nickname: use 1 to {MAX_NICK} bytes without control characters, '<' or '>'"),
+                format!(
+                    "-ERR Invalid nickname: use 1 to {MAX_NICK} bytes without control characters, '<' or '>'"
+                ),
             );
         }
         let s = match self.session(from) {
@@ -282,19 +310,40 @@ mod tests {
     fn spec_session() {
         let mut s = Sessions::new(SessionLimits::default());
         let a = addr(57326);
-        assert_eq!(reply(&mut s, a, "Hi"), "-ERR You are not in a chat room (join one with /join N)");
-        assert_eq!(reply(&mut s, a, "/join 3"), "+OK You are now in chat room #3");
+        assert_eq!(
+            reply(&mut s, a, "Hi"),
+            "-ERR You are not in a chat room (join one with /join N)"
+        );
+        assert_eq!(
+            reply(&mut s, a, "/join 3"),
+            "+OK You are now in chat room #3"
+        );
         let o = s.handle(a, b"Hello everyone!");
         assert_eq!(o.reply, None);
-        assert_eq!(o.post, Some((3, Bytes::from_static(b"<127.0.0.1:57326> Hello everyone!"))));
+        assert_eq!(
+            o.post,
+            Some((3, Bytes::from_static(b"<127.0.0.1:57326> Hello everyone!")))
+        );
         assert_eq!(reply(&mut s, a, "/nick Bob"), "+OK Nickname set to 'Bob'");
-        assert_eq!(s.handle(a, b"x").post.unwrap().1, Bytes::from_static(b"<Bob> x"));
-        assert_eq!(reply(&mut s, a, "/join 5"), "-ERR You are already in room #3");
+        assert_eq!(
+            s.handle(a, b"x").post.unwrap().1,
+            Bytes::from_static(b"<Bob> x")
+        );
+        assert_eq!(
+            reply(&mut s, a, "/join 5"),
+            "-ERR You are already in room #3"
+        );
         assert_eq!(s.members(3), &[a]);
         assert_eq!(reply(&mut s, a, "/part"), "+OK You have left chat room #3");
         assert!(s.members(3).is_empty());
         assert_eq!(reply(&mut s, a, "/part"), "-ERR You are not in a chat room");
-        assert_eq!(s.handle(a, b"/quit"), Outcome { client: Some(1), ..Outcome::default() });
+        assert_eq!(
+            s.handle(a, b"/quit"),
+            Outcome {
+                client: Some(1),
+                ..Outcome::default()
+            }
+        );
         assert!(s.is_empty());
     }
 
@@ -302,21 +351,43 @@ mod tests {
     fn bad_rooms_and_commands() {
         let mut s = Sessions::new(SessionLimits::default());
         let a = addr(1);
-        for bad in ["/join 0", "/join 11", "/join abc", "/join -1", "/join 99999999999999999999999"] {
-            assert!(reply(&mut s, a, bad).starts_with("-ERR Invalid room"), "{bad}");
+        for bad in [
+            "/join 0",
+            "/join 11",
+            "/join abc",
+            "/join -1",
+            "/join 99999999999999999999999",
+        ] {
+            assert!(
+                reply(&mut s, a, bad).starts_with("-ERR Invalid room"),
+                "{bad}"
+            );
         }
         assert!(reply(&mut s, a, "/join").starts_with("-ERR Usage"));
         assert!(reply(&mut s, a, "/nick").starts_with("-ERR Usage"));
         assert_eq!(reply(&mut s, a, "/dance"), "-ERR Unknown command '/dance'");
         assert_eq!(reply(&mut s, a, "/JOIN 1"), "-ERR Unknown command '/JOIN'");
-        assert_eq!(reply(&mut s, a, "/join 10\n"), "+OK You are now in chat room #10");
+        assert_eq!(
+            reply(&mut s, a, "/join 10\n"),
+            "+OK You are now in chat room #10"
+        );
         assert!(reply(&mut s, a, "/nick a<b").starts_with("-ERR Invalid nickname"));
         assert!(reply(&mut s, a, "/nick a\tb").starts_with("-ERR Invalid nickname"));
-        assert!(reply(&mut s, a, &format!("/nick {}", "x".repeat(33))).starts_with("-ERR Invalid nickname"));
+        assert!(
+            reply(&mut s, a, &format!("/nick {}", "x".repeat(33)))
+                .starts_with("-ERR Invalid nickname")
+        );
         let long = vec![b'x'; MAX_LINE + 1];
-        assert!(String::from_utf8(s.handle(a, &long).reply.unwrap()).unwrap().starts_with("-ERR Message too long (1001 bytes"));
+        assert!(
+            String::from_utf8(s.handle(a, &long).reply.unwrap())
+                .unwrap()
+                .starts_with("-ERR Message too long (1001 bytes")
+        );
         let max = vec![b'y'; MAX_LINE];
-        assert_eq!(s.handle(a, &max).post.unwrap().1.len(), MAX_LINE + "<127.0.0.1:1> ".len());
+        assert_eq!(
+            s.handle(a, &max).post.unwrap().1.len(),
+            MAX_LINE + "<127.0.0.1:1> ".len()
+        );
     }
 
     #[test]
@@ -325,12 +396,18 @@ mod tests {
         let a = addr(2);
         s.handle(a, b"/join 1");
         let text: &[u8] = b"a,b|c<d>\"e\" \xff\x00 \xc3\xa9";
-        assert_eq!(&s.handle(a, text).post.unwrap().1[..], [b"<127.0.0.1:2> ".as_slice(), text].concat().as_slice());
+        assert_eq!(
+            &s.handle(a, text).post.unwrap().1[..],
+            [b"<127.0.0.1:2> ".as_slice(), text].concat().as_slice()
+        );
     }
 
     #[test]
     fn full_server_refuses_new_clients() {
-        let mut s = Sessions::new(SessionLimits { rooms: 10, max_clients: 1 });
+        let mut s = Sessions::new(SessionLimits {
+            rooms: 10,
+            max_clients: 1,
+        });
         assert!(reply(&mut s, addr(1), "/join 1").starts_with("+OK"));
         assert!(reply(&mut s, addr(2), "/join 1").starts_with("-ERR Server is full"));
         assert!(reply(&mut s, addr(2), "/nick x").starts_with("-ERR Server is full"));

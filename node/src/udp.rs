@@ -83,15 +83,26 @@ impl RecvBatch {
         let n = sock.try_io(Interest::READABLE, || {
             // SAFETY: the headers point at live buffers sized as declared.
             let n = unsafe {
-                libc::recvmmsg(fd, hdrs, RECV_BATCH as libc::c_uint, libc::MSG_DONTWAIT | libc::MSG_TRUNC, std::ptr::null_mut())
+                libc::recvmmsg(
+                    fd,
+                    hdrs,
+                    RECV_BATCH as libc::c_uint,
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                    std::ptr::null_mut(),
+                )
             };
-            if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
         })?;
         for i in 0..n {
             let len = self.hdrs[i].msg_len as usize;
             // A non-IP source cannot happen on a UDP/IP socket; keep indices
             // aligned with a placeholder that no one matches.
-            let addr = to_socket_addr(&self.addrs[i]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let addr = to_socket_addr(&self.addrs[i])
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
             self.got.push((addr, len));
         }
         Ok(n)
@@ -156,7 +167,10 @@ impl SendQueue {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::debug!("send to {:?} failed: {e}", self.items[self.sent].0.as_socket());
+                    tracing::debug!(
+                        "send to {:?} failed: {e}",
+                        self.items[self.sent].0.as_socket()
+                    );
                     self.sent += 1;
                     failed += 1;
                 }
@@ -177,7 +191,9 @@ impl SendQueue {
             })
             .collect();
         // SAFETY: all-zero is a valid mmsghdr; fields are set below.
-        let mut hdrs: Vec<libc::mmsghdr> = (0..chunk.len()).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let mut hdrs: Vec<libc::mmsghdr> = (0..chunk.len())
+            .map(|_| unsafe { std::mem::zeroed() })
+            .collect();
         for (i, (addr, _)) in chunk.iter().enumerate() {
             let h = &mut hdrs[i].msg_hdr;
             h.msg_name = addr.as_ptr() as *mut libc::c_void;
@@ -188,8 +204,19 @@ impl SendQueue {
         let fd = sock.as_raw_fd();
         sock.try_io(Interest::WRITABLE, || {
             // SAFETY: headers point at live addresses and payloads.
-            let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
-            if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    hdrs.as_mut_ptr(),
+                    hdrs.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
         })
     }
 }

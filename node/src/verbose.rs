@@ -35,7 +35,9 @@ impl FormatTime for ServerClock {
 
 /// Installs the subscriber for server `tag` (e.g. `S02`).
 pub fn init(tag: &str, verbose: bool) {
-    let clock = ServerClock { tag: tag.to_string() };
+    let clock = ServerClock {
+        tag: tag.to_string(),
+    };
     if verbose {
         let _ = tracing_subscriber::fmt()
             .with_timer(clock)

@@ -99,9 +99,14 @@ pub struct Datagram<'a> {
 impl<'a> Datagram<'a> {
     /// Encodes without stuffing (the MAC, if any, covers these bytes).
     pub fn encode_raw(&self, authenticated: bool) -> Vec<u8> {
-        let mut w = Writer::with_capacity(64 + self.frames.iter().map(|f| f.1.len() + 6).sum::<usize>());
-        w.u8(MAGIC).u8(VERSION).u8(if authenticated { FLAG_MAC } else { 0 });
-        w.varint(self.src_incarnation).varint(self.dst_incarnation).varint(self.ack);
+        let mut w =
+            Writer::with_capacity(64 + self.frames.iter().map(|f| f.1.len() + 6).sum::<usize>());
+        w.u8(MAGIC)
+            .u8(VERSION)
+            .u8(if authenticated { FLAG_MAC } else { 0 });
+        w.varint(self.src_incarnation)
+            .varint(self.dst_incarnation)
+            .varint(self.ack);
         w.varint(self.gaps.len() as u64);
         for &(first, count) in &self.gaps {
             w.varint(first).varint(count);
@@ -471,10 +476,18 @@ impl PeerLink {
     pub fn poll_timeout(&self) -> Option<Time> {
         let mut t = self.ack_due;
         let mut consider = |x: Time| t = Some(t.map_or(x, |y: Time| y.min(x)));
-        if let Some(oldest) = self.queue.iter().take(self.first_unsent).find_map(|f| f.sent_at) {
+        if let Some(oldest) = self
+            .queue
+            .iter()
+            .take(self.first_unsent)
+            .find_map(|f| f.sent_at)
+        {
             consider(oldest.plus_micros(self.rto_us));
         }
-        consider(self.last_sent.map_or(Time::ZERO, |l| l.plus_micros(self.cfg.heartbeat_us)));
+        consider(
+            self.last_sent
+                .map_or(Time::ZERO, |l| l.plus_micros(self.cfg.heartbeat_us)),
+        );
         t
     }
 
@@ -500,7 +513,9 @@ impl PeerLink {
     fn wants_to_send(&self, now: Time) -> bool {
         let may_send_frames = self.peer_incarnation != 0;
         (may_send_frames && self.resend_pending > 0)
-            || (may_send_frames && self.first_unsent < self.queue.len() && self.first_unsent < self.cfg.window)
+            || (may_send_frames
+                && self.first_unsent < self.queue.len()
+                && self.first_unsent < self.cfg.window)
             || self.ack_due.is_some_and(|t| t <= now)
             || self
                 .last_sent
@@ -626,7 +641,10 @@ mod tests {
         assert!(d.frames.is_empty(), "no frames for an unknown incarnation");
         assert!(b.receive(Time(0), &d).first_contact);
         assert_eq!(carry(&mut b, &mut a, Time(1)), Vec::<Bytes>::new());
-        assert_eq!(carry(&mut a, &mut b, Time(2)), vec![Bytes::from_static(b"early")]);
+        assert_eq!(
+            carry(&mut a, &mut b, Time(2)),
+            vec![Bytes::from_static(b"early")]
+        );
     }
 
     fn carry(from: &mut PeerLink, to: &mut PeerLink, now: Time) -> Vec<Bytes> {
@@ -713,6 +731,9 @@ mod tests {
         bad[n / 2] ^= 0x40;
         assert!(open(&bad, Some(&key)).is_err());
         assert_eq!(open(&wire, Some(&[8u8; 32])), Err(WireError::BadMac));
-        assert_eq!(open(&seal(&d.encode_raw(false), None), Some(&key)), Err(WireError::BadMac));
+        assert_eq!(
+            open(&seal(&d.encode_raw(false), None), Some(&key)),
+            Err(WireError::BadMac)
+        );
     }
 }

@@ -86,9 +86,8 @@ impl Replica {
         let next_counter = cfg.incarnation.max(1);
         let links = (0..cfg.servers)
             .map(|i| {
-                (i != cfg.me.index()).then(|| {
-                    PeerLink::new(ServerId(i as u16), cfg.incarnation, cfg.link.clone())
-                })
+                (i != cfg.me.index())
+                    .then(|| PeerLink::new(ServerId(i as u16), cfg.incarnation, cfg.link.clone()))
             })
             .collect();
         Self {
@@ -124,7 +123,12 @@ impl Replica {
     }
 
     fn max_backlog(&self) -> usize {
-        self.links.iter().flatten().map(|l| l.backlog()).max().unwrap_or(0)
+        self.links
+            .iter()
+            .flatten()
+            .map(|l| l.backlog())
+            .max()
+            .unwrap_or(0)
     }
 
     /// A local client posted `line` (already formatted as `<nick> text`) to
@@ -140,13 +144,19 @@ impl Replica {
         };
         self.next_counter += 1;
         self.posts += 1;
-        self.strategy.handle_post(now, Post { id, room, line }, &mut self.scratch);
+        self.strategy
+            .handle_post(now, Post { id, room, line }, &mut self.scratch);
         self.flush_outbox();
         Ok(id)
     }
 
     /// A datagram arrived from the forwarding address of server `from`.
-    pub fn handle_datagram(&mut self, now: Time, from: ServerId, wire: &[u8]) -> Result<(), WireError> {
+    pub fn handle_datagram(
+        &mut self,
+        now: Time,
+        from: ServerId,
+        wire: &[u8],
+    ) -> Result<(), WireError> {
         let result = self.handle_datagram_inner(now, from, wire);
         if result.is_err() {
             self.bad_datagrams += 1;
@@ -154,7 +164,12 @@ impl Replica {
         result
     }
 
-    fn handle_datagram_inner(&mut self, now: Time, from: ServerId, wire: &[u8]) -> Result<(), WireError> {
+    fn handle_datagram_inner(
+        &mut self,
+        now: Time,
+        from: ServerId,
+        wire: &[u8],
+    ) -> Result<(), WireError> {
         self.last_now = now;
         let Some(Some(link)) = self.links.get_mut(from.index()) else {
             return Err(WireError::OutOfRange("sender"));
@@ -166,11 +181,19 @@ impl Replica {
             tracing::info!("{from} restarted (incarnation {})", d.src_incarnation);
         }
         if received.peer_restarted || received.first_contact {
-            self.strategy
-                .handle_peer_incarnation(now, from, d.src_incarnation, received.peer_restarted, &mut self.scratch);
+            self.strategy.handle_peer_incarnation(
+                now,
+                from,
+                d.src_incarnation,
+                received.peer_restarted,
+                &mut self.scratch,
+            );
         }
         for payload in received.payloads {
-            if let Err(e) = self.strategy.handle_peer(now, from, &payload, &mut self.scratch) {
+            if let Err(e) = self
+                .strategy
+                .handle_peer(now, from, &payload, &mut self.scratch)
+            {
                 self.bad_payloads += 1;
                 tracing::warn!("dropped a bad payload from {from}: {e}");
             }
@@ -250,8 +273,13 @@ impl Replica {
             };
             if let Some(restarted) = link.learn_incarnation(inc) {
                 tracing::info!("{peer} runs incarnation {inc} (learned from a peer)");
-                self.strategy
-                    .handle_peer_incarnation(self.last_now, peer, inc, restarted, &mut self.scratch);
+                self.strategy.handle_peer_incarnation(
+                    self.last_now,
+                    peer,
+                    inc,
+                    restarted,
+                    &mut self.scratch,
+                );
             }
         }
         for (dest, payload) in self.scratch.sends.drain(..) {

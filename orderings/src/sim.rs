@@ -68,8 +68,16 @@ impl SimConfig {
             clients: rng.range(servers as u64, 8) as usize,
             messages_per_client: rng.range(1, 12) as usize,
             delay_us: (rng.range(10, 200), rng.range(500, 20_000)),
-            loss: if lossy { rng.range(0, 20) as f64 / 100.0 } else { 0.0 },
-            duplicate: if lossy { rng.range(0, 10) as f64 / 100.0 } else { 0.0 },
+            loss: if lossy {
+                rng.range(0, 20) as f64 / 100.0
+            } else {
+                0.0
+            },
+            duplicate: if lossy {
+                rng.range(0, 10) as f64 / 100.0
+            } else {
+                0.0
+            },
             network,
             post_gap_us: rng.range(50, 5_000),
             crash: None,
@@ -123,11 +131,24 @@ enum Node {
 
 enum Event {
     /// A datagram (Links) or strategy payload (Raw) arrives.
-    Arrive { to: ServerId, from: ServerId, data: Vec<u8>, incarnation: u64 },
-    Post { client: usize },
-    Timer { server: ServerId },
-    Crash { server: ServerId },
-    Restart { server: ServerId },
+    Arrive {
+        to: ServerId,
+        from: ServerId,
+        data: Vec<u8>,
+        incarnation: u64,
+    },
+    Post {
+        client: usize,
+    },
+    Timer {
+        server: ServerId,
+    },
+    Crash {
+        server: ServerId,
+    },
+    Restart {
+        server: ServerId,
+    },
 }
 
 struct Client {
@@ -172,12 +193,20 @@ pub fn run(spec: &'static StrategySpec, cfg: SimConfig) -> SimOutcome {
 }
 
 /// Runs one simulation, checking `props` (default: what `spec` guarantees).
-pub fn run_checking(spec: &'static StrategySpec, cfg: SimConfig, props_override: Option<Properties>) -> SimOutcome {
+pub fn run_checking(
+    spec: &'static StrategySpec,
+    cfg: SimConfig,
+    props_override: Option<Properties>,
+) -> SimOutcome {
     let mut rng = SimRng::new(cfg.seed);
     let clients: Vec<Client> = (0..cfg.clients)
         .map(|i| Client {
             // Every server gets a client before any gets two.
-            server: ServerId(if i < cfg.servers { i } else { rng.below(cfg.servers as u64) as usize } as u16),
+            server: ServerId(if i < cfg.servers {
+                i
+            } else {
+                rng.below(cfg.servers as u64) as usize
+            } as u16),
             room: 1 + rng.below(u64::from(cfg.rooms)) as u32,
             sent: 0,
             alive: true,
@@ -212,14 +241,19 @@ pub fn run_checking(spec: &'static StrategySpec, cfg: SimConfig, props_override:
         timer_at: vec![None; cfg.servers],
         cfg,
     };
-    sim.nodes = (0..sim.cfg.servers).map(|i| sim.build_node(ServerId(i as u16))).collect();
+    sim.nodes = (0..sim.cfg.servers)
+        .map(|i| sim.build_node(ServerId(i as u16)))
+        .collect();
     for c in 0..sim.clients.len() {
         let t = Time(sim.rng.below(sim.cfg.post_gap_us.max(1)));
         sim.schedule(t, Event::Post { client: c });
     }
     if let Some(cr) = sim.cfg.crash {
         sim.schedule(cr.at, Event::Crash { server: cr.server });
-        sim.schedule(cr.at.plus_micros(cr.down_us), Event::Restart { server: cr.server });
+        sim.schedule(
+            cr.at.plus_micros(cr.down_us),
+            Event::Restart { server: cr.server },
+        );
     }
     for i in 0..sim.cfg.servers {
         sim.after_step(ServerId(i as u16));
@@ -242,7 +276,13 @@ impl Sim {
                 let mut out = Outbox::default();
                 for p in 0..self.cfg.servers {
                     if p != me.index() {
-                        strategy.handle_peer_incarnation(Time::ZERO, ServerId(p as u16), self.incarnations[p], false, &mut out);
+                        strategy.handle_peer_incarnation(
+                            Time::ZERO,
+                            ServerId(p as u16),
+                            self.incarnations[p],
+                            false,
+                            &mut out,
+                        );
                     }
                 }
                 Node::Raw(strategy)
@@ -294,7 +334,9 @@ impl Sim {
                 break;
             }
             self.now = at;
-            let Some(ev) = self.events.remove(&id) else { continue };
+            let Some(ev) = self.events.remove(&id) else {
+                continue;
+            };
             match ev {
                 Event::Post { client } => self.post(client),
                 Event::Arrive {
@@ -386,7 +428,10 @@ impl Sim {
             Node::Down => {}
             Node::Replica(r) => {
                 if let Err(e) = r.handle_datagram(self.now, from, &data) {
-                    panic!("seed {}: a well-formed datagram failed to decode: {e}", self.cfg.seed);
+                    panic!(
+                        "seed {}: a well-formed datagram failed to decode: {e}",
+                        self.cfg.seed
+                    );
                 }
                 self.after_step(to);
             }
@@ -396,7 +441,10 @@ impl Sim {
                 }
                 let mut out = Outbox::default();
                 if let Err(e) = s.handle_peer(self.now, from, &data, &mut out) {
-                    panic!("seed {}: a strategy payload failed to decode: {e}", self.cfg.seed);
+                    panic!(
+                        "seed {}: a strategy payload failed to decode: {e}",
+                        self.cfg.seed
+                    );
                 }
                 self.raw_outbox(to, out);
                 self.after_step(to);
@@ -436,7 +484,10 @@ impl Sim {
         for (dest, payload) in out.sends {
             let targets: Vec<ServerId> = match dest {
                 Dest::Peer(p) => vec![p],
-                Dest::AllPeers => (0..self.cfg.servers as u16).map(ServerId).filter(|&s| s != me).collect(),
+                Dest::AllPeers => (0..self.cfg.servers as u16)
+                    .map(ServerId)
+                    .filter(|&s| s != me)
+                    .collect(),
             };
             for t in targets {
                 self.send_datagram(me, t, payload.to_vec());
@@ -456,12 +507,19 @@ impl Sim {
             .and_then(|b| b.split_once('-'))
             .and_then(|(c, s)| Some((c.parse::<u32>().ok()?, s.parse::<u64>().ok()?)));
         let Some((sender, seq)) = parsed else {
-            panic!("seed {}: delivered a line the simulator never sent: {text:?}", self.cfg.seed);
+            panic!(
+                "seed {}: delivered a line the simulator never sent: {text:?}",
+                self.cfg.seed
+            );
         };
-        self.note(format!("{at} delivers {} ({text}) in room {}", d.id, d.room));
+        self.note(format!(
+            "{at} delivers {} ({text}) in room {}",
+            d.id, d.room
+        ));
         for (i, c) in self.clients.iter().enumerate() {
             if c.server == at && c.alive && c.room == d.room {
-                self.history.delivered(i as u32, MessageId { sender, seq }, self.now.0);
+                self.history
+                    .delivered(i as u32, MessageId { sender, seq }, self.now.0);
                 self.delivered[i][sender as usize] += 1;
             }
         }

@@ -43,7 +43,10 @@ fn run_all(network: Network, default_seeds: u64, crash: bool) {
             runs += 1;
         }
     }
-    eprintln!("{runs} simulations ({network:?}, crash: {crash}) in {:?}", started.elapsed());
+    eprintln!(
+        "{runs} simulations ({network:?}, crash: {crash}) in {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -82,7 +85,10 @@ fn checker_catches_unordered_breaking_total_order() {
         })
         .filter(|o| !o.passed())
         .count();
-    assert!(failing > 0, "unordered never broke total order: the checker cannot fail");
+    assert!(
+        failing > 0,
+        "unordered never broke total order: the checker cannot fail"
+    );
 }
 
 /// FIFO alone does not give causal order: some schedule breaks it.
@@ -107,7 +113,10 @@ fn checker_catches_fifo_breaking_causal_order() {
         })
         .filter(|o| !o.passed())
         .count();
-    assert!(failing > 0, "fifo never broke causal order: the checker cannot fail");
+    assert!(
+        failing > 0,
+        "fifo never broke causal order: the checker cannot fail"
+    );
 }
 
 #[test]
@@ -116,14 +125,20 @@ fn a_seed_reproduces_the_same_run() {
     let a = sim::run(spec, SimConfig::random(42, Network::Links));
     let b = sim::run(spec, SimConfig::random(42, Network::Links));
     assert_eq!(a.trace, b.trace);
-    assert_eq!((a.datagrams, a.dropped, a.duplicated, a.end), (b.datagrams, b.dropped, b.duplicated, b.end));
+    assert_eq!(
+        (a.datagrams, a.dropped, a.duplicated, a.end),
+        (b.datagrams, b.dropped, b.duplicated, b.end)
+    );
 }
 
 #[test]
 fn every_builtin_strategy_is_registered_once() {
     let names: Vec<&str> = registered().iter().map(|s| s.name).collect();
     for want in ["causal", "fifo", "total", "unordered"] {
-        assert!(names.contains(&want), "strategy {want} missing from {names:?}");
+        assert!(
+            names.contains(&want),
+            "strategy {want} missing from {names:?}"
+        );
     }
     assert!(orderings::registry::duplicate_names().is_empty());
     let mut sorted = names.clone();

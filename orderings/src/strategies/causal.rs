@@ -16,7 +16,9 @@
 use super::kind;
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::{Reader, WireError, Writer};
-use crate::{Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext, StrategyStats, Time};
+use crate::{
+    Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext, StrategyStats, Time,
+};
 use bytes::Bytes;
 use std::collections::HashMap;
 
@@ -69,7 +71,11 @@ impl Causal {
         }
     }
 
-    fn room_entry(rooms: &mut HashMap<RoomId, CausalRoom>, n: usize, room: RoomId) -> &mut CausalRoom {
+    fn room_entry(
+        rooms: &mut HashMap<RoomId, CausalRoom>,
+        n: usize,
+        room: RoomId,
+    ) -> &mut CausalRoom {
         rooms.entry(room).or_insert_with(|| CausalRoom {
             delivered: vec![0; n],
             held: Vec::new(),
@@ -83,7 +89,11 @@ impl Causal {
             return;
         };
         loop {
-            let Some(i) = cr.held.iter().position(|m| deliverable(incs, &cr.delivered, m)) else {
+            let Some(i) = cr
+                .held
+                .iter()
+                .position(|m| deliverable(incs, &cr.delivered, m))
+            else {
                 break;
             };
             let m = cr.held.swap_remove(i);
@@ -116,7 +126,9 @@ impl Ordering for Causal {
         let r = Self::room_entry(&mut self.rooms, self.servers, post.room);
         r.delivered[me] += 1;
         let mut w = Writer::with_capacity(post.line.len() + 16 + 10 * r.delivered.len());
-        w.u8(kind::CAUSAL_MSG).varint(post.id.counter).varint(u64::from(post.room));
+        w.u8(kind::CAUSAL_MSG)
+            .varint(post.id.counter)
+            .varint(u64::from(post.room));
         w.varint(r.delivered.len() as u64);
         for (k, &c) in r.delivered.iter().enumerate() {
             w.varint(c);
@@ -129,7 +141,13 @@ impl Ordering for Causal {
         out.deliver(post);
     }
 
-    fn handle_peer(&mut self, _now: Time, from: ServerId, payload: &[u8], out: &mut Outbox) -> Result<(), WireError> {
+    fn handle_peer(
+        &mut self,
+        _now: Time,
+        from: ServerId,
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
         let mut r = Reader::new(payload);
         let k = r.u8()?;
         if k != kind::CAUSAL_MSG {
@@ -155,7 +173,10 @@ impl Ordering for Causal {
                 out.hint_incarnation(ServerId(k as u16), e.incarnation);
             }
         }
-        let id = MsgId { origin: from, counter };
+        let id = MsgId {
+            origin: from,
+            counter,
+        };
         let o = from.index();
         let cr = Self::room_entry(&mut self.rooms, self.servers, room);
         if clock[o].incarnation == self.incarnations[o] && clock[o].count <= cr.delivered[o] {
@@ -170,7 +191,14 @@ impl Ordering for Causal {
         Ok(())
     }
 
-    fn handle_peer_incarnation(&mut self, _now: Time, peer: ServerId, incarnation: u64, restarted: bool, out: &mut Outbox) {
+    fn handle_peer_incarnation(
+        &mut self,
+        _now: Time,
+        peer: ServerId,
+        incarnation: u64,
+        restarted: bool,
+        out: &mut Outbox,
+    ) {
         let k = peer.index();
         if incarnation <= self.incarnations[k] {
             return;
@@ -180,7 +208,8 @@ impl Ordering for Causal {
         for room in rooms {
             if restarted && let Some(r) = self.rooms.get_mut(&room) {
                 r.delivered[k] = 0;
-                r.held.retain(|m| m.id.origin != peer || m.clock[k].incarnation >= incarnation);
+                r.held
+                    .retain(|m| m.id.origin != peer || m.clock[k].incarnation >= incarnation);
             }
             // Messages waiting to learn this incarnation, or depending on
             // the crashed one, may go now.

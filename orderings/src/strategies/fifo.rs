@@ -3,7 +3,9 @@
 //! talks to one server, this keeps every sender's order.
 
 use super::kind;
-use super::stream::{StreamCounters, StreamHoldback, StreamMsg, decode_stream_start, encode_stream_start};
+use super::stream::{
+    StreamCounters, StreamHoldback, StreamMsg, decode_stream_start, encode_stream_start,
+};
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::{Reader, WireError};
 use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategyStats, Time};
@@ -36,7 +38,13 @@ impl Ordering for Fifo {
         out.deliver(post);
     }
 
-    fn handle_peer(&mut self, _now: Time, from: ServerId, payload: &[u8], out: &mut Outbox) -> Result<(), WireError> {
+    fn handle_peer(
+        &mut self,
+        _now: Time,
+        from: ServerId,
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
         let mut r = Reader::new(payload);
         match r.u8()? {
             kind::CHAT => {
@@ -55,7 +63,14 @@ impl Ordering for Fifo {
         Ok(())
     }
 
-    fn handle_peer_incarnation(&mut self, _now: Time, peer: ServerId, _inc: u64, restarted: bool, out: &mut Outbox) {
+    fn handle_peer_incarnation(
+        &mut self,
+        _now: Time,
+        peer: ServerId,
+        _inc: u64,
+        restarted: bool,
+        out: &mut Outbox,
+    ) {
         if !restarted {
             return;
         }

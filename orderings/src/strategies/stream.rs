@@ -153,7 +153,9 @@ impl StreamHoldback {
 /// `room` continues.
 pub fn encode_stream_start(room: RoomId, next: u64) -> Bytes {
     let mut w = Writer::with_capacity(12);
-    w.u8(super::kind::STREAM_START).varint(u64::from(room)).varint(next);
+    w.u8(super::kind::STREAM_START)
+        .varint(u64::from(room))
+        .varint(next);
     w.into_bytes()
 }
 
@@ -190,9 +192,16 @@ mod tests {
         assert!(h.accept(msg(2)).is_empty());
         let seqs: Vec<u64> = h.accept(msg(1)).iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
-        assert!(h.accept(msg(2)).is_empty(), "a duplicate is not handed on twice");
+        assert!(
+            h.accept(msg(2)).is_empty(),
+            "a duplicate is not handed on twice"
+        );
         assert!(h.accept(msg(4 + MAX_EARLY_PER_STREAM + 1)).is_empty());
-        assert_eq!((h.held(), h.refused), (0, 1), "too far ahead: dropped and counted");
+        assert_eq!(
+            (h.held(), h.refused),
+            (0, 1),
+            "too far ahead: dropped and counted"
+        );
         assert!(h.accept(msg(4 + MAX_EARLY_PER_STREAM)).is_empty());
         assert_eq!((h.held(), h.refused), (1, 1), "within the limit: held");
     }

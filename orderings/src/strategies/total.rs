@@ -24,10 +24,14 @@
 //! for `k` are sent again to its new incarnation.
 
 use super::kind;
-use super::stream::{StreamCounters, StreamHoldback, StreamMsg, decode_stream_start, encode_stream_start};
+use super::stream::{
+    StreamCounters, StreamHoldback, StreamMsg, decode_stream_start, encode_stream_start,
+};
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::{Reader, WireError, Writer};
-use crate::{Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext, StrategyStats, Time};
+use crate::{
+    Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext, StrategyStats, Time,
+};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 
@@ -205,7 +209,13 @@ impl Total {
         if round.proposals.iter().any(Option::is_none) {
             return;
         }
-        let final_p = round.proposals.iter().flatten().copied().max().expect("all proposals present");
+        let final_p = round
+            .proposals
+            .iter()
+            .flatten()
+            .copied()
+            .max()
+            .expect("all proposals present");
         let room = round.room;
         self.rounds.remove(&id);
         let mut w = Writer::with_capacity(20);
@@ -236,7 +246,10 @@ impl Total {
         rq.queue.insert(p, held);
         rq.position.insert(id, p);
         if id.origin != self.me {
-            self.recent_finals.entry(id.origin).or_default().remember(id.counter, p);
+            self.recent_finals
+                .entry(id.origin)
+                .or_default()
+                .remember(id.counter, p);
         }
         self.drain_room(room, out);
     }
@@ -262,7 +275,14 @@ impl Total {
     }
 
     /// Asks `to` what it knows of the listed messages of `origin`.
-    fn send_query(&self, to: Dest, origin: ServerId, incarnation: u64, counters: &[u64], out: &mut Outbox) {
+    fn send_query(
+        &self,
+        to: Dest,
+        origin: ServerId,
+        incarnation: u64,
+        counters: &[u64],
+        out: &mut Outbox,
+    ) {
         let mut w = Writer::with_capacity(16 + 9 * counters.len());
         w.u8(kind::TOTAL_QUERY)
             .varint(u64::from(origin.0))
@@ -274,7 +294,12 @@ impl Total {
         out.send(to, w.into_bytes());
     }
 
-    fn handle_query(&mut self, from: ServerId, r: &mut Reader<'_>, out: &mut Outbox) -> Result<(), WireError> {
+    fn handle_query(
+        &mut self,
+        from: ServerId,
+        r: &mut Reader<'_>,
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
         let origin = ServerId(r.varint_u16("server")?);
         let incarnation = r.varint()?;
         let n = r.varint()?;
@@ -291,7 +316,9 @@ impl Total {
         out.hint_incarnation(origin, incarnation);
         let known = self.recent_finals.get(&origin);
         let mut w = Writer::with_capacity(16 + 12 * counters.len());
-        w.u8(kind::TOTAL_ANSWER).varint(u64::from(origin.0)).varint(counters.len() as u64);
+        w.u8(kind::TOTAL_ANSWER)
+            .varint(u64::from(origin.0))
+            .varint(counters.len() as u64);
         for c in counters {
             w.varint(c);
             match known.and_then(|k| k.by_counter.get(&c)) {
@@ -303,7 +330,12 @@ impl Total {
         Ok(())
     }
 
-    fn handle_answer(&mut self, from: ServerId, r: &mut Reader<'_>, out: &mut Outbox) -> Result<(), WireError> {
+    fn handle_answer(
+        &mut self,
+        from: ServerId,
+        r: &mut Reader<'_>,
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
         let origin = ServerId(r.varint_u16("server")?);
         let n = r.varint()?;
         if n > r.remaining() as u64 {
@@ -390,7 +422,13 @@ impl Ordering for Total {
         self.propose(msg, out);
     }
 
-    fn handle_peer(&mut self, _now: Time, from: ServerId, payload: &[u8], out: &mut Outbox) -> Result<(), WireError> {
+    fn handle_peer(
+        &mut self,
+        _now: Time,
+        from: ServerId,
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
         let mut r = Reader::new(payload);
         match r.u8()? {
             kind::TOTAL_MSG => {
@@ -422,7 +460,10 @@ impl Ordering for Total {
                 let n = priority_number(&mut r)?;
                 let server = r.varint_u16("server")?;
                 r.finish()?;
-                let id = MsgId { origin: from, counter };
+                let id = MsgId {
+                    origin: from,
+                    counter,
+                };
                 self.apply_final(id, room, Priority { n, server }, out);
             }
             kind::STREAM_START => {
@@ -438,7 +479,14 @@ impl Ordering for Total {
         Ok(())
     }
 
-    fn handle_peer_incarnation(&mut self, _now: Time, peer: ServerId, incarnation: u64, restarted: bool, out: &mut Outbox) {
+    fn handle_peer_incarnation(
+        &mut self,
+        _now: Time,
+        peer: ServerId,
+        incarnation: u64,
+        restarted: bool,
+        out: &mut Outbox,
+    ) {
         if !restarted {
             return;
         }
@@ -487,7 +535,10 @@ impl Ordering for Total {
         let mut again: BTreeMap<(ServerId, u64), Vec<u64>> = BTreeMap::new();
         for (id, rec) in &self.recoveries {
             if id.origin != peer && rec.answers.get(peer.index()).is_some_and(Option::is_none) {
-                again.entry((id.origin, rec.incarnation)).or_default().push(id.counter);
+                again
+                    .entry((id.origin, rec.incarnation))
+                    .or_default()
+                    .push(id.counter);
             }
         }
         for ((origin, inc), counters) in again {
@@ -537,7 +588,8 @@ impl Ordering for Total {
     fn stats(&self) -> StrategyStats {
         StrategyStats {
             refused: self.refused + self.streams.refused,
-            held_back: self.streams.held() + self.rooms.values().map(|r| r.queue.len()).sum::<usize>(),
+            held_back: self.streams.held()
+                + self.rooms.values().map(|r| r.queue.len()).sum::<usize>(),
             in_flight: self.rounds.len() + self.recoveries.len(),
         }
     }

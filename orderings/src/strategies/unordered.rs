@@ -20,7 +20,13 @@ impl Ordering for Unordered {
         out.deliver(post);
     }
 
-    fn handle_peer(&mut self, _now: Time, from: ServerId, payload: &[u8], out: &mut Outbox) -> Result<(), WireError> {
+    fn handle_peer(
+        &mut self,
+        _now: Time,
+        from: ServerId,
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
         let mut r = Reader::new(payload);
         match r.u8()? {
             kind::CHAT => {
