@@ -176,11 +176,10 @@ impl Server {
         } else {
             self.sessions.handle(from, data)
         };
-        if outcome.reply.is_none() && outcome.post.is_none() {
-            if let Some(client) = outcome.client {
+        if outcome.reply.is_none() && outcome.post.is_none()
+            && let Some(client) = outcome.client {
                 tracing::info!("Client {client} ({from}) quits");
             }
-        }
         if let Some((room, line)) = outcome.post {
             let client = outcome.client.unwrap_or(0);
             tracing::info!(

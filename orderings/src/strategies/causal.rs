@@ -88,14 +88,11 @@ impl Causal {
         let Some(cr) = self.rooms.get_mut(&room) else {
             return;
         };
-        loop {
-            let Some(i) = cr
-                .held
-                .iter()
-                .position(|m| deliverable(incs, &cr.delivered, m))
-            else {
-                break;
-            };
+        while let Some(i) = cr
+            .held
+            .iter()
+            .position(|m| deliverable(incs, &cr.delivered, m))
+        {
             let m = cr.held.swap_remove(i);
             cr.delivered[m.id.origin.index()] += 1;
             out.deliver(Post {
