@@ -425,10 +425,12 @@ impl PeerLink {
                 self.resend_pending -= 1;
             }
             self.first_unsent = self.first_unsent.saturating_sub(1);
-            if !f.retransmitted && f.seq == ack
-                && let Some(sent) = f.sent_at {
-                    self.rtt_sample(now.saturating_since(sent));
-                }
+            if !f.retransmitted
+                && f.seq == ack
+                && let Some(sent) = f.sent_at
+            {
+                self.rtt_sample(now.saturating_since(sent));
+            }
         }
         let Some(base) = self.queue.front().map(|f| f.seq) else {
             return;

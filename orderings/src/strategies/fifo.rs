@@ -3,9 +3,7 @@
 //! talks to one server, this keeps every sender's order.
 
 use super::kind;
-use super::stream::{
-    StreamCounters, StreamHoldback, StreamMsg, decode_stream_start, encode_stream_start,
-};
+use super::stream::{StreamCounters, StreamHoldback, StreamMsg, decode_stream_start};
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::{Reader, WireError};
 use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategyStats, Time};
@@ -76,9 +74,7 @@ impl Ordering for Fifo {
         }
         // Its numbering starts again at 1; ours continues where it is.
         self.holdback.forget_origin(peer);
-        for (room, next) in self.counters.positions() {
-            out.send(Dest::Peer(peer), encode_stream_start(room, next));
-        }
+        self.counters.announce_to(peer, out);
     }
 
     fn stats(&self) -> StrategyStats {

@@ -62,6 +62,14 @@ impl StreamCounters {
         *n += 1;
         seq
     }
+    /// Tells a restarted peer where each of our streams continues (its
+    /// new incarnation expects every stream to start at 1).
+    pub fn announce_to(&self, peer: ServerId, out: &mut crate::Outbox) {
+        for (room, next) in self.positions() {
+            out.send(crate::Dest::Peer(peer), encode_stream_start(room, next));
+        }
+    }
+
     /// `(room, next seq)` for every room used so far.
     pub fn positions(&self) -> Vec<(RoomId, u64)> {
         let mut v: Vec<_> = self.next.iter().map(|(&r, &n)| (r, n)).collect();

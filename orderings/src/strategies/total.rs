@@ -24,9 +24,7 @@
 //! for `k` are sent again to its new incarnation.
 
 use super::kind;
-use super::stream::{
-    StreamCounters, StreamHoldback, StreamMsg, decode_stream_start, encode_stream_start,
-};
+use super::stream::{StreamCounters, StreamHoldback, StreamMsg, decode_stream_start};
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::{Reader, WireError, Writer};
 use crate::{
@@ -548,9 +546,7 @@ impl Ordering for Total {
         // The new incarnation knows none of our open rounds: tell it where
         // our streams continue, then send them again; its old proposals are
         // void (a proposal must come from a server that holds the message).
-        for (room, next) in self.counters.positions() {
-            out.send(Dest::Peer(peer), encode_stream_start(room, next));
-        }
+        self.counters.announce_to(peer, out);
         // We also propose afresh for each open round, above every priority
         // agreed here so far: the new incarnation's proposals start low, and
         // without this a re-sent message could be ordered before an earlier
