@@ -231,7 +231,7 @@ fn total_order_recovers_when_a_node_is_killed_mid_run() {
             &up_lines,
             |l| l.starts_with(node) && l.contains("launcher: up"),
             &mut seen,
-            Duration::from_secs(30),
+            Duration::from_secs(90),
         );
     }
 
@@ -288,7 +288,7 @@ fn total_order_recovers_when_a_node_is_killed_mid_run() {
                 .is_some_and(|n| n >= 200)
         },
         &mut stress_seen,
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     );
     let state =
         std::fs::read_to_string(dir.path().join("state/launcher.json")).expect("state file");
@@ -300,7 +300,7 @@ fn total_order_recovers_when_a_node_is_killed_mid_run() {
         &up_lines,
         |l| l.starts_with("s3") && l.contains("launcher: up"),
         &mut seen,
-        Duration::from_secs(30),
+        Duration::from_secs(90),
     );
     let out = stress.wait_with_output().expect("stress finishes");
     let report = String::from_utf8_lossy(&out.stdout);
