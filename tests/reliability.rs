@@ -316,3 +316,43 @@ fn total_order_recovers_when_a_node_is_killed_mid_run() {
         seen.join("\n")
     );
 }
+
+/// Every mode on ten servers behind the delay proxy (up to 20 ms, no loss):
+/// each mode's guarantees hold, and total keeps per-sender FIFO.
+#[test]
+fn every_mode_on_ten_servers_behind_a_delay_proxy() {
+    for mode in ["unordered", "fifo", "total", "causal"] {
+        let dir = Scratch::new(&format!("ten-{mode}"));
+        let (text, _, _) = legacy_config(10, true);
+        let cfg = dir.write("servers.txt", &text);
+        let run = stress(
+            &cfg,
+            &[
+                "--ordering",
+                mode,
+                "--clients",
+                "20",
+                "--rooms",
+                "3",
+                "--messages",
+                "10",
+                "--delay",
+                "0..20",
+                "--seed",
+                "5",
+            ],
+        );
+        assert!(
+            run.ok,
+            "{mode} on 10 servers behind a delay proxy:\n{}",
+            run.report
+        );
+        if mode == "total" {
+            assert!(
+                run.report.contains("fifo+total") || run.report.contains("exactly-once+fifo+total"),
+                "{}",
+                run.report
+            );
+        }
+    }
+}

@@ -180,6 +180,34 @@ pub fn decode_stream_start(r: &mut Reader<'_>) -> Result<(RoomId, u64), WireErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Reader;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn stream_messages_round_trip(
+            counter in any::<u64>(),
+            room in any::<u32>(),
+            seq in 0..u64::MAX,
+            line in proptest::collection::vec(any::<u8>(), 0..1200),
+            kind in any::<u8>(),
+        ) {
+            let m = StreamMsg { id: MsgId { origin: ServerId(3), counter }, room, seq, line: Bytes::from(line) };
+            let wire = m.encode(kind);
+            let mut r = Reader::new(&wire);
+            prop_assert_eq!(r.u8().unwrap(), kind);
+            prop_assert_eq!(StreamMsg::decode(ServerId(3), &mut r).unwrap(), m);
+            prop_assert!(r.finish().is_ok());
+        }
+
+        #[test]
+        fn stream_start_round_trips(room in any::<u32>(), next in 0..u64::MAX) {
+            let wire = encode_stream_start(room, next);
+            let mut r = Reader::new(&wire);
+            prop_assert_eq!(r.u8().unwrap(), crate::strategies::kind::STREAM_START);
+            prop_assert_eq!(decode_stream_start(&mut r).unwrap(), (room, next));
+        }
+    }
 
     fn msg(seq: u64) -> StreamMsg {
         StreamMsg {
