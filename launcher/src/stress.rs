@@ -119,6 +119,8 @@ pub struct StressReport {
     /// sockets of the machine).
     pub kernel_rcvbuf_errors: Option<u64>,
     pub proxy: Option<ProxyCounts>,
+    /// Counters of the servers this run started, summed (empty with --attach).
+    pub server_counters: std::collections::BTreeMap<String, u64>,
     pub clients_per_server: Vec<usize>,
     pub other_replies: u64,
     pub other_examples: Vec<String>,
@@ -303,9 +305,11 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
     let drops_after = kernel_rcvbuf_errors();
     let mut server_problems = Vec::new();
     let mut proxy_counts = None;
+    let mut server_counters = std::collections::BTreeMap::new();
     if let Some(mut c) = cluster.take() {
         server_problems = c.dead_servers();
         proxy_counts = c.stop(Duration::from_secs(3));
+        server_counters = c.server_counters();
     }
     let load = load?;
     let check_started = std::time::Instant::now();
@@ -323,6 +327,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
             .zip(drops_after)
             .map(|(b, a)| a.saturating_sub(b)),
         proxy_counts,
+        server_counters,
         server_problems,
         check_s,
     );
@@ -349,6 +354,7 @@ fn build_report(
     check: Report,
     kernel_rcvbuf_errors: Option<u64>,
     proxy: Option<ProxyCounts>,
+    server_counters: std::collections::BTreeMap<String, u64>,
     server_problems: Vec<String>,
     check_s: f64,
 ) -> StressReport {
@@ -390,6 +396,7 @@ fn build_report(
         latency,
         kernel_rcvbuf_errors,
         proxy,
+        server_counters,
         clients_per_server: load.clients_per_server,
         other_replies: load.other,
         other_examples: load.other_examples,
@@ -446,6 +453,17 @@ fn print_report(r: &StressReport) {
     }
     if let Some(p) = &r.proxy {
         println!("  proxy: {p}");
+    }
+    if !r.server_counters.is_empty() {
+        let c = |k: &str| r.server_counters.get(k).copied().unwrap_or(0);
+        println!(
+            "  servers (summed): {} server datagrams sent, {} retransmitted payloads, {} duplicate payloads dropped, {} bad peer datagrams, {} posts refused",
+            c("link_datagrams_sent"),
+            c("retransmissions"),
+            c("duplicates"),
+            c("bad_peer_datagrams"),
+            c("refused_posts")
+        );
     }
     if r.other_replies > 0 {
         println!(

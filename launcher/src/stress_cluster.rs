@@ -299,6 +299,27 @@ impl Cluster {
         out
     }
 
+    /// After [`Cluster::stop`]: the `key=value` counters every server
+    /// printed when it stopped, summed over the servers.
+    pub fn server_counters(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut sums = std::collections::BTreeMap::new();
+        for s in &self.servers {
+            for line in s.last_lines() {
+                let Some((_, counters)) = line.split_once(" stopped: ") else {
+                    continue;
+                };
+                for kv in counters.split_whitespace() {
+                    if let Some((k, v)) = kv.split_once('=')
+                        && let Ok(v) = v.parse::<u64>()
+                    {
+                        *sums.entry(k.to_string()).or_insert(0) += v;
+                    }
+                }
+            }
+        }
+        sums
+    }
+
     /// Stops the servers (SIGTERM by pid, SIGKILL after `grace`), then the
     /// proxy; returns the proxy's final counts.
     pub fn stop(&mut self, grace: Duration) -> Option<ProxyCounts> {

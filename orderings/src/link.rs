@@ -52,7 +52,7 @@ impl Default for LinkConfig {
             window: 4096,
             max_datagram: 999,
             ack_delay_us: 500,
-            min_rto_us: 40_000,
+            min_rto_us: 20_000,
             max_rto_us: 1_000_000,
             initial_rto_us: 100_000,
             heartbeat_us: 500_000,
@@ -411,6 +411,7 @@ impl PeerLink {
     }
 
     fn handle_ack(&mut self, now: Time, ack: u64, gaps: &[(u64, u64)]) {
+        let mut progressed = false;
         while let Some(front) = self.queue.front() {
             if front.seq > ack {
                 break;
@@ -421,6 +422,7 @@ impl PeerLink {
                 break;
             }
             let f = self.queue.pop_front().expect("front exists");
+            progressed = true;
             if f.resend {
                 self.resend_pending -= 1;
             }
@@ -431,6 +433,12 @@ impl PeerLink {
             {
                 self.rtt_sample(now.saturating_since(sent));
             }
+        }
+        if progressed {
+            // The peer is alive and taking frames: drop any timer back-off
+            // (samples are rare under loss, so waiting for one would keep a
+            // backed-off timeout for long).
+            self.rto_us = self.base_rto();
         }
         let Some(base) = self.queue.front().map(|f| f.seq) else {
             return;
@@ -444,7 +452,7 @@ impl PeerLink {
                 if idx >= self.first_unsent {
                     break;
                 }
-                let min_gap = self.srtt_us.unwrap_or(1_000).max(200);
+                let min_gap = self.srtt_us.map_or(1_000, |s| s + self.rttvar_us).max(200);
                 let f = &mut self.queue[idx];
                 let recently = f.sent_at.is_some_and(|t| now.saturating_since(t) < min_gap);
                 if !f.resend && !recently {
@@ -467,9 +475,16 @@ impl PeerLink {
                 self.srtt_us = Some((7 * srtt + rtt) / 8);
             }
         }
-        let srtt = self.srtt_us.unwrap_or(rtt);
-        self.rto_us = (srtt + 4 * self.rttvar_us + self.cfg.ack_delay_us)
-            .clamp(self.cfg.min_rto_us, self.cfg.max_rto_us);
+        self.rto_us = self.base_rto();
+    }
+
+    /// The retransmission timeout from the RTT estimate, without back-off.
+    fn base_rto(&self) -> u64 {
+        match self.srtt_us {
+            Some(srtt) => (srtt + 4 * self.rttvar_us + self.cfg.ack_delay_us)
+                .clamp(self.cfg.min_rto_us, self.cfg.max_rto_us),
+            None => self.cfg.initial_rto_us,
+        }
     }
 
     /// When this link next needs [`PeerLink::handle_timeout`] or has a
