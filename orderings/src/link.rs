@@ -51,7 +51,7 @@ impl Default for LinkConfig {
         Self {
             window: 4096,
             max_datagram: 999,
-            ack_delay_us: 500,
+            ack_delay_us: 2_000,
             min_rto_us: 20_000,
             max_rto_us: 1_000_000,
             initial_rto_us: 100_000,
@@ -684,7 +684,11 @@ mod tests {
         let got = carry(&mut a, &mut b, Time(0));
         assert_eq!(got.len(), 100);
         assert_eq!(&got[99][..], b"m99");
-        carry(&mut b, &mut a, Time(1000));
+        // The acknowledgement waits for data to ride on, at most ack_delay.
+        let ack_at = Time(LinkConfig::default().ack_delay_us);
+        assert!(carry(&mut b, &mut a, Time(ack_at.0 - 1)).is_empty());
+        assert_eq!(a.backlog(), 100, "no standalone ack before the delay");
+        carry(&mut b, &mut a, ack_at);
         assert_eq!(a.backlog(), 0);
     }
 
