@@ -176,10 +176,12 @@ impl Server {
         } else {
             self.sessions.handle(from, data)
         };
-        if outcome.reply.is_none() && outcome.post.is_none()
-            && let Some(client) = outcome.client {
-                tracing::info!("Client {client} ({from}) quits");
-            }
+        if outcome.reply.is_none()
+            && outcome.post.is_none()
+            && let Some(client) = outcome.client
+        {
+            tracing::info!("Client {client} ({from}) quits");
+        }
         if let Some((room, line)) = outcome.post {
             let client = outcome.client.unwrap_or(0);
             tracing::info!(

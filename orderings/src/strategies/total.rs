@@ -122,6 +122,11 @@ impl RecentFinals {
 }
 
 pub struct Total {
+    /// Priorities of this incarnation start here (its start time in
+    /// microseconds): above every number an earlier incarnation of this
+    /// server can have proposed, so a restarted server's proposals never
+    /// collide with its old ones still held elsewhere.
+    priority_base: u64,
     me: ServerId,
     servers: usize,
     counters: StreamCounters,
@@ -143,6 +148,7 @@ pub struct Total {
 impl Total {
     pub fn new(ctx: &StrategyContext) -> Self {
         Self {
+            priority_base: ctx.incarnation,
             me: ctx.me,
             servers: ctx.servers,
             counters: StreamCounters::default(),
@@ -165,7 +171,11 @@ impl Total {
             self.refused += 1;
             return;
         }
-        let rq = self.rooms.entry(msg.room).or_default();
+        let base = self.priority_base;
+        let rq = self.rooms.entry(msg.room).or_insert_with(|| RoomQueue {
+            highest: base,
+            ..RoomQueue::default()
+        });
         if rq.position.contains_key(&msg.id) {
             self.ignored += 1;
             return;
@@ -176,13 +186,18 @@ impl Total {
             n: rq.highest,
             server: self.me.0,
         };
-        rq.queue.insert(
+        let clash = rq.queue.insert(
             p,
             Held {
                 id: msg.id,
                 line: msg.line,
                 is_final: false,
             },
+        );
+        debug_assert!(
+            clash.is_none(),
+            "{} proposed a priority already in use: {p:?}",
+            self.me
         );
         rq.position.insert(msg.id, p);
         if msg.id.origin == self.me {
@@ -239,6 +254,14 @@ impl Total {
             self.ignored += 1;
             return;
         };
+        if rq.queue.contains_key(&p) {
+            // Two messages cannot share a final priority; only a broken or
+            // hostile peer sends this. Keep the held message where it was.
+            rq.queue.insert(old, held);
+            rq.position.insert(id, old);
+            self.ignored += 1;
+            return;
+        }
         held.is_final = true;
         rq.highest = rq.highest.max(p.n);
         rq.queue.insert(p, held);
