@@ -400,23 +400,6 @@ impl LoadFigures {
     }
 }
 
-fn percentiles_us(h: &hdrhistogram::Histogram<u64>) -> Percentiles {
-    let ms = |us: u64| us as f64 / 1000.0;
-    Percentiles {
-        count: h.len(),
-        p50_ms: ms(h.value_at_quantile(0.50)),
-        p90_ms: ms(h.value_at_quantile(0.90)),
-        p99_ms: ms(h.value_at_quantile(0.99)),
-        p999_ms: ms(h.value_at_quantile(0.999)),
-        max_ms: ms(h.max()),
-        mean_ms: if h.is_empty() {
-            0.0
-        } else {
-            (h.mean()).round() / 1000.0
-        },
-    }
-}
-
 /// Drives `spec` against `binds` with the stress workload; `check` the
 /// delivery logs against `props` (skip for very large runs).
 pub fn drive(
@@ -485,7 +468,7 @@ pub fn figures(
         complete: load.stop_reason == "complete"
             && load.distinct == load.expected
             && load.sent == spec.clients as u64 * u64::from(spec.messages),
-        latency: percentiles_us(&load.latency),
+        latency: Percentiles::from_us(&load.latency),
         kernel_rcvbuf_drops: drops,
         server_totals: BTreeMap::new(),
         check_ok,

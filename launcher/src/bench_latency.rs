@@ -77,19 +77,26 @@ pub struct Percentiles {
 impl Percentiles {
     /// From a histogram in nanoseconds.
     pub fn from_ns(h: &Histogram<u64>) -> Self {
-        let ms = |ns: u64| (ns as f64 / 1000.0).round() / 1000.0;
+        Self::from_histogram(h, 1_000_000.0)
+    }
+
+    /// From a histogram in microseconds.
+    pub fn from_us(h: &Histogram<u64>) -> Self {
+        Self::from_histogram(h, 1_000.0)
+    }
+
+    /// `units_per_ms`: how many of the histogram's units make a millisecond.
+    /// Figures are rounded to the microsecond.
+    fn from_histogram(h: &Histogram<u64>, units_per_ms: f64) -> Self {
+        let ms = |v: f64| (v / units_per_ms * 1000.0).round() / 1000.0;
         Percentiles {
             count: h.len(),
-            p50_ms: ms(h.value_at_quantile(0.50)),
-            p90_ms: ms(h.value_at_quantile(0.90)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            p999_ms: ms(h.value_at_quantile(0.999)),
-            max_ms: ms(h.max()),
-            mean_ms: if h.is_empty() {
-                0.0
-            } else {
-                (h.mean() / 1000.0).round() / 1000.0
-            },
+            p50_ms: ms(h.value_at_quantile(0.50) as f64),
+            p90_ms: ms(h.value_at_quantile(0.90) as f64),
+            p99_ms: ms(h.value_at_quantile(0.99) as f64),
+            p999_ms: ms(h.value_at_quantile(0.999) as f64),
+            max_ms: ms(h.max() as f64),
+            mean_ms: if h.is_empty() { 0.0 } else { ms(h.mean()) },
         }
     }
 }

@@ -185,15 +185,12 @@ impl Properties {
         if self.exactly_once {
             v.push("exactly-once");
         }
-        if self.fifo {
-            v.push("fifo");
-        }
-        if self.causal {
-            v.push("causal");
-        }
-        if self.total {
-            v.push("total");
-        }
+        let orders = Guarantees {
+            fifo: self.fifo,
+            total: self.total,
+            causal: self.causal,
+        };
+        v.extend(orders.names());
         v
     }
 }
