@@ -16,11 +16,7 @@ pub struct Fifo {
 
 fn deliver(out: &mut Outbox, ready: Vec<StreamMsg>) {
     for m in ready {
-        out.deliver(Post {
-            id: m.id,
-            room: m.room,
-            line: m.line,
-        });
+        out.deliver(m.into());
     }
 }
 

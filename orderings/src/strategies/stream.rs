@@ -49,6 +49,16 @@ impl StreamMsg {
     }
 }
 
+impl From<StreamMsg> for crate::Post {
+    fn from(m: StreamMsg) -> Self {
+        crate::Post {
+            id: m.id,
+            room: m.room,
+            line: m.line,
+        }
+    }
+}
+
 /// Numbers outgoing messages per room.
 #[derive(Debug, Default)]
 pub struct StreamCounters {

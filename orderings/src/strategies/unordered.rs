@@ -32,11 +32,7 @@ impl Ordering for Unordered {
             kind::CHAT => {
                 let m = StreamMsg::decode(from, &mut r)?;
                 r.finish()?;
-                out.deliver(Post {
-                    id: m.id,
-                    room: m.room,
-                    line: m.line,
-                });
+                out.deliver(m.into());
                 Ok(())
             }
             k => Err(WireError::UnknownKind(k)),
