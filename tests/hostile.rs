@@ -301,6 +301,8 @@ fn replayed_damaged_and_forged_peer_packets_are_dropped_and_counted() {
             src_incarnation: d.src_incarnation,
             dst_incarnation: d.dst_incarnation,
             ack: d.ack,
+            delivered: d.delivered,
+            report_wanted: false,
             gaps: vec![],
             frames: (0..4).map(|k| (next + k, &payload[..])).collect(),
         };
@@ -493,6 +495,8 @@ fn flood(target: SocketAddr, senders: usize, seed: u64, max: usize, halt: &Atomi
             src_incarnation: 1,
             dst_incarnation: 1,
             ack: 0,
+            delivered: 0,
+            report_wanted: false,
             gaps: vec![],
             frames: vec![(1, &payload[..])],
         }
@@ -580,6 +584,8 @@ fn garbage_flood_does_not_disturb_chatting_clients() {
             src_incarnation: 5,
             dst_incarnation: 6,
             ack: 0,
+            delivered: 0,
+            report_wanted: false,
             gaps: vec![(1, 2)],
             frames: vec![(1, &payload[..])],
         }

@@ -55,6 +55,8 @@ fuzz_target!(|data: &[u8]| {
                     src_incarnation: 7,
                     dst_incarnation: 1,
                     ack: 0,
+                    delivered: 0,
+                    report_wanted: false,
                     gaps: vec![],
                     frames,
                 };

@@ -13,6 +13,20 @@
 //! as the sender knows it; a datagram from an older incarnation, or to an
 //! older incarnation of ours, is stale and dropped. When a peer shows up with
 //! a newer incarnation, the link starts afresh and the strategy is told.
+//!
+//! An incarnation is adopted only with proof: the datagram that claims it
+//! must name *our* incarnation as its receiver, which a peer learns only from
+//! a datagram of ours. A claim without proof is answered with a *probe* (a
+//! heartbeat addressed to the claimed incarnation) and otherwise ignored, so
+//! a blind forger cannot cut a link by claiming that its peer restarted. An
+//! incarnation further in the future than the clock-skew bound
+//! ([`LinkConfig::max_incarnation_ahead_us`]) is refused outright: no real
+//! start produces it, and adopting it would make every later datagram of the
+//! real peer look stale.
+//!
+//! Every datagram also carries how many of the receiver's messages (of its
+//! current incarnation) the sender has delivered: the origin's admission
+//! window ([`crate::replica`]) is built on it.
 
 use crate::wire::{Reader, WireError, Writer, stuff_into, stuffed_len, unstuff};
 use crate::{ServerId, Time};
@@ -22,11 +36,14 @@ use std::collections::{BTreeMap, VecDeque};
 /// First byte of every server-to-server datagram.
 pub const MAGIC: u8 = 0xC5;
 /// Wire version; bumped on any incompatible change.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the authentication tag when a cluster secret is set.
 pub const MAC_LEN: usize = 16;
 
 const FLAG_MAC: u8 = 0x01;
+/// "Tell me your delivery count now": the sender's admission window is
+/// full because of us (a report may have been lost).
+const FLAG_REPORT: u8 = 0x02;
 
 /// Tunables of a link.
 #[derive(Debug, Clone)]
@@ -44,6 +61,15 @@ pub struct LinkConfig {
     /// A datagram goes to every peer at least this often (keep-alive and
     /// incarnation discovery).
     pub heartbeat_us: u64,
+    /// How far beyond our own clock a peer's incarnation (its start time)
+    /// may lie: the clock-skew bound. Beyond it, the datagram is refused.
+    pub max_incarnation_ahead_us: u64,
+    /// Probes to one peer at most this often (each unproven claim asks for
+    /// one; a flood of forged claims must not become a flood of probes).
+    pub probe_spacing_us: u64,
+    /// Report deliveries to the peer without waiting for other traffic once
+    /// this many of its messages were delivered since the last report.
+    pub delivered_report_every: u64,
 }
 
 impl Default for LinkConfig {
@@ -56,6 +82,9 @@ impl Default for LinkConfig {
             max_rto_us: 1_000_000,
             initial_rto_us: 100_000,
             heartbeat_us: 500_000,
+            max_incarnation_ahead_us: 10_000_000,
+            probe_spacing_us: 20_000,
+            delivered_report_every: 64,
         }
     }
 }
@@ -71,6 +100,11 @@ pub struct LinkStats {
     pub duplicates: u64,
     pub stale: u64,
     pub peer_restarts: u64,
+    /// Datagrams refused for naming an incarnation beyond the skew bound.
+    pub future_incarnations: u64,
+    /// Claims of a new incarnation without proof (answered with a probe).
+    pub unproven_claims: u64,
+    pub probes_sent: u64,
 }
 
 #[derive(Debug)]
@@ -91,6 +125,11 @@ pub struct Datagram<'a> {
     pub dst_incarnation: u64,
     /// All frames up to and including this sequence number were received.
     pub ack: u64,
+    /// How many messages of the receiver's current incarnation the sender
+    /// has delivered (the receiver's admission window is built on it).
+    pub delivered: u64,
+    /// The sender asks for an immediate delivery report.
+    pub report_wanted: bool,
     /// Ranges `(first, count)` above `ack` that the receiver is missing.
     pub gaps: Vec<(u64, u64)>,
     pub frames: Vec<(u64, &'a [u8])>,
@@ -103,10 +142,12 @@ impl<'a> Datagram<'a> {
             Writer::with_capacity(64 + self.frames.iter().map(|f| f.1.len() + 6).sum::<usize>());
         w.u8(MAGIC)
             .u8(VERSION)
-            .u8(if authenticated { FLAG_MAC } else { 0 });
+            .u8(if authenticated { FLAG_MAC } else { 0 }
+                | if self.report_wanted { FLAG_REPORT } else { 0 });
         w.varint(self.src_incarnation)
             .varint(self.dst_incarnation)
-            .varint(self.ack);
+            .varint(self.ack)
+            .varint(self.delivered);
         w.varint(self.gaps.len() as u64);
         for &(first, count) in &self.gaps {
             w.varint(first).varint(count);
@@ -130,12 +171,13 @@ impl<'a> Datagram<'a> {
             return Err(WireError::Version(v));
         }
         let flags = r.u8()?;
-        if flags & !FLAG_MAC != 0 {
+        if flags & !(FLAG_MAC | FLAG_REPORT) != 0 {
             return Err(WireError::OutOfRange("flags"));
         }
         let src_incarnation = r.varint()?;
         let dst_incarnation = r.varint()?;
         let ack = r.varint()?;
+        let delivered = r.varint()?;
         let ngaps = r.varint()?;
         if ngaps > 64 {
             return Err(WireError::OutOfRange("gap count"));
@@ -159,6 +201,8 @@ impl<'a> Datagram<'a> {
                 src_incarnation,
                 dst_incarnation,
                 ack,
+                delivered,
+                report_wanted: flags & FLAG_REPORT != 0,
                 gaps,
                 frames,
             },
@@ -227,6 +271,9 @@ pub struct Received {
     pub first_contact: bool,
     /// In-order, exactly-once payloads for the strategy.
     pub payloads: Vec<Bytes>,
+    /// How many of our messages the peer says it delivered (from a datagram
+    /// of its adopted incarnation).
+    pub peer_delivered: Option<u64>,
 }
 
 /// The link to one peer.
@@ -255,6 +302,15 @@ pub struct PeerLink {
     early: BTreeMap<u64, Bytes>,
     ack_due: Option<Time>,
 
+    /// An incarnation the peer claimed without proof, to be probed.
+    probe: Option<u64>,
+    last_probe: Option<Time>,
+    /// The delivery count last put in a datagram to the peer.
+    delivered_reported: u64,
+    /// Ask the peer for a delivery report in the next datagram.
+    report_wanted: bool,
+    last_report_request: Option<Time>,
+
     pub stats: LinkStats,
 }
 
@@ -277,6 +333,11 @@ impl PeerLink {
             recv_upto: 0,
             early: BTreeMap::new(),
             ack_due: None,
+            probe: None,
+            last_probe: None,
+            delivered_reported: 0,
+            report_wanted: false,
+            last_report_request: None,
             stats: LinkStats::default(),
         }
     }
@@ -322,14 +383,60 @@ impl PeerLink {
         self.ack_due = None;
         self.srtt_us = None;
         self.rto_us = self.cfg.initial_rto_us;
+        self.probe = None;
+        self.delivered_reported = 0;
         // Answer at once, so the peer learns our incarnation.
         self.last_sent = None;
     }
 
+    /// The largest incarnation a peer may have at `now`: our own start plus
+    /// the time since, plus the clock-skew bound. Our incarnation is our
+    /// start time in microseconds, and `now` counts from that start.
+    fn incarnation_limit(&self, now: Time, clock_at_zero: u64) -> u64 {
+        clock_at_zero
+            .saturating_add(now.as_micros())
+            .saturating_add(self.cfg.max_incarnation_ahead_us)
+    }
+
+    /// Our admission window is full because of this peer: ask it for a
+    /// delivery report (at most once per retransmission timeout, since the
+    /// report itself may be lost).
+    pub fn request_report(&mut self, now: Time) {
+        if self.peer_incarnation != 0
+            && self
+                .last_report_request
+                .is_none_or(|t| now.saturating_since(t) >= self.base_rto())
+        {
+            self.report_wanted = true;
+            self.last_report_request = Some(now);
+        }
+    }
+
+    /// Our count of the peer's delivered messages advanced to `count`:
+    /// when it ran far enough ahead of the last report, report it soon even
+    /// without other traffic (the peer's admission may be waiting for it).
+    pub fn note_delivered(&mut self, now: Time, count: u64) {
+        if count >= self.delivered_reported + self.cfg.delivered_report_every.max(1)
+            && self.peer_incarnation != 0
+        {
+            let due = now.plus_micros(self.cfg.ack_delay_us);
+            self.ack_due = Some(self.ack_due.map_or(due, |t| t.min(due)));
+        }
+    }
+
     /// A third party says the peer runs `incarnation` (or later). Returns
     /// `Some(restarted)` when that is news: the link then starts afresh.
-    pub fn learn_incarnation(&mut self, incarnation: u64) -> Option<bool> {
+    pub fn learn_incarnation(
+        &mut self,
+        now: Time,
+        clock_at_zero: u64,
+        incarnation: u64,
+    ) -> Option<bool> {
         if incarnation <= self.peer_incarnation {
+            return None;
+        }
+        if incarnation > self.incarnation_limit(now, clock_at_zero) {
+            self.stats.future_incarnations += 1;
             return None;
         }
         let restarted = self.peer_incarnation != 0;
@@ -343,8 +450,10 @@ impl PeerLink {
         Some(restarted)
     }
 
-    /// Handles a decoded datagram from the peer.
-    pub fn receive(&mut self, now: Time, d: &Datagram<'_>) -> Received {
+    /// Handles a decoded datagram from the peer. `clock_at_zero` is the
+    /// incarnation clock's reading at `Time::ZERO` (see
+    /// [`crate::replica::ReplicaConfig::clock_at_zero`]).
+    pub fn receive(&mut self, now: Time, clock_at_zero: u64, d: &Datagram<'_>) -> Received {
         let mut out = Received::default();
         if d.dst_incarnation != 0 && d.dst_incarnation != self.my_incarnation {
             // Addressed to an earlier life of ours.
@@ -356,6 +465,17 @@ impl PeerLink {
             return out;
         }
         if d.src_incarnation > self.peer_incarnation {
+            if d.src_incarnation > self.incarnation_limit(now, clock_at_zero) {
+                self.stats.future_incarnations += 1;
+                return out;
+            }
+            if d.dst_incarnation != self.my_incarnation {
+                // A claim without proof: ask the claimed incarnation to
+                // show it hears us; a real (re)started peer answers.
+                self.stats.unproven_claims += 1;
+                self.probe = Some(self.probe.map_or(d.src_incarnation, |p| p.max(d.src_incarnation)));
+                return out;
+            }
             if self.peer_incarnation != 0 {
                 out.peer_restarted = true;
                 self.stats.peer_restarts += 1;
@@ -365,7 +485,14 @@ impl PeerLink {
                 // until we know whom they are for), and answer at once.
                 out.first_contact = true;
                 self.peer_incarnation = d.src_incarnation;
+                self.probe = None;
                 self.last_sent = None;
+            }
+        }
+        if d.dst_incarnation == self.my_incarnation {
+            out.peer_delivered = Some(d.delivered);
+            if d.report_wanted {
+                self.ack_due = Some(now);
             }
         }
         self.stats.datagrams_received += 1;
@@ -504,6 +631,12 @@ impl PeerLink {
             self.last_sent
                 .map_or(Time::ZERO, |l| l.plus_micros(self.cfg.heartbeat_us)),
         );
+        if self.probe.is_some() {
+            consider(
+                self.last_probe
+                    .map_or(Time::ZERO, |l| l.plus_micros(self.cfg.probe_spacing_us)),
+            );
+        }
         t
     }
 
@@ -526,7 +659,17 @@ impl PeerLink {
         }
     }
 
+    fn probe_due(&self, now: Time) -> bool {
+        self.probe.is_some()
+            && self
+                .last_probe
+                .is_none_or(|t| now.saturating_since(t) >= self.cfg.probe_spacing_us)
+    }
+
     fn wants_to_send(&self, now: Time) -> bool {
+        if self.probe_due(now) || (self.report_wanted && self.peer_incarnation != 0) {
+            return true;
+        }
         let may_send_frames = self.peer_incarnation != 0;
         (may_send_frames && self.resend_pending > 0)
             || (may_send_frames
@@ -554,15 +697,46 @@ impl PeerLink {
     }
 
     /// The next datagram for this peer, raw (not yet stuffed or sealed).
-    pub fn poll_datagram(&mut self, now: Time, authenticated: bool) -> Option<Vec<u8>> {
+    /// `delivered` is how many of the peer's messages (of its current
+    /// incarnation) we have delivered.
+    pub fn poll_datagram(
+        &mut self,
+        now: Time,
+        authenticated: bool,
+        delivered: u64,
+    ) -> Option<Vec<u8>> {
         if !self.wants_to_send(now) {
             return None;
         }
+        if self.probe_due(now)
+            && let Some(claimed) = self.probe.take()
+        {
+            // Only our incarnation, addressed to the claimed one: nothing
+            // of the current link state goes to an unproven party.
+            self.last_probe = Some(now);
+            self.stats.probes_sent += 1;
+            self.stats.datagrams_sent += 1;
+            return Some(
+                Datagram {
+                    src_incarnation: self.my_incarnation,
+                    dst_incarnation: claimed,
+                    ack: 0,
+                    delivered: 0,
+                    report_wanted: false,
+                    gaps: Vec::new(),
+                    frames: Vec::new(),
+                }
+                .encode_raw(authenticated),
+            );
+        }
         let gaps = self.gaps();
+        self.delivered_reported = delivered;
         let mut header = Datagram {
             src_incarnation: self.my_incarnation,
             dst_incarnation: self.peer_incarnation,
             ack: self.recv_upto,
+            delivered,
+            report_wanted: std::mem::take(&mut self.report_wanted),
             gaps,
             frames: Vec::new(),
         };
@@ -640,9 +814,13 @@ mod tests {
         let cfg = LinkConfig::default();
         let mut a = PeerLink::new(ServerId(1), 11, cfg.clone());
         let mut b = PeerLink::new(ServerId(0), 22, cfg);
-        // The heartbeat exchange that introduces the two.
+        // The exchange that introduces the two: a's heartbeat, b's probe
+        // (a adopts b), a's answer (b adopts a).
         carry(&mut a, &mut b, Time(0));
         carry(&mut b, &mut a, Time(0));
+        carry(&mut a, &mut b, Time(0));
+        carry(&mut b, &mut a, Time(0));
+        assert_eq!((a.peer_incarnation(), b.peer_incarnation()), (22, 11));
         (a, b)
     }
 
@@ -652,25 +830,86 @@ mod tests {
         let mut a = PeerLink::new(ServerId(1), 11, cfg.clone());
         let mut b = PeerLink::new(ServerId(0), 22, cfg);
         a.push(Bytes::from_static(b"early"));
-        let raw = a.poll_datagram(Time(0), false).expect("heartbeat");
+        let raw = a.poll_datagram(Time(0), false, 0).expect("heartbeat");
         let (d, _) = Datagram::decode_raw(&raw).unwrap();
         assert!(d.frames.is_empty(), "no frames for an unknown incarnation");
-        assert!(b.receive(Time(0), &d).first_contact);
+        let r = b.receive(Time(0), 0, &d);
+        assert!(
+            !r.first_contact && b.peer_incarnation() == 0,
+            "an incarnation is not adopted without proof"
+        );
+        // b probes the claimed incarnation; a adopts b (the probe names a),
+        // and its answer, naming b, proves a to b.
         assert_eq!(carry(&mut b, &mut a, Time(1)), Vec::<Bytes>::new());
+        assert_eq!(a.peer_incarnation(), 22);
         assert_eq!(
             carry(&mut a, &mut b, Time(2)),
             vec![Bytes::from_static(b"early")]
         );
+        assert_eq!(b.peer_incarnation(), 11);
+    }
+
+    #[test]
+    fn forged_claims_do_not_cut_the_link() {
+        let (mut a, mut b) = pair();
+        let claims_before = b.stats.unproven_claims;
+        // A blind forger claims a's restart, not knowing b's incarnation.
+        for (inc, dst) in [(12, 0), (1 << 62, 0), (1 << 62, 22), (13, 99)] {
+            let forged = Datagram {
+                src_incarnation: inc,
+                dst_incarnation: dst,
+                ack: 0,
+                delivered: 0,
+                report_wanted: false,
+                gaps: vec![],
+                frames: vec![],
+            };
+            let r = b.receive(Time(10), 0, &forged);
+            assert!(!r.peer_restarted && r.payloads.is_empty());
+        }
+        assert_eq!(b.peer_incarnation(), 11, "the real incarnation stays");
+        assert_eq!(b.stats.future_incarnations, 2, "2^62 is beyond any clock");
+        assert_eq!(b.stats.unproven_claims, claims_before + 1);
+        // The probe goes to the claimed incarnation, nobody answers it, and
+        // the real peer's traffic still flows.
+        // (Probes are spaced: the one of the introduction went at time 0.)
+        assert!(b.poll_datagram(Time(10), false, 0).is_none());
+        let raw = b.poll_datagram(Time(20_000), false, 0).expect("probe");
+        let (probe, _) = Datagram::decode_raw(&raw).unwrap();
+        assert_eq!((probe.dst_incarnation, probe.ack), (12, 0));
+        a.push(Bytes::from_static(b"still here"));
+        assert_eq!(
+            carry(&mut a, &mut b, Time(20_000)),
+            vec![Bytes::from_static(b"still here")]
+        );
+        // A hint from the future is refused too.
+        assert_eq!(b.learn_incarnation(Time(20_000), 0, 1 << 62), None);
+    }
+
+    #[test]
+    fn deliveries_are_reported_and_prompt_a_report() {
+        let (mut a, mut b) = pair();
+        let raw = a.poll_datagram(Time(600_000), false, 7).expect("heartbeat");
+        let (d, _) = Datagram::decode_raw(&raw).unwrap();
+        assert_eq!(b.receive(Time(600_000), 0, &d).peer_delivered, Some(7));
+        // 64 more deliveries make an early report due.
+        assert!(a.poll_datagram(Time(600_001), false, 8).is_none());
+        a.note_delivered(Time(600_001), 7 + 64);
+        let due = a.poll_timeout().expect("report due");
+        assert!(due <= Time(600_001 + LinkConfig::default().ack_delay_us));
+        let raw = a.poll_datagram(due, false, 71).expect("report");
+        let (d, _) = Datagram::decode_raw(&raw).unwrap();
+        assert_eq!(d.delivered, 71);
     }
 
     fn carry(from: &mut PeerLink, to: &mut PeerLink, now: Time) -> Vec<Bytes> {
         let mut got = Vec::new();
-        while let Some(raw) = from.poll_datagram(now, false) {
+        while let Some(raw) = from.poll_datagram(now, false, 0) {
             let wire = seal(&raw, None);
             assert!(!wire.contains(&0));
             let raw = open(&wire, None).unwrap();
             let (d, _) = Datagram::decode_raw(&raw).unwrap();
-            got.extend(to.receive(now, &d).payloads);
+            got.extend(to.receive(now, 0, &d).payloads);
         }
         got
     }
@@ -699,7 +938,7 @@ mod tests {
             a.push(Bytes::from(vec![b'x'; 600 + i as usize]));
         }
         // Three datagrams (each frame ~600 bytes); drop the first.
-        let d1 = a.poll_datagram(Time(0), false).unwrap();
+        let d1 = a.poll_datagram(Time(0), false, 0).unwrap();
         drop(d1);
         let got = carry(&mut a, &mut b, Time(0));
         assert!(got.is_empty(), "frames 2 and 3 wait for frame 1");
@@ -717,18 +956,18 @@ mod tests {
         assert_eq!(carry(&mut a, &mut b, Time(0)).len(), 1);
         // a restarts as incarnation 33.
         let mut a2 = PeerLink::new(ServerId(1), 33, LinkConfig::default());
-        a2.learn_incarnation(22);
+        a2.learn_incarnation(Time(5), 0, 22);
         a2.push(Bytes::from_static(b"fresh"));
-        let raw = a2.poll_datagram(Time(5), false).unwrap();
+        let raw = a2.poll_datagram(Time(5), false, 0).unwrap();
         let (d, _) = Datagram::decode_raw(&raw).unwrap();
-        let r = b.receive(Time(5), &d);
+        let r = b.receive(Time(5), 0, &d);
         assert!(r.peer_restarted);
         assert_eq!(r.payloads, vec![Bytes::from_static(b"fresh")]);
         // A late datagram of the old incarnation is stale.
         a.push(Bytes::from_static(b"late"));
-        let raw = a.poll_datagram(Time(6), false).unwrap();
+        let raw = a.poll_datagram(Time(6), false, 0).unwrap();
         let (d, _) = Datagram::decode_raw(&raw).unwrap();
-        assert!(b.receive(Time(6), &d).payloads.is_empty());
+        assert!(b.receive(Time(6), 0, &d).payloads.is_empty());
         assert_eq!(b.stats.stale, 1);
     }
 
@@ -739,6 +978,8 @@ mod tests {
             src_incarnation: 1,
             dst_incarnation: 2,
             ack: 3,
+            delivered: 4,
+            report_wanted: true,
             gaps: vec![],
             frames: vec![(1, b"hello\0world")],
         };

@@ -1,6 +1,15 @@
 //! A replica: one ordering strategy plus a reliable link to every peer,
 //! driven sans-IO in the style of quinn-proto: `handle_*` feeds it input,
 //! `poll_*` drains what it wants done.
+//!
+//! Admission window: every datagram a peer sends us says how many of our
+//! messages (of this incarnation) it has delivered. A post is admitted only
+//! while every live peer has fewer than [`ReplicaConfig::window`] of our
+//! messages not yet delivered, so what a peer holds back for us is bounded
+//! by the window, and a peer never has to drop a message we accepted (a
+//! holdback limit that drops breaks agreement). A slow peer slows admission
+//! at the origin instead: back-pressure reaches the clients, who are refused
+//! at the edge, fairly (see the server's admission).
 
 use crate::link::{self, Datagram, LinkConfig, LinkStats, PeerLink};
 use crate::{
@@ -21,6 +30,14 @@ pub struct ReplicaConfig {
     pub key: Option<[u8; 32]>,
     /// Posts are refused while any peer link holds more frames than this.
     pub max_backlog: usize,
+    /// Posts are refused while any live peer has this many of our messages
+    /// not yet delivered (see the module docs).
+    pub window: usize,
+    /// The incarnation clock's reading at `Time::ZERO`: incarnations are
+    /// start times in microseconds, so a peer's incarnation can be checked
+    /// against the clock-skew bound. In the server it is this start's
+    /// incarnation (the clock starts with the server).
+    pub clock_at_zero: u64,
 }
 
 impl ReplicaConfig {
@@ -32,9 +49,16 @@ impl ReplicaConfig {
             link: LinkConfig::default(),
             key: None,
             max_backlog: 64 * 1024,
+            window: DEFAULT_WINDOW,
+            clock_at_zero: incarnation,
         }
     }
 }
+
+/// Default admission window: at about 100,000 deliveries a second and a few
+/// milliseconds until a delivery is reported, a window of 8,192 never limits
+/// throughput, and it bounds what a peer holds for one origin to a few MB.
+pub const DEFAULT_WINDOW: usize = 8192;
 
 /// A datagram for a peer, ready for the socket (stuffed, sealed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +72,8 @@ pub struct Transmit {
 pub enum PostError {
     #[error("the cluster is congested (a server is slow or down); message not sent")]
     Congested,
+    #[error("the cluster is busy ordering earlier messages; message not sent")]
+    WindowFull,
 }
 
 /// Counters of a replica.
@@ -60,6 +86,12 @@ pub struct ReplicaStats {
     pub links: Vec<LinkStats>,
     pub strategy: StrategyStats,
     pub max_backlog: usize,
+    /// Our messages not yet delivered by the slowest live peer.
+    pub outstanding: usize,
+    /// The largest `outstanding` seen.
+    pub peak_outstanding: usize,
+    /// Posts refused by the admission window or link backlog.
+    pub refused_posts: u64,
 }
 
 /// See the module docs.
@@ -79,11 +111,27 @@ pub struct Replica {
     bad_payloads: u64,
     /// Time of the latest input (for work triggered while flushing).
     last_now: Time,
+    /// Per server: its messages (of its current incarnation) delivered here;
+    /// at our own index, our own messages.
+    delivered_from: Vec<u64>,
+    /// Per server: how many of ours it says it delivered.
+    peer_confirmed: Vec<u64>,
+    /// Per server: our posts before its current incarnation (it will never
+    /// deliver those: they are not outstanding at it).
+    peer_base: Vec<u64>,
+    peak_outstanding: usize,
+    refused_posts: u64,
 }
 
 impl Replica {
-    pub fn new(cfg: ReplicaConfig, strategy: Box<dyn Ordering>) -> Self {
+    pub fn new(mut cfg: ReplicaConfig, strategy: Box<dyn Ordering>) -> Self {
         let next_counter = cfg.incarnation.max(1);
+        let n = cfg.servers;
+        // Report deliveries well before the origin's window runs out.
+        cfg.link.delivered_report_every = cfg
+            .link
+            .delivered_report_every
+            .min((cfg.window as u64 / 4).max(1));
         let links = (0..cfg.servers)
             .map(|i| {
                 (i != cfg.me.index())
@@ -106,6 +154,11 @@ impl Replica {
             bad_datagrams: 0,
             bad_payloads: 0,
             last_now: Time::ZERO,
+            delivered_from: vec![0; n],
+            peer_confirmed: vec![0; n],
+            peer_base: vec![0; n],
+            peak_outstanding: 0,
+            refused_posts: 0,
         }
     }
 
@@ -119,7 +172,73 @@ impl Replica {
 
     /// Whether a new post would be accepted now.
     pub fn accepts_posts(&self) -> bool {
-        self.max_backlog() < self.cfg.max_backlog
+        self.admission().is_ok()
+    }
+
+    fn admission(&self) -> Result<(), PostError> {
+        if self.max_backlog() >= self.cfg.max_backlog {
+            return Err(PostError::Congested);
+        }
+        if self.outstanding() >= self.cfg.window {
+            return Err(PostError::WindowFull);
+        }
+        Ok(())
+    }
+
+    /// Messages the strategy holds back (received, not yet delivered).
+    pub fn held_back(&self) -> usize {
+        self.strategy.stats().held_back
+    }
+
+    /// The admission window (see the module docs).
+    pub fn window(&self) -> usize {
+        self.cfg.window
+    }
+
+    /// Our messages not yet delivered by the slowest peer, or by us: our
+    /// own delivery can lag behind a peer's too (in `total`, behind another
+    /// origin's message whose final reached the peers first). A peer we
+    /// have not heard from yet counts too: the link keeps our messages for
+    /// it and it receives them all at once when it comes up.
+    pub fn outstanding(&self) -> usize {
+        let own = self
+            .posts
+            .saturating_sub(self.delivered_from[self.cfg.me.index()]) as usize;
+        self.links
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_some())
+            .map(|(i, _)| {
+                self.posts
+                    .saturating_sub(self.peer_base[i] + self.peer_confirmed[i])
+                    as usize
+            })
+            .max()
+            .unwrap_or(0)
+            .max(own)
+    }
+
+    /// Asks the peers that fill our window for a delivery report: one may
+    /// have been lost, and while the window is full nothing else of ours
+    /// would make them send one.
+    fn request_reports(&mut self, now: Time) {
+        let window = self.cfg.window as u64;
+        for (i, link) in self.links.iter_mut().enumerate() {
+            if let Some(link) = link
+                && link.peer_incarnation() != 0
+                && self.posts.saturating_sub(self.peer_base[i] + self.peer_confirmed[i]) >= window
+            {
+                link.request_report(now);
+            }
+        }
+    }
+
+    /// Peer `peer` is a new incarnation: it holds none of our messages.
+    fn peer_restarted(&mut self, peer: ServerId) {
+        let i = peer.index();
+        self.peer_base[i] = self.posts;
+        self.peer_confirmed[i] = 0;
+        self.delivered_from[i] = 0;
     }
 
     fn max_backlog(&self) -> usize {
@@ -134,8 +253,12 @@ impl Replica {
     /// A local client posted `line` (already formatted as `<nick> text`) to
     /// `room`.
     pub fn post(&mut self, now: Time, room: RoomId, line: Bytes) -> Result<MsgId, PostError> {
-        if !self.accepts_posts() {
-            return Err(PostError::Congested);
+        if let Err(e) = self.admission() {
+            self.refused_posts += 1;
+            if e == PostError::WindowFull {
+                self.request_reports(now);
+            }
+            return Err(e);
         }
         self.last_now = now;
         let id = MsgId {
@@ -147,6 +270,7 @@ impl Replica {
         self.strategy
             .handle_post(now, Post { id, room, line }, &mut self.scratch);
         self.flush_outbox();
+        self.peak_outstanding = self.peak_outstanding.max(self.outstanding());
         Ok(id)
     }
 
@@ -176,9 +300,14 @@ impl Replica {
         };
         let raw = link::open(wire, self.cfg.key.as_ref())?;
         let (d, _) = Datagram::decode_raw(&raw)?;
-        let received = link.receive(now, &d);
+        let received = link.receive(now, self.cfg.clock_at_zero, &d);
         if received.peer_restarted {
             tracing::info!("{from} restarted (incarnation {})", d.src_incarnation);
+            self.peer_restarted(from);
+        }
+        if let Some(n) = received.peer_delivered {
+            let c = &mut self.peer_confirmed[from.index()];
+            *c = (*c).max(n);
         }
         if received.peer_restarted || received.first_contact {
             self.strategy.handle_peer_incarnation(
@@ -233,7 +362,9 @@ impl Replica {
             let Some(link) = self.links[i].as_mut() else {
                 continue;
             };
-            if let Some(raw) = link.poll_datagram(now, self.cfg.key.is_some()) {
+            if let Some(raw) =
+                link.poll_datagram(now, self.cfg.key.is_some(), self.delivered_from[i])
+            {
                 self.next_peer = (i + 1) % n;
                 return Some(Transmit {
                     to: ServerId(i as u16),
@@ -262,6 +393,9 @@ impl Replica {
                 .collect(),
             strategy: self.strategy.stats(),
             max_backlog: self.max_backlog(),
+            outstanding: self.outstanding(),
+            peak_outstanding: self.peak_outstanding,
+            refused_posts: self.refused_posts,
         }
     }
 
@@ -271,8 +405,13 @@ impl Replica {
             let Some(Some(link)) = self.links.get_mut(peer.index()) else {
                 continue;
             };
-            if let Some(restarted) = link.learn_incarnation(inc) {
+            if let Some(restarted) =
+                link.learn_incarnation(self.last_now, self.cfg.clock_at_zero, inc)
+            {
                 tracing::info!("{peer} runs incarnation {inc} (learned from a peer)");
+                if restarted {
+                    self.peer_restarted(peer);
+                }
                 self.strategy.handle_peer_incarnation(
                     self.last_now,
                     peer,
@@ -297,6 +436,21 @@ impl Replica {
             }
         }
         self.delivered += self.scratch.deliveries.len() as u64;
+        for d in &self.scratch.deliveries {
+            let origin = d.id.origin.index();
+            if d.id.origin == self.cfg.me {
+                if d.id.counter >= self.cfg.incarnation {
+                    self.delivered_from[origin] += 1;
+                }
+            } else if let Some(Some(link)) = self.links.get_mut(origin)
+                && d.id.counter >= link.peer_incarnation()
+            {
+                // Counters start at the incarnation: this is a message of
+                // the origin's current incarnation.
+                self.delivered_from[origin] += 1;
+                link.note_delivered(self.last_now, self.delivered_from[origin]);
+            }
+        }
         self.deliveries.extend(self.scratch.deliveries.drain(..));
     }
 }

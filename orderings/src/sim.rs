@@ -53,6 +53,15 @@ pub struct SimConfig {
     pub crash: Option<Crash>,
     /// Virtual time after which the run stops (and missing deliveries count).
     pub time_limit: Time,
+    /// The replicas' admission window (default: the replica's default).
+    pub window: Option<usize>,
+    /// The first `flooders` clients post `flood_messages` each, every few
+    /// microseconds: far faster than the cluster orders them.
+    pub flooders: usize,
+    pub flood_messages: usize,
+    /// A slow server: every datagram to it takes this much longer (its
+    /// acknowledgements, proposals and delivery reports lag behind).
+    pub slow: Option<(ServerId, u64)>,
 }
 
 impl SimConfig {
@@ -82,6 +91,35 @@ impl SimConfig {
             post_gap_us: rng.range(50, 5_000),
             crash: None,
             time_limit: Time::from_millis(120_000),
+            window: None,
+            flooders: 0,
+            flood_messages: 0,
+            slow: None,
+        }
+    }
+
+    /// A flooding client and a slow server on top of the random scenario of
+    /// `seed`, with a small admission window so that it fills up often.
+    pub fn flood(seed: u64) -> Self {
+        let mut cfg = Self::random(seed, Network::Links);
+        let mut rng = SimRng::new(seed ^ 0xF100D);
+        cfg.window = Some(rng.range(12, 64) as usize);
+        cfg.flooders = 1;
+        cfg.flood_messages = rng.range(100, 600) as usize;
+        cfg.servers = cfg.servers.max(3);
+        cfg.clients = cfg.clients.max(cfg.servers + 1);
+        cfg.slow = Some((
+            ServerId(1 + rng.below(cfg.servers as u64 - 1) as u16),
+            rng.range(1_000, 30_000),
+        ));
+        cfg
+    }
+
+    fn messages_of(&self, client: usize) -> usize {
+        if client < self.flooders {
+            self.flood_messages
+        } else {
+            self.messages_per_client
         }
     }
 }
@@ -99,6 +137,14 @@ pub struct SimOutcome {
     pub dropped: u64,
     pub duplicated: u64,
     pub end: Time,
+    /// Messages a server dropped at a holdback limit (must stay 0 for honest
+    /// servers: a dropped message breaks agreement).
+    pub holdback_refused: u64,
+    /// The most messages any server held back at once (tracked in flood
+    /// runs only).
+    pub peak_held: usize,
+    /// Posts refused by admission (the clients tried again later).
+    pub refused_posts: u64,
 }
 
 impl SimOutcome {
@@ -185,6 +231,9 @@ struct Sim {
     dropped: u64,
     duplicated: u64,
     timer_at: Vec<Option<Time>>,
+    holdback_refused: u64,
+    peak_held: usize,
+    refused_posts: u64,
 }
 
 /// Runs one simulation of strategy `spec`, checking what it guarantees.
@@ -239,6 +288,9 @@ pub fn run_checking(
         dropped: 0,
         duplicated: 0,
         timer_at: vec![None; cfg.servers],
+        holdback_refused: 0,
+        peak_held: 0,
+        refused_posts: 0,
         cfg,
     };
     sim.nodes = (0..sim.cfg.servers)
@@ -288,7 +340,15 @@ impl Sim {
                 Node::Raw(strategy)
             }
             Network::Links => {
-                let rc = ReplicaConfig::new(me, self.cfg.servers, self.incarnations[me.index()]);
+                let mut rc =
+                    ReplicaConfig::new(me, self.cfg.servers, self.incarnations[me.index()]);
+                // Simulated incarnations jump by 2^40 on a restart (room for
+                // every counter of the old one), not by the clock: the
+                // clock-skew bound is tested with the links, not here.
+                rc.link.max_incarnation_ahead_us = u64::MAX / 4;
+                if let Some(w) = self.cfg.window {
+                    rc.window = w;
+                }
                 Node::Replica(Box::new(Replica::new(rc, strategy)))
             }
         }
@@ -311,7 +371,8 @@ impl Sim {
     fn all_posted(&self) -> bool {
         self.clients
             .iter()
-            .all(|c| !c.alive || c.sent >= self.cfg.messages_per_client)
+            .enumerate()
+            .all(|(i, c)| !c.alive || c.sent >= self.cfg.messages_of(i))
     }
 
     fn all_delivered(&self) -> bool {
@@ -360,6 +421,7 @@ impl Sim {
                 }
                 Event::Crash { server } => {
                     self.note(format!("{server} CRASHES"));
+                    self.count_refusals(server);
                     self.nodes[server.index()] = Node::Down;
                     self.timer_at[server.index()] = None;
                     for c in self.clients.iter_mut().filter(|c| c.server == server) {
@@ -387,7 +449,7 @@ impl Sim {
 
     fn post(&mut self, client: usize) {
         let c = &self.clients[client];
-        if !c.alive || c.sent >= self.cfg.messages_per_client {
+        if !c.alive || c.sent >= self.cfg.messages_of(client) {
             return;
         }
         let (server, room, seq) = (c.server, c.room, c.sent as u64 + 1);
@@ -408,10 +470,17 @@ impl Sim {
             }
             Node::Down => false,
         };
-        let next_gap = 1 + self.rng.below(2 * self.cfg.post_gap_us.max(1));
+        let next_gap = if client < self.cfg.flooders {
+            1 + self.rng.below(4)
+        } else {
+            1 + self.rng.below(2 * self.cfg.post_gap_us.max(1))
+        };
         if !accepted {
-            // Back-pressure: try again later.
-            self.schedule(self.now.plus_micros(next_gap), Event::Post { client });
+            self.refused_posts += 1;
+            // Back-pressure: try again later (a refused flooder backs off
+            // like a normal client, or the run is all retries).
+            let retry = 1 + self.rng.below(2 * self.cfg.post_gap_us.max(1));
+            self.schedule(self.now.plus_micros(retry), Event::Post { client });
             return;
         }
         self.note(format!("c{client}@{server} posts {body} to room {room}"));
@@ -466,7 +535,12 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let delay = self.rng.range(self.cfg.delay_us.0, self.cfg.delay_us.1);
+            let mut delay = self.rng.range(self.cfg.delay_us.0, self.cfg.delay_us.1);
+            if let Some((slow, extra)) = self.cfg.slow
+                && slow == to
+            {
+                delay += extra;
+            }
             let incarnation = self.incarnations[to.index()];
             self.schedule(
                 self.now.plus_micros(delay),
@@ -539,6 +613,9 @@ impl Sim {
                 deliveries.push(d);
             }
             timer = r.poll_timeout();
+            if self.cfg.flooders > 0 {
+                self.peak_held = self.peak_held.max(r.held_back());
+            }
         } else if let Node::Raw(st) = &self.nodes[s.index()] {
             timer = st.poll_timeout();
         }
@@ -557,7 +634,19 @@ impl Sim {
         }
     }
 
+    /// Adds what server `s` dropped at holdback limits (before it goes).
+    fn count_refusals(&mut self, s: ServerId) {
+        match &self.nodes[s.index()] {
+            Node::Replica(r) => self.holdback_refused += r.stats().strategy.refused,
+            Node::Raw(st) => self.holdback_refused += st.stats().refused,
+            Node::Down => {}
+        }
+    }
+
     fn finish(mut self) -> SimOutcome {
+        for i in 0..self.cfg.servers {
+            self.count_refusals(ServerId(i as u16));
+        }
         for (i, c) in self.clients.iter().enumerate() {
             if !c.alive {
                 // Its server crashed: it saw only part, and what it sent may
@@ -581,6 +670,9 @@ impl Sim {
             dropped: self.dropped,
             duplicated: self.duplicated,
             end: self.now,
+            holdback_refused: self.holdback_refused,
+            peak_held: self.peak_held,
+            refused_posts: self.refused_posts,
         }
     }
 }

@@ -413,6 +413,8 @@ proptest! {
             src_incarnation: src,
             dst_incarnation: dst,
             ack,
+            delivered: ack.rotate_left(7),
+            report_wanted: ack % 3 == 0,
             gaps,
             frames: frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
@@ -435,6 +437,8 @@ proptest! {
             src_incarnation: src,
             dst_incarnation: dst,
             ack,
+            delivered: ack.rotate_left(7),
+            report_wanted: ack % 3 == 0,
             gaps,
             frames: frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
@@ -620,6 +624,8 @@ impl Forged {
             src_incarnation: self.src_incarnation,
             dst_incarnation: self.dst_incarnation,
             ack: self.ack,
+            delivered: self.ack / 2,
+            report_wanted: self.ack % 2 == 1,
             gaps: self.gaps.clone(),
             frames: self.frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };

@@ -171,3 +171,91 @@ fn every_builtin_strategy_is_registered_once() {
     let err = orderings::lookup("nope").unwrap_err().to_string();
     assert!(err.contains("nope") && err.contains("total"), "{err}");
 }
+
+/// A flooding client and a slow server, over many seeds, every strategy: the
+/// admission window holds the flood back at its origin, so no server ever
+/// drops a message at a holdback limit (which would break agreement), what a
+/// server holds back stays within the window's bound, everything admitted is
+/// delivered everywhere (liveness, checked against the time limit), and the
+/// guarantees hold. Some seeds also crash and restart a server.
+#[test]
+fn a_flooding_client_and_a_slow_server_keep_agreement_and_liveness() {
+    let started = std::time::Instant::now();
+    let mut refused_somewhere = 0;
+    for spec in registered() {
+        for seed in seeds(150) {
+            let mut cfg = SimConfig::flood(seed);
+            if seed % 4 == 3 {
+                let mut rng = SimRng::new(seed ^ 0xC4A5);
+                cfg.crash = Some(Crash {
+                    server: ServerId(rng.below(cfg.servers as u64) as u16),
+                    at: Time(rng.range(0, 30_000)),
+                    down_us: rng.range(1_000, 200_000),
+                });
+            }
+            let window = cfg.window.expect("flood scenarios set a window");
+            // With a crash, a server may come up after its peers queued
+            // messages for it (a link keeps them until it knows the peer):
+            // it receives them at once, beyond any window.
+            let bound = match cfg.crash {
+                None => flood_held_bound(cfg.servers, window),
+                Some(_) => usize::MAX,
+            };
+            let out = sim::run(spec, cfg);
+            let rerun = format!(
+                "re-run: SIM_SEED={seed} cargo test -p orderings --test sim a_flooding -- --nocapture"
+            );
+            assert!(
+                out.passed(),
+                "strategy {} failed under a flood.\n{rerun}\n{}",
+                spec.name,
+                out.explain()
+            );
+            assert_eq!(
+                out.holdback_refused,
+                0,
+                "strategy {}: a server dropped admitted messages at a holdback limit.\n{rerun}\n{}",
+                spec.name,
+                out.explain()
+            );
+            assert!(
+                out.peak_held <= bound,
+                "strategy {}: a server held {} messages back, beyond the window's bound {bound}.\n{rerun}\n{}",
+                spec.name,
+                out.peak_held,
+                out.explain()
+            );
+            if out.refused_posts > 0 {
+                refused_somewhere += 1;
+            }
+        }
+    }
+    assert!(
+        refused_somewhere > 0,
+        "the flood never filled a window: the scenario does not test admission"
+    );
+    eprintln!("flood simulations in {:?}", started.elapsed());
+}
+
+/// What a server may hold back at once with admission window `window`: up
+/// to a window of every origin's messages, and as much again for messages a
+/// restarted server's peers re-send (see `replica`).
+fn flood_held_bound(servers: usize, window: usize) -> usize {
+    servers * 2 * window
+}
+
+/// The bound above can fail: without a window (an unbounded one), a flood
+/// behind a slow server piles up beyond it on some seed.
+#[test]
+fn without_a_window_a_flood_piles_up() {
+    let spec = orderings::lookup("total").unwrap();
+    let beyond = (0..40)
+        .filter(|&seed| {
+            let mut cfg = SimConfig::flood(seed);
+            let bound = flood_held_bound(cfg.servers, cfg.window.unwrap());
+            cfg.window = Some(usize::MAX / 2);
+            sim::run(spec, cfg).peak_held > bound
+        })
+        .count();
+    assert!(beyond > 0, "the held-back bound never failed without a window");
+}

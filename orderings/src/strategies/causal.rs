@@ -12,6 +12,10 @@
 //! A new incarnation counts from 1 again; a dependency on messages of a
 //! crashed incarnation is released (those that never arrived are lost with
 //! the crashed server's clients), and its undelivered messages are dropped.
+//! The restarted server has delivered nothing, while the survivors' counts
+//! go on: each survivor tells it where its count stands in every room
+//! ([`kind::CAUSAL_START`], the first payload on the fresh link), so that
+//! what the survivors send from then on is deliverable there.
 
 use super::kind;
 use crate::registry::{Guarantees, StrategySpec};
@@ -147,6 +151,18 @@ impl Ordering for Causal {
     ) -> Result<(), WireError> {
         let mut r = Reader::new(payload);
         let k = r.u8()?;
+        if k == kind::CAUSAL_START {
+            let room = r.varint_u32("room")?;
+            let count = r.varint()?;
+            r.finish()?;
+            let cr = Self::room_entry(&mut self.rooms, self.servers, room);
+            let o = from.index();
+            // Sent once, on a fresh link, before anything else: everything
+            // of `from` up to `count` went to our previous incarnation.
+            cr.delivered[o] = cr.delivered[o].max(count);
+            self.drain(room, out);
+            return Ok(());
+        }
         if k != kind::CAUSAL_MSG {
             return Err(WireError::UnknownKind(k));
         }
@@ -201,8 +217,17 @@ impl Ordering for Causal {
             return;
         }
         self.incarnations[k] = incarnation;
-        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+        let mut rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+        rooms.sort_unstable();
         for room in rooms {
+            let mine = self.rooms.get(&room).map_or(0, |r| r.delivered[self.me.index()]);
+            if restarted && mine > 0 {
+                let mut w = Writer::with_capacity(12);
+                w.u8(kind::CAUSAL_START)
+                    .varint(u64::from(room))
+                    .varint(mine);
+                out.send(Dest::Peer(peer), w.into_bytes());
+            }
             if restarted && let Some(r) = self.rooms.get_mut(&room) {
                 r.delivered[k] = 0;
                 r.held

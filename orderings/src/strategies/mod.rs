@@ -20,4 +20,5 @@ pub(crate) mod kind {
     pub const CAUSAL_MSG: u8 = 6;
     pub const TOTAL_QUERY: u8 = 7;
     pub const TOTAL_ANSWER: u8 = 8;
+    pub const CAUSAL_START: u8 = 9;
 }
