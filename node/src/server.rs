@@ -3,6 +3,7 @@
 //! runs on one task: no locks, and batches of datagrams are handled before
 //! anything is flushed, so server-to-server packets get batched under load.
 
+use crate::admission::FairAdmission;
 use crate::config::ClusterConfig;
 use crate::session::{MAX_LINE, Outcome, SessionLimits, Sessions};
 use crate::udp::{RECV_BATCH, RecvBatch, SendQueue};
@@ -35,6 +36,11 @@ pub struct ServerSetup {
     pub key: Option<[u8; 32]>,
     /// Keep polling this long after activity before sleeping (0 = never).
     pub busy_poll_us: u64,
+    /// The replica's admission window (messages of ours not yet delivered
+    /// everywhere).
+    pub window: usize,
+    /// How far in the future a peer's incarnation (start time) may lie.
+    pub max_clock_skew_us: u64,
 }
 
 /// Counters reported when a server stops.
@@ -140,6 +146,7 @@ struct Server {
     stats: ServerStats,
     held_reported: (usize, usize),
     out: SendQueue,
+    admission: FairAdmission,
 }
 
 impl Server {
@@ -189,9 +196,24 @@ impl Server {
                 String::from_utf8_lossy(data).escape_debug()
             );
             let now = self.now();
-            if let Err(e) = self.replica.post(now, room, line) {
-                self.stats.refused_posts += 1;
-                self.out.push(from, Bytes::from(format!("-ERR {e}")));
+            let fair =
+                self.admission
+                    .check(from, self.replica.outstanding(), self.replica.window());
+            let posted = match fair {
+                Err(refusal) => {
+                    // The window may be full because a delivery report was
+                    // lost: ask for one (rate-limited by the links).
+                    self.replica.request_reports(now);
+                    Err(refusal.to_string())
+                }
+                Ok(()) => self.replica.post(now, room, line).map_err(|e| e.to_string()),
+            };
+            match posted {
+                Ok(id) => self.admission.admitted(from, id),
+                Err(e) => {
+                    self.stats.refused_posts += 1;
+                    self.out.push(from, Bytes::from(format!("-ERR {e}")));
+                }
             }
         }
         if let Some(reply) = outcome.reply {
@@ -267,6 +289,9 @@ impl Server {
             self.out.push(to, Bytes::from(t.payload));
         }
         while let Some(d) = self.replica.poll_delivery() {
+            if d.id.origin == self.replica.me() {
+                self.admission.delivered(d.id);
+            }
             let members = self.sessions.members(d.room);
             tracing::info!(
                 "Delivered {} to {} member(s) of chat room #{}",
@@ -304,6 +329,8 @@ pub async fn run(
     let servers = setup.cluster.servers.len();
     let mut rcfg = ReplicaConfig::new(setup.me, servers, setup.incarnation);
     rcfg.key = setup.key;
+    rcfg.window = setup.window.max(1);
+    rcfg.link.max_incarnation_ahead_us = setup.max_clock_skew_us;
     let strategy = (setup.strategy.build)(&StrategyContext {
         me: setup.me,
         servers,
@@ -330,6 +357,7 @@ pub async fn run(
         stats: ServerStats::default(),
         held_reported: (0, 0),
         out: SendQueue::default(),
+        admission: FairAdmission::default(),
     };
     let mut batch = RecvBatch::new();
     let busy_poll = std::time::Duration::from_micros(setup.busy_poll_us);

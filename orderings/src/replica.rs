@@ -221,7 +221,7 @@ impl Replica {
     /// Asks the peers that fill our window for a delivery report: one may
     /// have been lost, and while the window is full nothing else of ours
     /// would make them send one.
-    fn request_reports(&mut self, now: Time) {
+    pub fn request_reports(&mut self, now: Time) {
         let window = self.cfg.window as u64;
         for (i, link) in self.links.iter_mut().enumerate() {
             if let Some(link) = link

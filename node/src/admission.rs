@@ -1,0 +1,153 @@
+//! Fair admission of client posts at their server.
+//!
+//! The replica admits a post only while its admission window has room (see
+//! `orderings::replica`): that protects the peers. This module shares the
+//! window among this server's clients, so that one client sending as fast as
+//! it can never crowds out the others: a client with a few messages in
+//! flight (posted here, not yet delivered here) is *light* and may use the
+//! whole window; a *heavy* client (many in flight) may use only the lower
+//! half, split evenly among the heavy clients. So light clients always find
+//! half the window free, and a flood is refused at the cost of a hash
+//! lookup, before anything is formatted, ordered or sent.
+
+use orderings::MsgId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// A client with this many messages in flight counts as heavy.
+pub const LIGHT_IN_FLIGHT: u32 = 8;
+
+/// Why a post was refused at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("Slow down: you are sending faster than the cluster orders messages (message not sent)")]
+    FairShare,
+}
+
+/// Messages in flight per client; see the module docs.
+#[derive(Debug, Default)]
+pub struct FairAdmission {
+    in_flight: HashMap<SocketAddr, u32>,
+    owner: HashMap<MsgId, SocketAddr>,
+    heavy: usize,
+}
+
+impl FairAdmission {
+    /// May `client` post now, with `outstanding` of the server's messages
+    /// not yet delivered everywhere and an admission window of `window`?
+    /// (The replica itself refuses anything beyond the window.)
+    pub fn check(&self, client: SocketAddr, outstanding: usize, window: usize) -> Result<(), Refusal> {
+        let mine = self.in_flight.get(&client).copied().unwrap_or(0);
+        if mine < LIGHT_IN_FLIGHT {
+            return Ok(());
+        }
+        let half = window / 2;
+        let share = half / self.heavy.max(1);
+        if outstanding < half && (mine as usize) < share.max(LIGHT_IN_FLIGHT as usize) {
+            Ok(())
+        } else {
+            Err(Refusal::FairShare)
+        }
+    }
+
+    /// `client`'s post was admitted as `id`.
+    pub fn admitted(&mut self, client: SocketAddr, id: MsgId) {
+        let n = self.in_flight.entry(client).or_insert(0);
+        *n += 1;
+        if *n == LIGHT_IN_FLIGHT {
+            self.heavy += 1;
+        }
+        self.owner.insert(id, client);
+    }
+
+    /// Message `id` of this server was delivered here.
+    pub fn delivered(&mut self, id: MsgId) {
+        let Some(client) = self.owner.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.in_flight.get_mut(&client) {
+            if *n == LIGHT_IN_FLIGHT {
+                self.heavy = self.heavy.saturating_sub(1);
+            }
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&client);
+            }
+        }
+    }
+
+    /// Messages in flight, all clients together.
+    pub fn in_flight(&self) -> usize {
+        self.owner.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderings::ServerId;
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn id(n: u64) -> MsgId {
+        MsgId {
+            origin: ServerId(0),
+            counter: n,
+        }
+    }
+
+    #[test]
+    fn a_flood_takes_half_the_window_and_light_clients_the_rest() {
+        let window = 64;
+        let mut a = FairAdmission::default();
+        let (flood, light) = (addr(1), addr(2));
+        let mut n = 0;
+        // The flooder posts until refused; nothing is delivered meanwhile.
+        while a.check(flood, a.in_flight(), window).is_ok() {
+            n += 1;
+            a.admitted(flood, id(n));
+            assert!(n < 1000, "never refused");
+        }
+        assert_eq!(a.in_flight(), 32, "a heavy client gets half the window");
+        // A light client still gets in, up to the whole window.
+        for _ in 0..LIGHT_IN_FLIGHT {
+            assert!(a.check(light, a.in_flight(), window).is_ok());
+            n += 1;
+            a.admitted(light, id(n));
+        }
+        // Deliveries free the flooder's share again.
+        a.delivered(id(1));
+        assert!(a.check(flood, a.in_flight() - LIGHT_IN_FLIGHT as usize, window).is_ok());
+    }
+
+    #[test]
+    fn heavy_clients_split_the_lower_half() {
+        let window = 64;
+        let mut a = FairAdmission::default();
+        let mut n = 0;
+        for c in [addr(1), addr(2)] {
+            for _ in 0..LIGHT_IN_FLIGHT {
+                n += 1;
+                a.admitted(c, id(n));
+            }
+        }
+        // Two heavy clients: 16 each.
+        for c in [addr(1), addr(2)] {
+            while a.check(c, a.in_flight(), window).is_ok() {
+                n += 1;
+                a.admitted(c, id(n));
+            }
+        }
+        assert_eq!(a.in_flight(), 32);
+        assert_eq!(a.in_flight.get(&addr(1)), Some(&16));
+        assert_eq!(a.in_flight.get(&addr(2)), Some(&16));
+        for k in 1..=n {
+            a.delivered(id(k));
+        }
+        assert_eq!((a.in_flight(), a.heavy), (0, 0), "everything forgotten");
+        a.delivered(id(1));
+        assert_eq!(a.in_flight(), 0, "unknown ids are ignored");
+    }
+}
