@@ -195,6 +195,9 @@ pub fn run(server: SocketAddr) -> Result<ExitCode, TtyError> {
     let mut editor = DefaultEditor::with_config(
         Config::builder()
             .auto_add_history(true)
+            // Everything this client prints ends with a new line, so the
+            // prompt always starts a row; the check would eat type-ahead.
+            .check_cursor_position(false)
             .max_history_size(1000)
             .map_err(|e| io::Error::other(e.to_string()))?
             .build(),
