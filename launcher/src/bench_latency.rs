@@ -195,6 +195,14 @@ fn exchange(
             sock.set_read_timeout(Some(left))?;
             match sock.recv(&mut buf) {
                 Ok(n) => {
+                    // Address confirmation (issue 13) may come during setup.
+                    if let Some(token) = client::confirm_token(&buf[..n]) {
+                        let _ = sock.send(&client::confirm_reply(token));
+                        continue;
+                    }
+                    if client::is_confirm_answer(&buf[..n]) {
+                        continue;
+                    }
                     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
                     if ok(&reply) {
                         return Ok(());

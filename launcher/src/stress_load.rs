@@ -686,6 +686,14 @@ async fn exchange(
         loop {
             match tokio::time::timeout_at(until, sock.recv(&mut buf)).await {
                 Ok(Ok(n)) => {
+                    // Address confirmation (issue 13) may come during setup.
+                    if let Some(token) = client::confirm_token(&buf[..n]) {
+                        let _ = sock.send(&client::confirm_reply(token)).await;
+                        continue;
+                    }
+                    if client::is_confirm_answer(&buf[..n]) {
+                        continue;
+                    }
                     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
                     if ok(&reply) {
                         return Ok(());
