@@ -178,7 +178,7 @@ fn terminal_client_keeps_the_typed_line_while_messages_arrive() {
     // Banner, then a prompt with the default nick (our IP:PORT), no room.
     t.wait_text(&format!("chatclient: chat server {} (UDP)", binds[0]));
     t.wait_text("/help lists the commands");
-    t.wait(&"the no-room prompt".to_string(), |t| {
+    t.wait("the no-room prompt", |t| {
         t.rows()
             .last()
             .is_some_and(|r| r.starts_with("127.0.0.1:") && r.ends_with(" (no room)>"))
@@ -215,7 +215,7 @@ fn terminal_client_keeps_the_typed_line_while_messages_arrive() {
     for i in 1..=5 {
         let want = format!("<Alice> message {i} from Alice");
         assert!(
-            rows.iter().any(|r| *r == want),
+            rows.contains(&want),
             "no row {want:?} on the screen:\n{}",
             rows.join("\n")
         );
@@ -244,8 +244,16 @@ fn terminal_client_keeps_the_typed_line_while_messages_arrive() {
     let nick = screen.cell(row, 1).expect("cell");
     let body = screen.cell(row, 9).expect("cell");
     assert_eq!(nick.contents(), "A");
-    assert_ne!(nick.fgcolor(), vt100::Color::Default, "the nick has no colour");
-    assert_eq!(body.fgcolor(), vt100::Color::Default, "the text is coloured");
+    assert_ne!(
+        nick.fgcolor(),
+        vt100::Color::Default,
+        "the nick has no colour"
+    );
+    assert_eq!(
+        body.fgcolor(),
+        vt100::Color::Default,
+        "the text is coloured"
+    );
 
     // History: Up brings back the last line.
     t.keys("\x1b[A");
@@ -277,7 +285,10 @@ fn terminal_client_without_colour_when_no_color_is_set() {
         .iter()
         .position(|r| r == "<Zed> plain")
         .expect("Zed's row") as u16;
-    assert_eq!(screen.cell(row, 1).unwrap().fgcolor(), vt100::Color::Default);
+    assert_eq!(
+        screen.cell(row, 1).unwrap().fgcolor(),
+        vt100::Color::Default
+    );
     t.keys("/quit\r");
     let (n, _) = server.recv_from(&mut buf).expect("the quit");
     assert_eq!(&buf[..n], b"/quit");
@@ -293,7 +304,9 @@ fn terminal_client_notices_a_missing_server_and_its_return() {
     let mut t = Term::spawn(addr, &[("NO_COLOR", Some("1"))]);
     t.wait_text("(no room)>");
     t.keys("/join 1\r");
-    t.wait_text(&format!("* no chat server at {addr}: it refused the datagram"));
+    t.wait_text(&format!(
+        "* no chat server at {addr}: it refused the datagram"
+    ));
     // Still running: the server comes up and answers the next line.
     let server = UdpSocket::bind(addr).expect("rebind the free port");
     server.set_read_timeout(Some(WAIT)).unwrap();
@@ -382,7 +395,9 @@ fn piped_client_without_a_server_says_so_and_fails() {
     assert_eq!(o.status.code(), Some(1), "stderr: {err}");
     assert!(o.stdout.is_empty(), "stdout: {:?}", o.stdout);
     assert!(
-        err.contains(&format!("chatclient: no chat server at {addr}: it refused the datagram")),
+        err.contains(&format!(
+            "chatclient: no chat server at {addr}: it refused the datagram"
+        )),
         "{err}"
     );
     assert!(
@@ -423,7 +438,9 @@ fn piped_client_confirms_its_address_and_prints_everything() {
         let mut buf = [0u8; 200];
         let (n, from) = server.recv_from(&mut buf).expect("the line");
         assert_eq!(&buf[..n], b"/join 1");
-        server.send_to(b"+OK You are now in chat room #1", from).unwrap();
+        server
+            .send_to(b"+OK You are now in chat room #1", from)
+            .unwrap();
         server
             .send_to(
                 b"+OK Confirm your address to keep receiving messages: send /confirm feedfacecafebeef",
@@ -468,7 +485,9 @@ fn piped_client_with_closed_stdout_ends_quietly() {
     stdin.write_all(b"/join 1\n").unwrap();
     let mut buf = [0u8; 100];
     let (_, from) = server.recv_from(&mut buf).expect("the line");
-    server.send_to(b"+OK You are now in chat room #1", from).unwrap();
+    server
+        .send_to(b"+OK You are now in chat room #1", from)
+        .unwrap();
     let (n, _) = server.recv_from(&mut buf).expect("the quit");
     assert_eq!(&buf[..n], b"/quit");
     let deadline = Instant::now() + WAIT;

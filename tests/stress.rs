@@ -368,7 +368,10 @@ fn stress_clients_confirm_their_address() {
             if let Some(room) = line.strip_prefix("/join ") {
                 let token = format!("{:016x}", 0xabc0_0000_0000_0000u64 + asked.len() as u64);
                 server
-                    .send_to(format!("+OK You are now in chat room #{room}").as_bytes(), from)
+                    .send_to(
+                        format!("+OK You are now in chat room #{room}").as_bytes(),
+                        from,
+                    )
                     .unwrap();
                 server
                     .send_to(

@@ -75,11 +75,22 @@ fn stress_beside_a_running_cluster_uses_its_own_ports() {
     let dir = Scratch::new("tools-beside");
     let (text, binds, _) = legacy_config(2, false);
     let cfg = dir.write("servers.txt", &text);
-    let mut live: Vec<Proc> = (1..=2).map(|i| start_server(&cfg, i, &["-o", "fifo"])).collect();
+    let mut live: Vec<Proc> = (1..=2)
+        .map(|i| start_server(&cfg, i, &["-o", "fifo"]))
+        .collect();
     let out = Command::new(bin("launcher"))
         .arg("stress")
         .arg(&cfg)
-        .args(["-o", "fifo", "--clients", "4", "--messages", "10", "--timeout", "60"])
+        .args([
+            "-o",
+            "fifo",
+            "--clients",
+            "4",
+            "--messages",
+            "10",
+            "--timeout",
+            "60",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -134,7 +145,10 @@ fn mode_names_are_case_insensitive_and_errors_name_the_option() {
 
 #[test]
 fn server_help_quotes_no_benchmark() {
-    let out = Command::new(bin("chatserver")).arg("--help").output().unwrap();
+    let out = Command::new(bin("chatserver"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(help.contains("--busy-poll-us"), "{help}");
@@ -170,11 +184,15 @@ fn verbose_levels_and_unescaped_client_text() {
         all.contains("posts \"it's \"quoted\"\" to chat room #1"),
         "{all}"
     );
-    assert!(all.contains("<- \"+OK Nickname set to ''Carol''\""), "{all}");
+    assert!(
+        all.contains("<- \"+OK Nickname set to ''Carol''\""),
+        "{all}"
+    );
     assert!(!all.contains("\\'") && !all.contains("\\\""), "{all}");
     assert!(!all.contains("heartbeat"), "{all}");
     assert!(
-        !all.lines().any(|l| l.contains(" bytes ") && !l.contains("payload(s))")),
+        !all.lines()
+            .any(|l| l.contains(" bytes ") && !l.contains("payload(s))")),
         "per-packet chatter at -v:\n{all}"
     );
 }

@@ -66,7 +66,8 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// The server's request that a client confirm its address (issue 13), up
 /// to the token; the whole datagram is this prefix and 16 lowercase hex
 /// digits.
-pub const CONFIRM_PREFIX: &[u8] = b"+OK Confirm your address to keep receiving messages: send /confirm ";
+pub const CONFIRM_PREFIX: &[u8] =
+    b"+OK Confirm your address to keep receiving messages: send /confirm ";
 
 /// The token of an address-confirmation request, when `data` is exactly
 /// one (prefix, then 16 lowercase hex digits, nothing else).
@@ -742,9 +743,13 @@ mod tests {
 
     #[test]
     fn confirmation_requests_are_recognised_exactly() {
-        let req = b"+OK Confirm your address to keep receiving messages: send /confirm 0123456789abcdef";
+        let req =
+            b"+OK Confirm your address to keep receiving messages: send /confirm 0123456789abcdef";
         assert_eq!(confirm_token(req), Some(&b"0123456789abcdef"[..]));
-        assert_eq!(confirm_reply(b"0123456789abcdef"), b"/confirm 0123456789abcdef");
+        assert_eq!(
+            confirm_reply(b"0123456789abcdef"),
+            b"/confirm 0123456789abcdef"
+        );
         for bad in [
             &b"+OK Confirm your address to keep receiving messages: send /confirm 0123456789ABCDEF"[..],
             b"+OK Confirm your address to keep receiving messages: send /confirm 0123456789abcde",
@@ -769,11 +774,17 @@ mod tests {
         h.sent(b"/join 1", t0);
         assert_eq!(h.tick(t0 + REPLY_TIMEOUT / 2), None);
         let late = h.tick(t0 + REPLY_TIMEOUT).expect("a notice");
-        assert!(late.contains("no reply from 127.0.0.1:5999 to \"/join 1\""), "{late}");
+        assert!(
+            late.contains("no reply from 127.0.0.1:5999 to \"/join 1\""),
+            "{late}"
+        );
         assert_eq!(h.tick(t0 + REPLY_TIMEOUT * 3), None, "said once");
         assert_eq!(h.refused(), None, "still the same outage");
         assert!(h.failed(false));
-        assert_eq!(h.received().as_deref(), Some("127.0.0.1:5999 answers again"));
+        assert_eq!(
+            h.received().as_deref(),
+            Some("127.0.0.1:5999 answers again")
+        );
         assert!(!h.failed(true));
         assert!(h.refused().unwrap().contains("refused"));
         // /quit asks nothing: a session that only quits did not fail.
@@ -787,7 +798,8 @@ mod tests {
         let mut f = fake().await;
         let srv = f.server.local_addr().unwrap();
         let tx = f.tx.clone();
-        let req = b"+OK Confirm your address to keep receiving messages: send /confirm 00ff00ff00ff00ff";
+        let req =
+            b"+OK Confirm your address to keep receiving messages: send /confirm 00ff00ff00ff00ff";
         let peer = async {
             tx.send(Input::Line(b"hello".to_vec())).await.unwrap();
             let (d, from) = recv(&f.server).await;
@@ -795,7 +807,10 @@ mod tests {
             f.server.send_to(req, from).await.unwrap();
             let (d, _) = recv(&f.server).await;
             assert_eq!(d, b"/confirm 00ff00ff00ff00ff");
-            f.server.send_to(b"+OK Address confirmed", from).await.unwrap();
+            f.server
+                .send_to(b"+OK Address confirmed", from)
+                .await
+                .unwrap();
             f.server.send_to(b"<x> hello", from).await.unwrap();
             tx.send(Input::Eof).await.unwrap();
             let (d, _) = recv(&f.server).await;
@@ -817,7 +832,10 @@ mod tests {
         assert!(end.health.answered);
         let mut want = req.to_vec();
         want.extend_from_slice(b"\n+OK Address confirmed\n<x> hello\n");
-        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&want)
+        );
     }
 
     #[tokio::test]
@@ -868,7 +886,10 @@ mod tests {
         let peer = async {
             tx.send(Input::Line(b"/join 1".to_vec())).await.unwrap();
             let (_, from) = recv(&f.server).await;
-            f.server.send_to(b"+OK You are now in chat room #1", from).await.unwrap();
+            f.server
+                .send_to(b"+OK You are now in chat room #1", from)
+                .await
+                .unwrap();
             let (d, _) = recv(&f.server).await;
             assert_eq!(d, b"/quit");
         };

@@ -41,7 +41,9 @@ impl From<io::Error> for TtyError {
 const PROMPT_WAIT: Duration = Duration::from_millis(700);
 
 /// Nick colours (ANSI SGR codes): readable on dark and light backgrounds.
-const NICK_COLOURS: &[&str] = &["31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96"];
+const NICK_COLOURS: &[&str] = &[
+    "31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96",
+];
 
 /// What `/help` prints.
 pub const HELP: &str = "\
@@ -137,7 +139,8 @@ impl View {
         let Ok(text) = std::str::from_utf8(data) else {
             return;
         };
-        let room_at_end = |prefix: &str| -> Option<u32> { text.strip_prefix(prefix)?.trim().parse().ok() };
+        let room_at_end =
+            |prefix: &str| -> Option<u32> { text.strip_prefix(prefix)?.trim().parse().ok() };
         if let Some(n) = room_at_end("+OK You are now in chat room #") {
             self.room = Some(n);
         } else if let Some(n) = room_at_end("-ERR You are already in room #") {
@@ -237,7 +240,13 @@ pub fn run(server: SocketAddr) -> Result<ExitCode, TtyError> {
             .name("receive".into())
             .spawn(move || receive_loop(&sock, &sh))?;
     }
-    let bold = |s: &str| if colour { format!("\x1b[1m{s}\x1b[0m") } else { s.to_string() };
+    let bold = |s: &str| {
+        if colour {
+            format!("\x1b[1m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    };
     sh.print(format!(
         "{} {server} (UDP)\n/join N enters room N, /nick NAME sets your name, /help lists the commands,\n/quit or Ctrl+D leaves.",
         bold("chatclient: chat server")
@@ -262,9 +271,7 @@ pub fn run(server: SocketAddr) -> Result<ExitCode, TtyError> {
                 if is_command(bytes) {
                     // Let the answer arrive so that the prompt shows it.
                     let g = sh.received.lock().unwrap_or_else(|e| e.into_inner());
-                    let _ = sh
-                        .moved
-                        .wait_timeout_while(g, PROMPT_WAIT, |n| *n == seen);
+                    let _ = sh.moved.wait_timeout_while(g, PROMPT_WAIT, |n| *n == seen);
                 }
             }
             Err(ReadlineError::Interrupted) | Err(ReadlineError::Eof) => {
@@ -342,14 +349,20 @@ fn receive_loop(sock: &UdpSocket, sh: &Shared) {
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
                 sh.say(&format!("receive failed: {e}"));
                 std::thread::sleep(REPLY_TIMEOUT / 30);
             }
         }
-        let late = sh.health.lock().ok().and_then(|mut h| h.tick(Instant::now()));
+        let late = sh
+            .health
+            .lock()
+            .ok()
+            .and_then(|mut h| h.tick(Instant::now()));
         if let Some(t) = late {
             sh.say(&t);
         }
@@ -393,10 +406,11 @@ mod tests {
     #[test]
     fn colours_are_stable_and_spread() {
         assert_eq!(nick_colour(b"Alice"), nick_colour(b"Alice"));
-        let distinct: std::collections::HashSet<_> = ["Alice", "Bob", "Carol", "Dave", "Eve", "Mallory"]
-            .iter()
-            .map(|n| nick_colour(n.as_bytes()))
-            .collect();
+        let distinct: std::collections::HashSet<_> =
+            ["Alice", "Bob", "Carol", "Dave", "Eve", "Mallory"]
+                .iter()
+                .map(|n| nick_colour(n.as_bytes()))
+                .collect();
         assert!(distinct.len() >= 3, "{distinct:?}");
     }
 

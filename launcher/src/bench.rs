@@ -1127,7 +1127,10 @@ fn print_report(r: &PresetReport) {
         .max(6);
     crate::outln!(
         "  {:<w$}  {:>14}  {:>16}  {:<4}  note",
-        "figure", "value", "target", "met"
+        "figure",
+        "value",
+        "target",
+        "met"
     );
     for x in &r.rows {
         let value = match x.value {
@@ -1145,7 +1148,11 @@ fn print_report(r: &PresetReport) {
         };
         crate::outln!(
             "  {:<w$}  {:>14}  {:>16}  {:<4}  {}",
-            x.figure, value, target, met, x.note
+            x.figure,
+            value,
+            target,
+            met,
+            x.note
         );
     }
     for n in &r.notes {
@@ -1230,7 +1237,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .components()
         .any(|c| c.as_os_str() == "debug")
     {
-        crate::outln!("bench: note: this chatserver looks like a debug build; figures want --release");
+        crate::outln!(
+            "bench: note: this chatserver looks like a debug build; figures want --release"
+        );
     }
     let presets: Vec<Preset> = if a.name == Preset::All {
         vec![

@@ -212,7 +212,10 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
                     "stress: mode '{mode}' is not registered in this launcher; checking exactly-once only (add --check to check more)"
                 );
             }
-            (Properties::from_guarantees(orderings::Guarantees::NONE), mode)
+            (
+                Properties::from_guarantees(orderings::Guarantees::NONE),
+                mode,
+            )
         }
         Err(e) => return Err(anyhow::Error::new(e).context(mode_context())),
     };
@@ -444,7 +447,7 @@ fn build_report(
         garbled_examples: load.garbled_examples,
         server_problems,
         confirmations: load.confirmations,
-        flood: (a.flood_clients > 0).then(|| FloodSummary {
+        flood: (a.flood_clients > 0).then_some(FloodSummary {
             clients: a.flood_clients,
             sent: load.flood_sent,
             delivered: load.flood_delivered,
@@ -514,7 +517,8 @@ fn print_report(r: &StressReport) {
     );
     crate::outln!(
         "  throughput {:.0} messages/s, {:.0} deliveries/s",
-        r.messages_per_s, r.deliveries_per_s
+        r.messages_per_s,
+        r.deliveries_per_s
     );
     crate::outln!(
         "  latency send->delivery: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
@@ -591,13 +595,15 @@ fn print_report(r: &StressReport) {
     if r.other_replies > 0 {
         crate::outln!(
             "  {} other datagrams (not deliveries), e.g. {:?}",
-            r.other_replies, r.other_examples
+            r.other_replies,
+            r.other_examples
         );
     }
     if r.garbled > 0 {
         crate::outln!(
             "  {} garbled deliveries, e.g. {:?}",
-            r.garbled, r.garbled_examples
+            r.garbled,
+            r.garbled_examples
         );
     }
     for p in &r.server_problems {

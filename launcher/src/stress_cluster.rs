@@ -324,7 +324,8 @@ impl Cluster {
                 if !matches!(s.child.try_wait(), Ok(None)) {
                     return None;
                 }
-                let text = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).ok()?;
+                let text =
+                    std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).ok()?;
                 vm_hwm_kib(&text)
             })
             .collect()

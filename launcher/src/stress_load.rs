@@ -193,7 +193,9 @@ impl Shared {
             self.flood_refused.set(self.flood_refused.get() + 1);
             return;
         }
-        if let Some((f, seq)) = parse_flood(data).filter(|&(f, q)| (f as usize) < self.plan.flood_clients && q >= 1) {
+        if let Some((f, seq)) =
+            parse_flood(data).filter(|&(f, q)| (f as usize) < self.plan.flood_clients && q >= 1)
+        {
             self.deliveries.set(self.deliveries.get() + 1);
             self.flood_deliveries.set(self.flood_deliveries.get() + 1);
             let sender = (self.plan.clients + f as usize) as u32;
@@ -443,7 +445,8 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
             .collect::<std::io::Result<Vec<_>>>()
             .context("cloning the flood sockets")?;
         let stop = flood_stop.clone();
-        let until = std::time::Instant::now() + hard_deadline.saturating_duration_since(Instant::now());
+        let until =
+            std::time::Instant::now() + hard_deadline.saturating_duration_since(Instant::now());
         let t0 = std::time::Instant::now() - start.elapsed();
         Some(
             std::thread::Builder::new()
@@ -629,9 +632,7 @@ fn flood_sender(
     let mut logs: Vec<Vec<(u32, u64)>> = vec![Vec::new(); socks.len()];
     let mut seq = vec![0u32; socks.len()];
     'outer: for round in 0u64.. {
-        if round % 64 == 0
-            && (stop.load(Ordering::Relaxed) || std::time::Instant::now() >= until)
-        {
+        if round % 64 == 0 && (stop.load(Ordering::Relaxed) || std::time::Instant::now() >= until) {
             break;
         }
         for (f, s) in socks.iter().enumerate() {

@@ -204,7 +204,9 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     if running {
         crate::outln!(
             "cluster {}: launcher pid {} running, ordering {}",
-            st.cluster, st.launcher_pid, st.ordering
+            st.cluster,
+            st.launcher_pid,
+            st.ordering
         );
     } else {
         crate::outln!(
@@ -223,7 +225,12 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         .max(4);
     crate::outln!(
         "{:w$}  {:>8}  {:10}  {:5}  {:21}  {:>8}  LAST EXIT",
-        "NAME", "PID", "STATE", "ALIVE", "BIND", "RESTARTS"
+        "NAME",
+        "PID",
+        "STATE",
+        "ALIVE",
+        "BIND",
+        "RESTARTS"
     );
     for n in &st.nodes {
         let alive = match (n.pid, n.start_time) {
@@ -326,7 +333,8 @@ pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot remove stale state file {}", path.display()))?;
     crate::outln!(
         "cluster {}: launcher pid {} was not running; removed its stale state file",
-        st.cluster, st.launcher_pid
+        st.cluster,
+        st.launcher_pid
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -154,7 +154,9 @@ impl Server {
             self.stats.peer_datagrams += 1;
             if tracing::enabled!(tracing::Level::INFO) {
                 match crate::verbose::payloads_in(data) {
-                    Some(0) => tracing::debug!("Received {len} bytes from {peer} (no payload: heartbeat or acknowledgement)"),
+                    Some(0) => tracing::debug!(
+                        "Received {len} bytes from {peer} (no payload: heartbeat or acknowledgement)"
+                    ),
                     Some(n) => tracing::info!("Received {len} bytes from {peer} ({n} payload(s))"),
                     None => tracing::debug!("Received {len} bytes from {peer} (undecodable)"),
                 }
@@ -277,7 +279,11 @@ impl Server {
                         t.to
                     ),
                     Some(n) => {
-                        tracing::info!("Sent {} bytes to {} ({n} payload(s))", t.payload.len(), t.to)
+                        tracing::info!(
+                            "Sent {} bytes to {} ({n} payload(s))",
+                            t.payload.len(),
+                            t.to
+                        )
                     }
                     None => tracing::debug!("Sent {} bytes to {}", t.payload.len(), t.to),
                 }

@@ -126,12 +126,18 @@ mod tests {
         };
         assert_eq!(payloads_in(&seal(&hb.encode_raw(false), None)), Some(0));
         let key = [5u8; 32];
-        assert_eq!(payloads_in(&seal(&hb.encode_raw(true), Some(&key))), Some(0));
+        assert_eq!(
+            payloads_in(&seal(&hb.encode_raw(true), Some(&key))),
+            Some(0)
+        );
         let data = Datagram {
             frames: vec![(4, b"abc".as_slice()), (5, b"\0\xfe".as_slice())],
             ..hb
         };
-        assert_eq!(payloads_in(&seal(&data.encode_raw(true), Some(&key))), Some(2));
+        assert_eq!(
+            payloads_in(&seal(&data.encode_raw(true), Some(&key))),
+            Some(2)
+        );
         assert_eq!(payloads_in(b"hello"), None);
     }
 }
