@@ -370,7 +370,9 @@ fn ctrl_c_on_a_terminal_sends_quit_and_exits_zero() {
 
     let pty = nix::pty::openpty(None, None).expect("openpty");
     let mut cmd = Command::new(bin("chatclient"));
+    // The screen is compared byte for byte: no colours.
     cmd.arg(c.binds[0].to_string())
+        .env("NO_COLOR", "1")
         .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
         .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
         .stderr(Stdio::from(pty.slave.try_clone().unwrap()));

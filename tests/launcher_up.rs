@@ -281,11 +281,16 @@ fn status_and_down_from_another_process() {
         assert!(row.contains(&b.to_string()), "{row}");
     }
 
-    // Checking a running cluster: the ports are busy and it says who has them.
+    // Checking a running cluster: the file is valid, and it says that the
+    // cluster runs and who has its ports (issue 18: it used to fail).
     let c = run(&["check"], &file);
-    assert!(!c.status.success());
+    assert!(c.status.success(), "{}", text(&c));
     assert!(
-        text(&c).contains("already running under launcher pid"),
+        text(&c).contains(&format!(
+            "ok: the file is valid; cluster {} is already running under launcher pid {}",
+            "t",
+            l.pid()
+        )),
         "{}",
         text(&c)
     );

@@ -279,3 +279,24 @@ fn refuses_a_config_without_forwarding_addresses() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("forwarding address"), "{err}");
 }
+
+/// Issue 18 point 7: a TOML cluster without forwarding addresses gets a
+/// suggestion in TOML terms.
+#[test]
+fn proxy_on_a_toml_file_without_forwarding_addresses_suggests_toml() {
+    let dir = support::Scratch::new("proxy-toml-hint");
+    let port = support::free_ports(1)[0];
+    let file = dir.write(
+        "c.toml",
+        &format!("[cluster]\nname = \"p\"\n\n[nodes]\ncount = 2\nhost = \"127.0.0.1\"\nbase_port = {port}\n"),
+    );
+    let out = std::process::Command::new(support::bin("launcher"))
+        .arg("proxy")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("forward_base_port"), "{err}");
+    assert!(!err.contains("FWD_IP:PORT,BIND_IP:PORT"), "{err}");
+}

@@ -9,12 +9,24 @@
 //! - the user types `/quit` (sent as typed);
 //! - SIGINT (Ctrl+C), SIGTERM or SIGHUP arrives;
 //! - standard input ends, after `--linger` milliseconds during which
-//!   datagrams are still printed (so scripts can collect the replies).
+//!   datagrams are still printed (so scripts can collect the replies);
+//! - standard output is closed (`chatclient ... | head -1`), quietly.
+//!
+//! That is the pipe mode, for scripts: standard output carries exactly the
+//! server's datagrams. When standard input and output are both a terminal,
+//! [`tty`] runs the interactive client instead (banner, prompt, line
+//! editing, colours). Both modes notice a missing or dead server (ICMP
+//! refusals on the connected socket, no reply to a command within
+//! [`REPLY_TIMEOUT`]) and say so once, on standard error in pipe mode, and
+//! keep going; both answer the server's address-confirmation request
+//! ([`confirm_token`]) at once.
+
+pub mod tty;
 
 use clap::Parser;
 use std::fmt;
 use std::future::Future;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,6 +58,136 @@ pub struct Args {
 /// Exit status for a bad command line (like clap's own usage errors).
 const EXIT_USAGE: u8 = 2;
 
+/// How long a command may go unanswered before the client says the server
+/// seems to be missing. The server answers commands at once, so this only
+/// fires when the server (or the path to it) is gone.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The server's request that a client confirm its address (issue 13), up
+/// to the token; the whole datagram is this prefix and 16 lowercase hex
+/// digits.
+pub const CONFIRM_PREFIX: &[u8] =
+    b"+OK Confirm your address to keep receiving messages: send /confirm ";
+
+/// The token of an address-confirmation request, when `data` is exactly
+/// one (prefix, then 16 lowercase hex digits, nothing else).
+pub fn confirm_token(data: &[u8]) -> Option<&[u8]> {
+    let token = data.strip_prefix(CONFIRM_PREFIX)?;
+    let hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    (token.len() == 16 && token.iter().all(hex)).then_some(token)
+}
+
+/// The line that answers an address-confirmation request.
+pub fn confirm_reply(token: &[u8]) -> Vec<u8> {
+    let mut line = b"/confirm ".to_vec();
+    line.extend_from_slice(token);
+    line
+}
+
+/// Whether `data` is the server's answer to a `/confirm` line.
+pub fn is_confirm_answer(data: &[u8]) -> bool {
+    data == b"+OK Address confirmed" || data.starts_with(b"-ERR Invalid confirmation token")
+}
+
+/// Writes one notice line on standard error; a closed stderr is ignored.
+pub fn notice(text: &str) {
+    let _ = writeln!(io::stderr(), "chatclient: {text}");
+}
+
+/// Whether the server answers `line` (everything but `/quit` gets a reply
+/// or an echo) and whether that answer comes at once (commands do; a chat
+/// line's echo may wait for the ordering of its room).
+fn is_command(line: &[u8]) -> bool {
+    line.first() == Some(&b'/') && !is_quit(line)
+}
+
+/// What the client knows of its server's health, and the notices that go
+/// with it: one notice when the server seems gone, one when it is back.
+#[derive(Debug)]
+pub struct Health {
+    server: SocketAddr,
+    /// Any datagram ever came from the server.
+    pub answered: bool,
+    /// A line that expects an answer was sent.
+    pub asked: bool,
+    /// An ICMP refusal or a reply timeout was ever seen.
+    pub trouble: bool,
+    /// The oldest command sent since the last datagram, and when.
+    pending: Option<(std::time::Instant, String)>,
+    /// A "seems gone" notice is out and no datagram came since.
+    down: bool,
+}
+
+impl Health {
+    pub fn new(server: SocketAddr) -> Health {
+        Health {
+            server,
+            answered: false,
+            asked: false,
+            trouble: false,
+            pending: None,
+            down: false,
+        }
+    }
+
+    /// A line went to the server.
+    pub fn sent(&mut self, line: &[u8], now: std::time::Instant) {
+        if !is_quit(line) {
+            self.asked = true;
+        }
+        if is_command(line) && self.pending.is_none() {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(40)]).into_owned();
+            self.pending = Some((now, shown));
+        }
+    }
+
+    /// A datagram came from the server; a notice when it had seemed gone.
+    pub fn received(&mut self) -> Option<String> {
+        self.answered = true;
+        self.pending = None;
+        if std::mem::take(&mut self.down) {
+            Some(format!("{} answers again", self.server))
+        } else {
+            None
+        }
+    }
+
+    /// The connected socket reported an ICMP refusal.
+    pub fn refused(&mut self) -> Option<String> {
+        self.trouble = true;
+        if std::mem::replace(&mut self.down, true) {
+            return None;
+        }
+        Some(format!(
+            "no chat server at {}: it refused the datagram (nothing listens there); still trying",
+            self.server
+        ))
+    }
+
+    /// Time passes: a notice when a command has waited too long.
+    pub fn tick(&mut self, now: std::time::Instant) -> Option<String> {
+        let (at, cmd) = self.pending.as_ref()?;
+        if now.saturating_duration_since(*at) < REPLY_TIMEOUT || self.down {
+            return None;
+        }
+        let text = format!(
+            "no reply from {} to {cmd:?} within {} s: the server may be down; still trying",
+            self.server,
+            REPLY_TIMEOUT.as_secs()
+        );
+        self.trouble = true;
+        self.down = true;
+        Some(text)
+    }
+
+    /// Whether the session should end with a failure status: no server ever
+    /// answered although one was asked something and either refused it,
+    /// timed out, or was given `waited` (the linger) to answer.
+    pub fn failed(&self, waited: bool) -> bool {
+        !self.answered && self.asked && (self.trouble || waited)
+    }
+}
+
 /// Runs the client with parsed arguments; the process' exit status.
 pub fn run(args: Args) -> ExitCode {
     let server = match resolve_server(&args.server) {
@@ -55,32 +197,53 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if io::stdin().is_terminal() && io::stdout().is_terminal() {
+        match tty::run(server) {
+            Ok(code) => return code,
+            // A terminal rustyline cannot drive (TERM=dumb): the plain mode.
+            Err(tty::TtyError::Unsupported) => {}
+            Err(tty::TtyError::Io(e)) => {
+                notice(&e.to_string());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("chatclient: cannot start the runtime: {e}");
+            notice(&format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(main_loop(server, Duration::from_millis(args.linger))) {
-        Ok(()) => ExitCode::SUCCESS,
+    let linger = Duration::from_millis(args.linger);
+    match rt.block_on(main_loop(server, linger)) {
+        Ok(end) if end.health.failed(!linger.is_zero()) => {
+            notice(&format!("no chat server answered at {server}"));
+            ExitCode::FAILURE
+        }
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chatclient: {e}");
+            notice(&e.to_string());
             ExitCode::FAILURE
         }
     }
 }
 
-async fn main_loop(server: SocketAddr, linger: Duration) -> io::Result<()> {
+async fn main_loop(server: SocketAddr, linger: Duration) -> io::Result<SessionEnd> {
     // Signals first: a Ctrl+C from now on ends the session with /quit.
     let stop = stop_signal()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot catch signals: {e}")))?;
     let sock = bind_for(server)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open a UDP socket: {e}")))?;
+    // Connected: the kernel reports ICMP refusals (no server on that port)
+    // as errors on this socket, and drops datagrams from anyone else.
+    sock.connect(server)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot reach {server}: {e}")))?;
     let (tx, mut rx) = mpsc::channel(64);
     spawn_stdin_reader(tx)?;
     let stdout = io::stdout();
@@ -95,6 +258,15 @@ pub async fn bind_for(server: SocketAddr) -> io::Result<UdpSocket> {
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     UdpSocket::bind(local).await
+}
+
+/// A blocking UDP socket on an ephemeral port of `server`'s address family.
+pub fn bind_std(server: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    std::net::UdpSocket::bind(local)
 }
 
 /// Resolves after SIGINT, SIGTERM or SIGHUP (Ctrl+C elsewhere). Must be
@@ -175,10 +347,18 @@ pub fn is_quit(line: &[u8]) -> bool {
     cmd == b"/quit"
 }
 
+/// How a pipe-mode session ended.
+#[derive(Debug)]
+pub struct SessionEnd {
+    pub health: Health,
+}
+
 /// The session proper: forwards `input` lines to `server`, prints what the
 /// server sends to `out`, and ends as the module documentation says. Always
 /// sends `/quit` (or the user's own `/quit` line) before returning.
-/// Errors only when `out` cannot be written.
+/// Answers an address-confirmation request at once (after printing it, as
+/// every datagram). Errors only when `out` cannot be written for another
+/// reason than a closed pipe.
 pub async fn session<W: Write>(
     sock: &UdpSocket,
     server: SocketAddr,
@@ -186,11 +366,14 @@ pub async fn session<W: Write>(
     out: &mut W,
     linger: Duration,
     stop: impl Future<Output = ()>,
-) -> io::Result<()> {
+) -> io::Result<SessionEnd> {
     tokio::pin!(stop);
     let mut buf = vec![0u8; 65536];
     let mut input_open = true;
     let mut deadline: Option<Instant> = None;
+    let mut health = Health::new(server);
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
             biased;
@@ -198,15 +381,14 @@ pub async fn session<W: Write>(
             _ = sleep_until_opt(deadline), if deadline.is_some() => break Ok(()),
             ev = input.recv(), if input_open => match ev {
                 Some(Input::Line(line)) => {
+                    send(sock, server, &line, &mut health).await;
                     if is_quit(&line) {
-                        send(sock, server, &line).await;
-                        return Ok(());
+                        return Ok(SessionEnd { health });
                     }
-                    send(sock, server, &line).await;
                 }
                 end => {
                     if let Some(Input::Error(e)) = end {
-                        eprintln!("chatclient: cannot read input: {e}");
+                        notice(&format!("cannot read input: {e}"));
                     }
                     input_open = false;
                     if linger.is_zero() {
@@ -217,17 +399,43 @@ pub async fn session<W: Write>(
             },
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) if from == server => {
+                    if let Some(text) = health.received() {
+                        notice(&text);
+                    }
                     if let Err(e) = print_line(out, &buf[..n]) {
+                        if e.kind() == io::ErrorKind::BrokenPipe {
+                            break Ok(()); // `| head`: nobody reads any more
+                        }
                         break Err(io::Error::new(e.kind(), format!("cannot write output: {e}")));
+                    }
+                    if let Some(token) = confirm_token(&buf[..n]) {
+                        send(sock, server, &confirm_reply(token), &mut health).await;
                     }
                 }
                 Ok(_) => {} // not from our server: ignored
-                Err(e) => eprintln!("chatclient: receive failed: {e}"),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    if let Some(text) = health.refused() {
+                        notice(&text);
+                    }
+                }
+                Err(e) => notice(&format!("receive failed: {e}")),
             },
+            _ = ticks.tick() => {
+                if let Some(text) = health.tick(std::time::Instant::now()) {
+                    notice(&text);
+                }
+            }
         }
     };
-    send(sock, server, b"/quit").await;
-    result
+    send(sock, server, b"/quit", &mut health).await;
+    // A refusal of the last datagrams may still be pending on the socket.
+    if let Ok(Some(e)) = sock.take_error()
+        && e.kind() == io::ErrorKind::ConnectionRefused
+        && let Some(text) = health.refused()
+    {
+        notice(&text);
+    }
+    result.map(|()| SessionEnd { health })
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -238,13 +446,26 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Sends one datagram; a failure (e.g. too large for UDP) is reported on
-/// stderr and the session goes on.
-async fn send(sock: &UdpSocket, server: SocketAddr, data: &[u8]) {
-    if let Err(e) = sock.send_to(data, server).await {
-        eprintln!(
-            "chatclient: cannot send {} bytes to {server}: {e}",
-            data.len()
-        );
+/// stderr and the session goes on. A refusal reported for an earlier
+/// datagram (ICMP) is noted and the send tried once more.
+async fn send(sock: &UdpSocket, server: SocketAddr, data: &[u8], health: &mut Health) {
+    health.sent(data, std::time::Instant::now());
+    for _ in 0..2 {
+        match sock.send_to(data, server).await {
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                if let Some(text) = health.refused() {
+                    notice(&text);
+                }
+            }
+            Err(e) => {
+                notice(&format!(
+                    "cannot send {} bytes to {server}: {e}",
+                    data.len()
+                ));
+                return;
+            }
+        }
     }
 }
 
@@ -518,5 +739,172 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(recv(&f.server).await.0, b"/quit");
+    }
+
+    #[test]
+    fn confirmation_requests_are_recognised_exactly() {
+        let req =
+            b"+OK Confirm your address to keep receiving messages: send /confirm 0123456789abcdef";
+        assert_eq!(confirm_token(req), Some(&b"0123456789abcdef"[..]));
+        assert_eq!(
+            confirm_reply(b"0123456789abcdef"),
+            b"/confirm 0123456789abcdef"
+        );
+        for bad in [
+            &b"+OK Confirm your address to keep receiving messages: send /confirm 0123456789ABCDEF"[..],
+            b"+OK Confirm your address to keep receiving messages: send /confirm 0123456789abcde",
+            b"+OK Confirm your address to keep receiving messages: send /confirm 0123456789abcdef0",
+            b"+OK Confirm your address to keep receiving messages: send /confirm 0123456789abcdeg",
+            b"<Eve> +OK Confirm your address to keep receiving messages: send /confirm 0123456789abcdef",
+        ] {
+            assert_eq!(confirm_token(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(is_confirm_answer(b"+OK Address confirmed"));
+        assert!(is_confirm_answer(b"-ERR Invalid confirmation token"));
+        assert!(!is_confirm_answer(b"<x> +OK Address confirmed"));
+    }
+
+    #[test]
+    fn health_notices_once_and_recovers() {
+        let server: SocketAddr = "127.0.0.1:5999".parse().unwrap();
+        let t0 = std::time::Instant::now();
+        let mut h = Health::new(server);
+        h.sent(b"hello", t0);
+        assert_eq!(h.tick(t0 + REPLY_TIMEOUT * 2), None, "chat lines may wait");
+        h.sent(b"/join 1", t0);
+        assert_eq!(h.tick(t0 + REPLY_TIMEOUT / 2), None);
+        let late = h.tick(t0 + REPLY_TIMEOUT).expect("a notice");
+        assert!(
+            late.contains("no reply from 127.0.0.1:5999 to \"/join 1\""),
+            "{late}"
+        );
+        assert_eq!(h.tick(t0 + REPLY_TIMEOUT * 3), None, "said once");
+        assert_eq!(h.refused(), None, "still the same outage");
+        assert!(h.failed(false));
+        assert_eq!(
+            h.received().as_deref(),
+            Some("127.0.0.1:5999 answers again")
+        );
+        assert!(!h.failed(true));
+        assert!(h.refused().unwrap().contains("refused"));
+        // /quit asks nothing: a session that only quits did not fail.
+        let mut q = Health::new(server);
+        q.sent(b"/quit", t0);
+        assert!(!q.failed(true));
+    }
+
+    #[tokio::test]
+    async fn confirmation_is_printed_and_answered_at_once() {
+        let mut f = fake().await;
+        let srv = f.server.local_addr().unwrap();
+        let tx = f.tx.clone();
+        let req =
+            b"+OK Confirm your address to keep receiving messages: send /confirm 00ff00ff00ff00ff";
+        let peer = async {
+            tx.send(Input::Line(b"hello".to_vec())).await.unwrap();
+            let (d, from) = recv(&f.server).await;
+            assert_eq!(d, b"hello");
+            f.server.send_to(req, from).await.unwrap();
+            let (d, _) = recv(&f.server).await;
+            assert_eq!(d, b"/confirm 00ff00ff00ff00ff");
+            f.server
+                .send_to(b"+OK Address confirmed", from)
+                .await
+                .unwrap();
+            f.server.send_to(b"<x> hello", from).await.unwrap();
+            tx.send(Input::Eof).await.unwrap();
+            let (d, _) = recv(&f.server).await;
+            assert_eq!(d, b"/quit");
+        };
+        let mut out = Vec::new();
+        let (r, ()) = tokio::join!(
+            session(
+                &f.client,
+                srv,
+                &mut f.rx,
+                &mut out,
+                Duration::from_millis(300),
+                std::future::pending()
+            ),
+            peer
+        );
+        let end = r.unwrap();
+        assert!(end.health.answered);
+        let mut want = req.to_vec();
+        want.extend_from_slice(b"\n+OK Address confirmed\n<x> hello\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&want)
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_datagrams_are_noticed_and_fail_the_session() {
+        // A port nobody listens on: bind, note the port, close.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server: SocketAddr = ([127, 0, 0, 1], port).into();
+        let client = bind_for(server).await.unwrap();
+        client.connect(server).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(Input::Line(b"/join 1".to_vec())).await.unwrap();
+        tx.send(Input::Eof).await.unwrap();
+        let mut out = Vec::new();
+        let end = session(
+            &client,
+            server,
+            &mut rx,
+            &mut out,
+            Duration::from_millis(300),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        assert!(out.is_empty());
+        assert!(!end.health.answered);
+        assert!(end.health.trouble, "the refusal was not seen");
+        assert!(end.health.failed(true));
+    }
+
+    #[tokio::test]
+    async fn closed_output_ends_quietly_with_quit() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut f = fake().await;
+        let srv = f.server.local_addr().unwrap();
+        let tx = f.tx.clone();
+        let peer = async {
+            tx.send(Input::Line(b"/join 1".to_vec())).await.unwrap();
+            let (_, from) = recv(&f.server).await;
+            f.server
+                .send_to(b"+OK You are now in chat room #1", from)
+                .await
+                .unwrap();
+            let (d, _) = recv(&f.server).await;
+            assert_eq!(d, b"/quit");
+        };
+        let mut closed = Closed;
+        let (r, ()) = tokio::join!(
+            session(
+                &f.client,
+                srv,
+                &mut f.rx,
+                &mut closed,
+                Duration::ZERO,
+                std::future::pending()
+            ),
+            peer
+        );
+        r.expect("a closed pipe is a normal end");
     }
 }

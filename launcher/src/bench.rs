@@ -419,6 +419,7 @@ pub fn drive(
         deadline: spec.timeout,
         linger: Duration::from_millis(100),
         progress: env.progress,
+        flood_clients: 0,
     };
     let before = kernel_rcvbuf_errors();
     let load = run_load(&plan)?;
@@ -1107,8 +1108,8 @@ pub fn fmt_num(v: f64) -> String {
 }
 
 fn print_report(r: &PresetReport) {
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "== {}{}",
         r.title,
         if r.quick {
@@ -1124,9 +1125,12 @@ fn print_report(r: &PresetReport) {
         .max()
         .unwrap_or(6)
         .max(6);
-    println!(
+    crate::outln!(
         "  {:<w$}  {:>14}  {:>16}  {:<4}  note",
-        "figure", "value", "target", "met"
+        "figure",
+        "value",
+        "target",
+        "met"
     );
     for x in &r.rows {
         let value = match x.value {
@@ -1142,15 +1146,19 @@ fn print_report(r: &PresetReport) {
             Some(false) => "NO",
             None => "",
         };
-        println!(
+        crate::outln!(
             "  {:<w$}  {:>14}  {:>16}  {:<4}  {}",
-            x.figure, value, target, met, x.note
+            x.figure,
+            value,
+            target,
+            met,
+            x.note
         );
     }
     for n in &r.notes {
-        println!("  note: {}", n.replace('\n', "\n        "));
+        crate::outln!("  note: {}", n.replace('\n', "\n        "));
     }
-    println!(
+    crate::outln!(
         "  result: {} ({:.1}s)",
         if r.ok { "OK" } else { "RUN FAILED" },
         r.duration_s
@@ -1215,7 +1223,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         scratch: scratch.clone(),
     };
     let machine = bench_proc::machine();
-    println!(
+    crate::outln!(
         "bench: {machine}; chatserver {}; server links {}",
         env.chatserver.display(),
         if env.secret_file.is_some() {
@@ -1229,7 +1237,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .components()
         .any(|c| c.as_os_str() == "debug")
     {
-        println!("bench: note: this chatserver looks like a debug build; figures want --release");
+        crate::outln!(
+            "bench: note: this chatserver looks like a debug build; figures want --release"
+        );
     }
     let presets: Vec<Preset> = if a.name == Preset::All {
         vec![
@@ -1254,7 +1264,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 reports.push(r);
             }
             Err(e) => {
-                println!("\n== {}: could not run: {e:#}", p.name());
+                crate::outln!("\n== {}: could not run: {e:#}", p.name());
                 ok = false;
             }
         }

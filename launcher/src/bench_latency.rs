@@ -195,6 +195,14 @@ fn exchange(
             sock.set_read_timeout(Some(left))?;
             match sock.recv(&mut buf) {
                 Ok(n) => {
+                    // Address confirmation (issue 13) may come during setup.
+                    if let Some(token) = client::confirm_token(&buf[..n]) {
+                        let _ = sock.send(&client::confirm_reply(token));
+                        continue;
+                    }
+                    if client::is_confirm_answer(&buf[..n]) {
+                        continue;
+                    }
                     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
                     if ok(&reply) {
                         return Ok(());
@@ -301,6 +309,15 @@ pub fn run(plan: &LatencyPlan) -> anyhow::Result<LatencyResult> {
                             Err(_) => continue,
                         };
                         let at = sh.now_ns();
+                        // Address confirmation (issue 13): answered at
+                        // once, not a delivery nor an odd line.
+                        if let Some(token) = client::confirm_token(&buf[..n]) {
+                            let _ = sock.send(&client::confirm_reply(token));
+                            continue;
+                        }
+                        if client::is_confirm_answer(&buf[..n]) {
+                            continue;
+                        }
                         if buf.first() != Some(&b'<') {
                             log.other += 1;
                             continue;

@@ -1,6 +1,28 @@
 //! The launcher library: every subcommand is a module with its own clap
 //! `Args` struct and a `run` function; `main.rs` only dispatches.
 
+/// `println!` that never panics: a closed stdout (`launcher ... | head`)
+/// is ignored, the program goes on quietly (a stress run still stops the
+/// servers it started, and its exit status still tells the result).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`outln!`]).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout();
+        let _ = write!(o, $($arg)*);
+        let _ = o.flush();
+    }};
+}
+
 pub mod bench;
 pub mod bench_cpu;
 pub mod bench_latency;

@@ -219,9 +219,15 @@ impl ProxyPlan {
         };
         for s in &cfg.servers {
             if s.forward == s.bind {
+                let fix = match cfg.format {
+                    node::config::ConfigFormat::Toml => {
+                        "set `forward_base_port` in [nodes], or `forward = \"IP:PORT\"` in each [[node]]"
+                    }
+                    _ => "use lines `FWD_IP:PORT,BIND_IP:PORT`",
+                };
                 bail!(
                     "{}: server {} ({}, line {}) has no separate forwarding address, so a proxy cannot sit in \
-                     front of it; use lines `FWD_IP:PORT,BIND_IP:PORT`",
+                     front of it; {fix}",
                     cfg.source.display(),
                     s.name,
                     s.bind,

@@ -10,7 +10,7 @@
 //! passed.
 
 use crate::proxy::{self, ProxyCounts, faults_active};
-use crate::stress_cluster::{Cluster, ClusterSpec, default_chatserver};
+use crate::stress_cluster::{Cluster, ClusterSpec, default_chatserver, on_fresh_ports};
 use crate::stress_load::{LoadPlan, LoadResult, run_load};
 use anyhow::{Context, bail};
 use clap::Args;
@@ -76,6 +76,12 @@ pub struct StressArgs {
     /// No progress lines on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Also run N flooding clients in room 1 that send small messages
+    /// (`F1-000123`) as fast as they can while the others send. The server
+    /// may refuse their posts (not a failure); what it delivers of theirs
+    /// is checked like every message, and every normal message must arrive.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub flood_clients: usize,
 }
 
 /// Latency figures in microseconds.
@@ -127,9 +133,28 @@ pub struct StressReport {
     pub garbled: u64,
     pub garbled_examples: Vec<String>,
     pub server_problems: Vec<String>,
+    /// Address-confirmation requests answered (issue 13).
+    pub confirmations: u64,
+    pub flood: Option<FloodSummary>,
+    /// Peak RSS (VmHWM) of each server this run started, in KiB; empty
+    /// with --attach (not known).
+    pub server_peak_rss_kib: Vec<Option<u64>>,
     /// How long the checker took.
     pub check_s: f64,
     pub check: Report,
+}
+
+/// What the flooding clients did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloodSummary {
+    pub clients: usize,
+    pub sent: u64,
+    /// Flood messages that reached the room (at least one member).
+    pub delivered: u64,
+    /// Deliveries of flood messages (datagrams, all members).
+    pub deliveries: u64,
+    /// `-ERR` replies the flooding clients got.
+    pub refused_replies: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,19 +195,29 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| cfg.ordering.clone())
         .context("no ordering mode: give --ordering MODE (the file names none)")?;
+    let mode_context = || match &a.ordering {
+        Some(m) => format!("-o {m}"),
+        None => format!("{}: ordering {mode}", a.file.display()),
+    };
     // A mode this launcher does not know (a plugin in another chatserver
     // build) is fine with --attach or --chatserver: --check says what to check.
-    let claimed = match orderings::lookup(&mode) {
-        Ok(spec) => Properties::from_guarantees(spec.guarantees),
+    let (claimed, mode) = match orderings::lookup(&mode) {
+        Ok(spec) => (
+            Properties::from_guarantees(spec.guarantees),
+            spec.name.to_string(),
+        ),
         Err(_) if a.attach || a.chatserver.is_some() => {
             if a.check.is_none() {
                 eprintln!(
                     "stress: mode '{mode}' is not registered in this launcher; checking exactly-once only (add --check to check more)"
                 );
             }
-            Properties::from_guarantees(orderings::Guarantees::NONE)
+            (
+                Properties::from_guarantees(orderings::Guarantees::NONE),
+                mode,
+            )
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::new(e).context(mode_context())),
     };
     let props = claimed.union(a.check.unwrap_or(Properties::NONE));
     if a.clients == 0 || a.rooms == 0 {
@@ -236,6 +271,9 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
             Some(p) => p.clone(),
             None => default_chatserver(&cfg)?,
         };
+        // Never the file's ports: a cluster may be running there (then
+        // our servers could not bind and our clients would chat into it).
+        let cfg = on_fresh_ports(&cfg)?;
         let rooms = a.rooms.max(cfg.rooms);
         let cspec = ClusterSpec {
             cfg: cfg.clone(),
@@ -248,7 +286,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         };
         if !a.quiet {
             eprintln!(
-                "stress: starting {} servers ({mode}){}",
+                "stress: starting {} servers ({mode}) on free ports of their own{}",
                 cfg.servers.len(),
                 match &faults {
                     Some(f) if faults_active(f) =>
@@ -299,6 +337,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
             .max(Duration::from_secs(1)),
         linger: Duration::from_millis(200),
         progress: !a.quiet,
+        flood_clients: a.flood_clients,
     };
     let drops_before = kernel_rcvbuf_errors();
     let load = run_load(&plan);
@@ -306,7 +345,9 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
     let mut server_problems = Vec::new();
     let mut proxy_counts = None;
     let mut server_counters = std::collections::BTreeMap::new();
+    let mut peak_rss = Vec::new();
     if let Some(mut c) = cluster.take() {
+        peak_rss = c.peak_rss_kib();
         server_problems = c.dead_servers();
         proxy_counts = c.stop(Duration::from_secs(3));
         server_counters = c.server_counters();
@@ -330,6 +371,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         server_counters,
         server_problems,
         check_s,
+        peak_rss,
     );
     print_report(&report);
     if let Some(path) = &a.json {
@@ -357,6 +399,7 @@ fn build_report(
     server_counters: std::collections::BTreeMap<String, u64>,
     server_problems: Vec<String>,
     check_s: f64,
+    server_peak_rss_kib: Vec<Option<u64>>,
 ) -> StressReport {
     let h = &load.latency;
     let latency = Latency {
@@ -403,14 +446,51 @@ fn build_report(
         garbled: load.garbled,
         garbled_examples: load.garbled_examples,
         server_problems,
+        confirmations: load.confirmations,
+        flood: (a.flood_clients > 0).then_some(FloodSummary {
+            clients: a.flood_clients,
+            sent: load.flood_sent,
+            delivered: load.flood_delivered,
+            deliveries: load.flood_deliveries,
+            refused_replies: load.flood_refused,
+        }),
+        server_peak_rss_kib,
         check_s,
         check,
     }
 }
 
+/// The checker's verdict for the report: every violation is counted (the
+/// counts are exact), only the examples are capped.
+pub fn check_text(r: &Report) -> String {
+    let head = format!(
+        "checked {} over {} members, {} rooms, {} messages, {} deliveries: ",
+        r.checked, r.members, r.rooms, r.messages, r.deliveries
+    );
+    if r.ok() {
+        return head + "OK";
+    }
+    let by_kind: Vec<String> = r
+        .counts
+        .iter()
+        .filter(|(_, c)| **c > 0)
+        .map(|(k, c)| format!("{c} {k}"))
+        .collect();
+    let mut s = format!(
+        "{head}FAILED: {} violations in all ({}; every violation is counted), the first {} of each kind shown:",
+        r.total_violations(),
+        by_kind.join(", "),
+        orderings::check::DEFAULT_EXAMPLES
+    );
+    for e in &r.examples {
+        s.push_str(&format!("\n  {}: {}", e.violation.kind(), e.text));
+    }
+    s
+}
+
 fn print_report(r: &StressReport) {
     let ms = |us: u64| us as f64 / 1000.0;
-    println!(
+    crate::outln!(
         "stress: mode {} ({} servers, {} clients, {} rooms, {} messages each{}), checking {}",
         r.mode,
         r.servers,
@@ -426,7 +506,7 @@ fn print_report(r: &StressReport) {
         },
         r.properties
     );
-    println!(
+    crate::outln!(
         "  sent {} messages, {}/{} deliveries ({} datagrams) in {:.3}s, stopped: {}",
         r.sent,
         r.distinct_deliveries,
@@ -435,11 +515,12 @@ fn print_report(r: &StressReport) {
         r.run_duration_s,
         r.stop_reason
     );
-    println!(
+    crate::outln!(
         "  throughput {:.0} messages/s, {:.0} deliveries/s",
-        r.messages_per_s, r.deliveries_per_s
+        r.messages_per_s,
+        r.deliveries_per_s
     );
-    println!(
+    crate::outln!(
         "  latency send->delivery: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
         ms(r.latency.p50_us),
         ms(r.latency.p90_us),
@@ -447,16 +528,53 @@ fn print_report(r: &StressReport) {
         ms(r.latency.max_us),
         r.latency.count
     );
+    if let Some(f) = &r.flood {
+        crate::outln!(
+            "  flood: {} client{} in room 1 sent {} messages; {} reached the room ({} deliveries), {} -ERR replies (refused posts)",
+            f.clients,
+            if f.clients == 1 { "" } else { "s" },
+            f.sent,
+            f.delivered,
+            f.deliveries,
+            f.refused_replies
+        );
+        crate::outln!(
+            "  normal clients' latency during the flood: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            ms(r.latency.p50_us),
+            ms(r.latency.p99_us),
+            ms(r.latency.max_us)
+        );
+    }
+    if r.attached {
+        crate::outln!("  servers' peak RSS: not known (attached to a running cluster)");
+    } else if !r.server_peak_rss_kib.is_empty() {
+        let each: Vec<String> = r
+            .server_peak_rss_kib
+            .iter()
+            .enumerate()
+            .map(|(i, k)| match k {
+                Some(k) => format!("s{} {:.1} MiB", i + 1, *k as f64 / 1024.0),
+                None => format!("s{} unknown", i + 1),
+            })
+            .collect();
+        crate::outln!("  servers' peak RSS (VmHWM): {}", each.join(", "));
+    }
+    if r.confirmations > 0 {
+        crate::outln!(
+            "  {} address-confirmation requests answered",
+            r.confirmations
+        );
+    }
     match r.kernel_rcvbuf_errors {
-        Some(n) => println!("  kernel UDP receive-buffer drops during the run: {n}"),
-        None => println!("  kernel UDP receive-buffer drops: unknown (no /proc/net/snmp)"),
+        Some(n) => crate::outln!("  kernel UDP receive-buffer drops during the run: {n}"),
+        None => crate::outln!("  kernel UDP receive-buffer drops: unknown (no /proc/net/snmp)"),
     }
     if let Some(p) = &r.proxy {
-        println!("  proxy: {p}");
+        crate::outln!("  proxy: {p}");
     }
     if !r.server_counters.is_empty() {
         let c = |k: &str| r.server_counters.get(k).copied().unwrap_or(0);
-        println!(
+        crate::outln!(
             "  servers (summed): {} server datagrams sent, {} retransmitted payloads, {} duplicate payloads dropped, {} bad peer datagrams, {} posts refused",
             c("link_datagrams_sent"),
             c("retransmissions"),
@@ -464,23 +582,34 @@ fn print_report(r: &StressReport) {
             c("bad_peer_datagrams"),
             c("refused_posts")
         );
+        let lost = r.proxy.as_ref().map_or(0, |p| p.dropped);
+        if c("retransmissions") > 0 && lost == 0 && r.faults.is_some() {
+            crate::outln!(
+                "    (no datagram was lost: these resends were spurious. The proxy's delay reorders \
+                 datagrams; a link takes a datagram overtaken by later ones for a lost one, reports \
+                 the gap and the sender resends it after about one round trip; the late original \
+                 arrives too, and one of the two is dropped as a duplicate)"
+            );
+        }
     }
     if r.other_replies > 0 {
-        println!(
+        crate::outln!(
             "  {} other datagrams (not deliveries), e.g. {:?}",
-            r.other_replies, r.other_examples
+            r.other_replies,
+            r.other_examples
         );
     }
     if r.garbled > 0 {
-        println!(
+        crate::outln!(
             "  {} garbled deliveries, e.g. {:?}",
-            r.garbled, r.garbled_examples
+            r.garbled,
+            r.garbled_examples
         );
     }
     for p in &r.server_problems {
-        println!("  {p}");
+        crate::outln!("  {p}");
     }
-    println!("  {}", r.check.to_string().replace('\n', "\n  "));
-    println!("  checker took {:.3}s", r.check_s);
-    println!("  result: {}", if r.ok { "PASS" } else { "FAIL" });
+    crate::outln!("  {}", check_text(&r.check).replace('\n', "\n  "));
+    crate::outln!("  checker took {:.3}s", r.check_s);
+    crate::outln!("  result: {}", if r.ok { "PASS" } else { "FAIL" });
 }

@@ -88,6 +88,33 @@ pub fn fresh_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .map_err(Into::into)
 }
 
+/// The cluster of `cfg` moved to free ports of its own: each server's bind
+/// (and separate forwarding) address gets a port that was free a moment ago
+/// on the same IP. `launcher stress` without `--attach` runs there, so it
+/// never talks to a cluster that runs on the file's ports.
+pub fn on_fresh_ports(cfg: &ClusterConfig) -> anyhow::Result<ClusterConfig> {
+    let mut out = cfg.clone();
+    let mut held = Vec::new();
+    let mut pick = |ip: std::net::IpAddr| -> anyhow::Result<u16> {
+        let s = std::net::UdpSocket::bind((ip, 0))
+            .with_context(|| format!("picking a free port on {ip}"))?;
+        let port = s.local_addr()?.port();
+        held.push(s);
+        Ok(port)
+    };
+    for s in &mut out.servers {
+        let separate = s.forward != s.bind;
+        let bind = SocketAddr::new(s.bind.ip(), pick(s.bind.ip())?);
+        s.forward = if separate {
+            SocketAddr::new(s.forward.ip(), pick(s.forward.ip())?)
+        } else {
+            bind
+        };
+        s.bind = bind;
+    }
+    Ok(out)
+}
+
 /// The forwarding addresses to use: the file's, or fresh ports on the bind
 /// addresses' hosts when a proxy is needed and the file has none.
 fn forwarding_addresses(cfg: &ClusterConfig, proxy: bool) -> anyhow::Result<Vec<SocketAddr>> {
@@ -121,6 +148,12 @@ fn forwarding_addresses(cfg: &ClusterConfig, proxy: bool) -> anyhow::Result<Vec<
         .zip(ports)
         .map(|(s, p)| SocketAddr::new(s.bind.ip(), p))
         .collect())
+}
+
+/// `VmHWM:  1234 kB` of a /proc/PID/status text, in KiB.
+pub fn vm_hwm_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn scratch_dir() -> anyhow::Result<PathBuf> {
@@ -212,7 +245,9 @@ impl Cluster {
                     let mut tx = Some(tx);
                     for line in BufReader::new(stderr).lines() {
                         let Ok(line) = line else { break };
-                        let ready = line.contains("ready");
+                        // " ready: listening on" exactly: "Address already in
+                        // use" contains "ready" too (issue 18).
+                        let ready = line.contains(" ready: listening on ");
                         if let Ok(mut k) = keep.lock() {
                             if k.len() == KEEP_LINES {
                                 k.pop_front();
@@ -277,6 +312,23 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Each server's peak resident set (VmHWM of /proc/PID/status) in KiB,
+    /// while it still runs; `None` for a server that exited or a kernel
+    /// without /proc.
+    pub fn peak_rss_kib(&mut self) -> Vec<Option<u64>> {
+        self.servers
+            .iter_mut()
+            .map(|s| {
+                if !matches!(s.child.try_wait(), Ok(None)) {
+                    return None;
+                }
+                let text =
+                    std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).ok()?;
+                vm_hwm_kib(&text)
+            })
+            .collect()
     }
 
     /// Servers that have exited, with their status and last output.

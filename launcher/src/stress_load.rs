@@ -11,6 +11,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
@@ -46,6 +48,30 @@ pub struct LoadPlan {
     pub linger: Duration,
     /// Print a progress line on stderr every second.
     pub progress: bool,
+    /// Extra clients in room 1 that send as fast as they can while the
+    /// others send (issue 13's one flooding client, `--flood-clients`).
+    pub flood_clients: usize,
+}
+
+/// Most messages one flooding client sends (with the run's deadline and
+/// the end of the normal clients' sending, the flood's bounds).
+pub const FLOOD_MAX_PER_CLIENT: u32 = 2_000_000;
+
+/// The body of flood message `seq` of flooding client `f`: `F1-000123`.
+pub fn flood_body(f: usize, seq: u32) -> String {
+    format!("F{f}-{seq:06}")
+}
+
+/// Parses a flood delivery `<Ff> Ff-SEQ` into (f, SEQ).
+pub fn parse_flood(line: &[u8]) -> Option<(u32, u32)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let (nick, body) = text.strip_prefix('<')?.split_once("> ")?;
+    let f: u32 = nick.strip_prefix('F')?.parse().ok()?;
+    let (who, seq) = body.split_once('-')?;
+    if who != nick || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((f, seq.parse().ok()?))
 }
 
 /// Where client `c` goes: room `c % G + 1` on server `(c / G + c % G) % S`,
@@ -97,6 +123,8 @@ enum Ev {
 }
 
 struct ClientSt {
+    /// A flooding client (ids from `plan.clients` on).
+    flood: bool,
     room: u32,
     server: usize,
     sock: Rc<UdpSocket>,
@@ -122,6 +150,8 @@ struct Shared {
     last_send: Cell<u64>,
     last_delivery: Cell<u64>,
     last_progress: Cell<Instant>,
+    /// When any datagram last arrived (flood included).
+    last_any: Cell<Instant>,
     sending_done: Cell<bool>,
     stop: Cell<bool>,
     other: Cell<u64>,
@@ -130,6 +160,12 @@ struct Shared {
     garbled_examples: RefCell<Vec<String>>,
     latency: RefCell<Histogram<u64>>,
     expected_so_far: Cell<u64>,
+    /// Address-confirmation requests answered (issue 13).
+    confirmations: Cell<u64>,
+    /// Deliveries of flood messages (datagrams, any member).
+    flood_deliveries: Cell<u64>,
+    /// `-ERR` replies to flooding clients (their posts refused).
+    flood_refused: Cell<u64>,
 }
 
 impl Shared {
@@ -139,6 +175,37 @@ impl Shared {
 
     fn on_datagram(&self, c: usize, data: &[u8]) {
         let at = self.now_us();
+        self.last_any.set(Instant::now());
+        // The server asks a client to confirm its address: answered at once,
+        // and neither the request nor the answer is a delivery or an
+        // unexpected line.
+        if let Some(token) = client::confirm_token(data) {
+            let sock = self.clients.borrow()[c].sock.clone();
+            let _ = sock.try_send(&client::confirm_reply(token));
+            self.confirmations.set(self.confirmations.get() + 1);
+            return;
+        }
+        if client::is_confirm_answer(data) {
+            return;
+        }
+        let flooder = c >= self.plan.clients;
+        if flooder && data.starts_with(b"-ERR") {
+            self.flood_refused.set(self.flood_refused.get() + 1);
+            return;
+        }
+        if let Some((f, seq)) =
+            parse_flood(data).filter(|&(f, q)| (f as usize) < self.plan.flood_clients && q >= 1)
+        {
+            self.deliveries.set(self.deliveries.get() + 1);
+            self.flood_deliveries.set(self.flood_deliveries.get() + 1);
+            let sender = (self.plan.clients + f as usize) as u32;
+            self.clients.borrow_mut()[c]
+                .log
+                .push(Ev::Delivered { sender, seq, at });
+            return;
+        }
+        // Progress is the normal clients' traffic: a flood alone does not
+        // keep a stalled run going.
         self.last_progress.set(Instant::now());
         if data.first() != Some(&b'<') {
             self.other.set(self.other.get() + 1);
@@ -154,7 +221,7 @@ impl Shared {
         self.deliveries.set(self.deliveries.get() + 1);
         let mut clients = self.clients.borrow_mut();
         let Some((sender, seq)) =
-            parse_delivery(data).filter(|&(s, q)| (s as usize) < clients.len() && q >= 1)
+            parse_delivery(data).filter(|&(s, q)| (s as usize) < self.plan.clients && q >= 1)
         else {
             self.garbled.set(self.garbled.get() + 1);
             let mut ex = self.garbled_examples.borrow_mut();
@@ -209,6 +276,13 @@ pub struct LoadResult {
     pub stop_reason: &'static str,
     /// Per server, how many clients it had.
     pub clients_per_server: Vec<usize>,
+    pub confirmations: u64,
+    /// Messages the flooding clients sent.
+    pub flood_sent: u64,
+    /// Flood messages that reached at least one member.
+    pub flood_delivered: u64,
+    pub flood_deliveries: u64,
+    pub flood_refused: u64,
 }
 
 /// Runs the workload on a fresh single-threaded runtime.
@@ -230,8 +304,13 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
     let mut clients = Vec::with_capacity(plan.clients);
     let mut room_size = vec![0u64; plan.rooms as usize + 1];
     let mut per_server = vec![0usize; plan.servers.len()];
-    for c in 0..plan.clients {
-        let (server, room) = assign(c, plan.servers.len(), plan.rooms);
+    for c in 0..plan.clients + plan.flood_clients {
+        let flood = c >= plan.clients;
+        let (server, room) = if flood {
+            ((c - plan.clients) % plan.servers.len(), 1)
+        } else {
+            assign(c, plan.servers.len(), plan.rooms)
+        };
         let local: SocketAddr = if plan.servers[server].is_ipv4() {
             "127.0.0.1:0".parse().expect("addr")
         } else {
@@ -254,9 +333,12 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         sock.connect(plan.servers[server])
             .await
             .context("connecting a client socket")?;
-        room_size[room as usize] += 1;
-        per_server[server] += 1;
+        if !flood {
+            room_size[room as usize] += 1;
+            per_server[server] += 1;
+        }
         clients.push(ClientSt {
+            flood,
             room,
             server,
             sock: Rc::new(sock),
@@ -281,6 +363,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         last_send: Cell::new(0),
         last_delivery: Cell::new(0),
         last_progress: Cell::new(Instant::now()),
+        last_any: Cell::new(Instant::now()),
         sending_done: Cell::new(false),
         stop: Cell::new(false),
         other: Cell::new(0),
@@ -289,17 +372,28 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         garbled_examples: RefCell::new(Vec::new()),
         latency: RefCell::new(latency),
         expected_so_far: Cell::new(0),
+        confirmations: Cell::new(0),
+        flood_deliveries: Cell::new(0),
+        flood_refused: Cell::new(0),
     });
+    let everyone = plan.clients + plan.flood_clients;
 
     // Setup: every client joins its room and sets its nick, all at once.
     let mut setups = Vec::new();
-    for c in 0..plan.clients {
+    let nick = |c: usize| {
+        if c < plan.clients {
+            format!("c{c}")
+        } else {
+            format!("F{}", c - plan.clients)
+        }
+    };
+    for c in 0..everyone {
         let (sock, room) = {
             let cl = sh.clients.borrow();
             (cl[c].sock.clone(), cl[c].room)
         };
         setups.push(tokio::task::spawn_local(setup_client(
-            c,
+            nick(c),
             sock,
             room,
             hard_deadline,
@@ -308,7 +402,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
     for (c, s) in setups.into_iter().enumerate() {
         s.await
             .context("setup task")?
-            .with_context(|| format!("setting up client c{c}"))?;
+            .with_context(|| format!("setting up client {}", nick(c)))?;
     }
     let setup = start.elapsed();
     if plan.progress {
@@ -323,7 +417,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
 
     // Receivers, then the sender.
     let mut tasks = Vec::new();
-    for c in 0..plan.clients {
+    for c in 0..everyone {
         let sock = sh.clients.borrow()[c].sock.clone();
         let sh2 = sh.clone();
         tasks.push(tokio::task::spawn_local(async move {
@@ -337,6 +431,32 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         }));
     }
     sh.last_progress.set(Instant::now());
+    // The flood: one OS thread sends for all flooding clients (blocking
+    // sends on clones of their sockets), so that it competes with the
+    // servers, not with this runtime's receivers.
+    let flood_stop = Arc::new(AtomicBool::new(false));
+    let flood = if plan.flood_clients > 0 {
+        let socks = (plan.clients..everyone)
+            .map(|c| {
+                let cl = sh.clients.borrow();
+                let fd = std::os::fd::AsFd::as_fd(&*cl[c].sock).try_clone_to_owned()?;
+                Ok(std::net::UdpSocket::from(fd))
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("cloning the flood sockets")?;
+        let stop = flood_stop.clone();
+        let until =
+            std::time::Instant::now() + hard_deadline.saturating_duration_since(Instant::now());
+        let t0 = std::time::Instant::now() - start.elapsed();
+        Some(
+            std::thread::Builder::new()
+                .name("flood".into())
+                .spawn(move || flood_sender(socks, stop, until, t0))
+                .context("starting the flood thread")?,
+        )
+    } else {
+        None
+    };
     tasks.push(tokio::task::spawn_local(sender(sh.clone())));
 
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
@@ -352,6 +472,9 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         }
         let now = Instant::now();
         let all_sent = sh.sending_done.get();
+        if all_sent {
+            flood_stop.store(true, Ordering::Relaxed);
+        }
         if all_sent && sh.distinct.get() >= sh.expected_so_far.get() {
             break "complete";
         }
@@ -374,6 +497,21 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         )
         .await;
     }
+    flood_stop.store(true, Ordering::Relaxed);
+    let flood_log: Vec<Vec<(u32, u64)>> = match flood {
+        Some(t) => t.join().unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if stop_reason == "complete" && plan.flood_clients > 0 {
+        // The last flood messages are still on their way: wait for quiet
+        // (bounded), so that whatever is delivered is delivered everywhere.
+        let until = (Instant::now() + plan.quiet).min(hard_deadline);
+        while Instant::now() < until
+            && Instant::now().duration_since(sh.last_any.get()) < Duration::from_millis(300)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     sh.stop.set(true);
     for t in &tasks {
         t.abort();
@@ -389,8 +527,39 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
     let mut history = History::new();
     let clients = sh.clients.take();
     for (c, st) in clients.iter().enumerate() {
-        let id = history.add_member(format!("c{c}"), st.room);
+        // A flooding client's own receive path is not under test (its
+        // socket overflows): it is checked on what it got only.
+        let opts = orderings::check::MemberOpts {
+            partial: st.flood,
+            optional_sends: false,
+        };
+        let id = history.add_member_with(nick(c), st.room, opts);
         debug_assert_eq!(id as usize, c);
+    }
+    // A flood message counts as sent when it reached anybody: the others
+    // were refused by the server (that is allowed), and a message that got
+    // through must then reach every member, in the mode's order.
+    let mut flood_delivered = 0u64;
+    let mut reached: HashSet<(u32, u32)> = HashSet::new();
+    for st in &clients {
+        for ev in &st.log {
+            if let Ev::Delivered { sender, seq, .. } = *ev
+                && sender as usize >= plan.clients
+            {
+                reached.insert((sender, seq));
+            }
+        }
+    }
+    let mut flood_sent = 0u64;
+    for (f, log) in flood_log.iter().enumerate() {
+        let me = (plan.clients + f) as u32;
+        flood_sent += log.len() as u64;
+        for &(seq, at) in log {
+            if reached.contains(&(me, seq)) {
+                history.sent(me, u64::from(seq), at);
+                flood_delivered += 1;
+            }
+        }
     }
     for (c, st) in clients.iter().enumerate() {
         let me = c as u32;
@@ -443,7 +612,46 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         run_duration,
         stop_reason,
         clients_per_server: per_server,
+        confirmations: sh.confirmations.get(),
+        flood_sent,
+        flood_delivered,
+        flood_deliveries: sh.flood_deliveries.get(),
+        flood_refused: sh.flood_refused.get(),
     })
+}
+
+/// Sends flood messages round-robin over `socks` until `stop`, `until` or
+/// [`FLOOD_MAX_PER_CLIENT`] each; returns per client the (seq, µs since
+/// `t0`) of every message sent.
+fn flood_sender(
+    socks: Vec<std::net::UdpSocket>,
+    stop: Arc<AtomicBool>,
+    until: std::time::Instant,
+    t0: std::time::Instant,
+) -> Vec<Vec<(u32, u64)>> {
+    let mut logs: Vec<Vec<(u32, u64)>> = vec![Vec::new(); socks.len()];
+    let mut seq = vec![0u32; socks.len()];
+    'outer: for round in 0u64.. {
+        if round % 64 == 0 && (stop.load(Ordering::Relaxed) || std::time::Instant::now() >= until) {
+            break;
+        }
+        for (f, s) in socks.iter().enumerate() {
+            if seq[f] >= FLOOD_MAX_PER_CLIENT {
+                break 'outer;
+            }
+            let next = seq[f] + 1;
+            match s.send(flood_body(f, next).as_bytes()) {
+                Ok(_) => {
+                    seq[f] = next;
+                    logs[f].push((next, t0.elapsed().as_micros() as u64));
+                }
+                // A full socket buffer (the sockets are non-blocking) or an
+                // ICMP error: not sent; go on.
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+    }
+    logs
 }
 
 fn progress_line(sh: &Shared) {
@@ -479,6 +687,14 @@ async fn exchange(
         loop {
             match tokio::time::timeout_at(until, sock.recv(&mut buf)).await {
                 Ok(Ok(n)) => {
+                    // Address confirmation (issue 13) may come during setup.
+                    if let Some(token) = client::confirm_token(&buf[..n]) {
+                        let _ = sock.send(&client::confirm_reply(token)).await;
+                        continue;
+                    }
+                    if client::is_confirm_answer(&buf[..n]) {
+                        continue;
+                    }
                     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
                     if ok(&reply) {
                         return Ok(());
@@ -501,7 +717,7 @@ async fn exchange(
 }
 
 async fn setup_client(
-    c: usize,
+    nick: String,
     sock: Rc<UdpSocket>,
     room: u32,
     deadline: Instant,
@@ -516,7 +732,7 @@ async fn setup_client(
     .await?;
     exchange(
         &sock,
-        &format!("/nick c{c}"),
+        &format!("/nick {nick}"),
         |r| r.starts_with("+OK"),
         deadline,
     )
@@ -654,5 +870,10 @@ mod tests {
         assert_eq!(parse_delivery(b"<c3> c4-s1-r1-000007"), None);
         assert_eq!(parse_delivery(b"<c3> c3-s1-r1-00x007"), None);
         assert_eq!(parse_delivery(b"+OK"), None);
+        assert_eq!(flood_body(1, 123), "F1-000123");
+        assert_eq!(parse_flood(b"<F1> F1-000123"), Some((1, 123)));
+        assert_eq!(parse_flood(b"<F1> F2-000123"), None);
+        assert_eq!(parse_flood(b"<F1> F1-00x123"), None);
+        assert_eq!(parse_delivery(b"<F1> F1-000123"), None);
     }
 }

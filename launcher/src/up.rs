@@ -118,8 +118,8 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
     // Every node is gone: nothing else writes to stdout any more.
     if let Some(p) = proxy {
         match p.stop() {
-            Ok(counts) => println!("launcher: proxy stopped: {counts}"),
-            Err(e) => println!("launcher: proxy stopped with an error: {e:#}"),
+            Ok(counts) => crate::outln!("launcher: proxy stopped: {counts}"),
+            Err(e) => crate::outln!("launcher: proxy stopped with an error: {e:#}"),
         }
     }
     result
@@ -163,10 +163,21 @@ fn random_hex(n: usize) -> anyhow::Result<String> {
 
 pub fn run_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::build(&a.file, a.ordering.as_deref())?;
-    print!("{}", plan.describe());
-    refuse_if_running(&plan)?;
+    crate::out!("{}", plan.describe());
+    // A running cluster holds its own ports: the file is valid all the same.
+    if let Some(st) = state::read(&plan.state_file())?
+        && live_launcher(&st)
+    {
+        crate::outln!(
+            "ok: the file is valid; cluster {} is already running under launcher pid {} (its nodes hold the bind addresses; `launcher status {}` lists them)",
+            st.cluster,
+            st.launcher_pid,
+            plan.config_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     plan.check_ports()?;
-    println!(
+    crate::outln!(
         "ok: {} bind address{} free",
         plan.nodes.len(),
         if plan.nodes.len() == 1 {
@@ -182,7 +193,7 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let cfg = plan::load_config(&a.file)?;
     let path = plan::state_file(&cfg)?;
     let Some(st) = state::read(&path)? else {
-        println!(
+        crate::outln!(
             "cluster {}: not running (no state file {})",
             cfg.name,
             path.display()
@@ -191,12 +202,14 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     let running = live_launcher(&st);
     if running {
-        println!(
+        crate::outln!(
             "cluster {}: launcher pid {} running, ordering {}",
-            st.cluster, st.launcher_pid, st.ordering
+            st.cluster,
+            st.launcher_pid,
+            st.ordering
         );
     } else {
-        println!(
+        crate::outln!(
             "cluster {}: launcher pid {} is NOT running (stale state file {}; run `launcher down` to clean up)",
             st.cluster,
             st.launcher_pid,
@@ -210,9 +223,14 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    crate::outln!(
         "{:w$}  {:>8}  {:10}  {:5}  {:21}  {:>8}  LAST EXIT",
-        "NAME", "PID", "STATE", "ALIVE", "BIND", "RESTARTS"
+        "NAME",
+        "PID",
+        "STATE",
+        "ALIVE",
+        "BIND",
+        "RESTARTS"
     );
     for n in &st.nodes {
         let alive = match (n.pid, n.start_time) {
@@ -220,7 +238,7 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             _ => false,
         };
         let pid = n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        println!(
+        crate::outln!(
             "{:w$}  {:>8}  {:10}  {:5}  {:21}  {:>8}  {}",
             n.name,
             pid,
@@ -255,7 +273,7 @@ pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
     let cfg = plan::load_config(&a.file)?;
     let path = plan::state_file(&cfg)?;
     let Some(st) = state::read(&path)? else {
-        println!("cluster {}: not running", cfg.name);
+        crate::outln!("cluster {}: not running", cfg.name);
         return Ok(ExitCode::SUCCESS);
     };
     let stop_timeout = Duration::from_millis(cfg.supervise.stop_timeout_ms);
@@ -267,14 +285,14 @@ pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => anyhow::bail!("cannot signal launcher pid {pid}: {e}"),
         }
-        println!("cluster {}: sent SIGTERM to launcher pid {pid}", st.cluster);
+        crate::outln!("cluster {}: sent SIGTERM to launcher pid {pid}", st.cluster);
         if !wait_until(deadline, || !live_launcher(&st)) {
             anyhow::bail!(
                 "launcher pid {pid} is still running {} s after SIGTERM",
                 (stop_timeout + Duration::from_secs(5)).as_secs()
             );
         }
-        println!("cluster {}: stopped", st.cluster);
+        crate::outln!("cluster {}: stopped", st.cluster);
         return Ok(ExitCode::SUCCESS);
     }
     // The launcher died without cleaning up (SIGKILL?). Its nodes normally
@@ -286,7 +304,7 @@ pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
         .filter(|(p, t, _)| state::is_same_process(*p, *t))
         .collect();
     for (pid, _, name) in &alive {
-        println!(
+        crate::outln!(
             "cluster {}: {name} (pid {pid}) outlived its launcher; sending SIGTERM",
             st.cluster
         );
@@ -300,7 +318,7 @@ pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
     if !wait_until(Instant::now() + stop_timeout, all_gone) {
         for (pid, t, name) in &alive {
             if state::is_same_process(*pid, *t) {
-                println!(
+                crate::outln!(
                     "cluster {}: {name} (pid {pid}) ignored SIGTERM; sending SIGKILL",
                     st.cluster
                 );
@@ -313,9 +331,10 @@ pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::remove_file(&path)
         .with_context(|| format!("cannot remove stale state file {}", path.display()))?;
-    println!(
+    crate::outln!(
         "cluster {}: launcher pid {} was not running; removed its stale state file",
-        st.cluster, st.launcher_pid
+        st.cluster,
+        st.launcher_pid
     );
     Ok(ExitCode::SUCCESS)
 }

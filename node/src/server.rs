@@ -159,7 +159,15 @@ impl Server {
     fn handle(&mut self, from: SocketAddr, data: &[u8], len: usize) {
         if let Some(&peer) = self.peers.get(&from) {
             self.stats.peer_datagrams += 1;
-            tracing::info!("Received {len} bytes from {peer}");
+            if tracing::enabled!(tracing::Level::INFO) {
+                match crate::verbose::payloads_in(data) {
+                    Some(0) => tracing::debug!(
+                        "Received {len} bytes from {peer} (no payload: heartbeat or acknowledgement)"
+                    ),
+                    Some(n) => tracing::info!("Received {len} bytes from {peer} ({n} payload(s))"),
+                    None => tracing::debug!("Received {len} bytes from {peer} (undecodable)"),
+                }
+            }
             let now = self.now();
             let result = if len > data.len() {
                 Err(orderings::WireError::OutOfRange("datagram length"))
@@ -193,7 +201,7 @@ impl Server {
             let client = outcome.client.unwrap_or(0);
             tracing::info!(
                 "Client {client} posts \"{}\" to chat room #{room}",
-                String::from_utf8_lossy(data).escape_debug()
+                crate::verbose::shown(data)
             );
             let now = self.now();
             let fair =
@@ -220,7 +228,7 @@ impl Server {
             tracing::info!(
                 "Client {} <- \"{}\"",
                 outcome.client.unwrap_or(0),
-                String::from_utf8_lossy(&reply).escape_debug()
+                crate::verbose::shown(&reply)
             );
             self.out.push(from, Bytes::from(reply));
         }
@@ -285,7 +293,23 @@ impl Server {
         let now = self.now();
         while let Some(t) = self.replica.poll_transmit(now) {
             let to = self.forward[t.to.index()];
-            tracing::info!("Sent {} bytes to {}", t.payload.len(), t.to);
+            if tracing::enabled!(tracing::Level::INFO) {
+                match crate::verbose::payloads_in(&t.payload) {
+                    Some(0) => tracing::debug!(
+                        "Sent {} bytes to {} (no payload: heartbeat or acknowledgement)",
+                        t.payload.len(),
+                        t.to
+                    ),
+                    Some(n) => {
+                        tracing::info!(
+                            "Sent {} bytes to {} ({n} payload(s))",
+                            t.payload.len(),
+                            t.to
+                        )
+                    }
+                    None => tracing::debug!("Sent {} bytes to {}", t.payload.len(), t.to),
+                }
+            }
             self.out.push(to, Bytes::from(t.payload));
         }
         while let Some(d) = self.replica.poll_delivery() {

@@ -1,7 +1,10 @@
 //! Logging: with `-v`, one line per event on stdout as
 //! `hh:mm:ss.uuuuuu Snn text` (UTC), so the logs of all servers can be
-//! concatenated and sorted into one history. Without `-v`, warnings only, on
-//! stderr.
+//! concatenated and sorted into one history: client lines, server packets
+//! that carry messages, deliveries, holdback queue changes. `-vv` adds the
+//! per-packet chatter (heartbeats and acknowledgement-only packets, bad
+//! packets, failed sends). Without `-v`, warnings only, on stderr. A closed
+//! stdout (`chatserver -v ... | head`) is ignored quietly.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,19 +36,55 @@ impl FormatTime for ServerClock {
     }
 }
 
-/// Installs the subscriber for server `tag` (e.g. `S02`).
-pub fn init(tag: &str, verbose: bool) {
+/// Client text as a `-v` line shows it: as typed (quotes and all), with
+/// invalid UTF-8 replaced and control characters escaped (`\n`, `\x1b`),
+/// so that one event stays one line.
+pub fn shown(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(data);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How many payloads (frames) a server datagram carries, when it can be
+/// decoded (MAC, if any, not checked: this is for the log only). Zero for
+/// a heartbeat or an acknowledgement-only packet.
+pub fn payloads_in(data: &[u8]) -> Option<usize> {
+    let mut raw = orderings::wire::unstuff(data).ok()?;
+    if raw.len() >= 3 && raw[2] & 0x01 != 0 {
+        raw.truncate(raw.len().checked_sub(orderings::link::MAC_LEN)?);
+    }
+    let (d, _) = orderings::link::Datagram::decode_raw(&raw).ok()?;
+    Some(d.frames.len())
+}
+
+/// Installs the subscriber for server `tag` (e.g. `S02`): `verbosity` 0 =
+/// warnings on stderr, 1 (`-v`) = events on stdout, 2+ (`-vv`) = also the
+/// per-packet chatter.
+pub fn init(tag: &str, verbosity: u8) {
     let clock = ServerClock {
         tag: tag.to_string(),
     };
-    if verbose {
+    if verbosity > 0 {
+        let level = if verbosity >= 2 {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::INFO
+        };
         let _ = tracing_subscriber::fmt()
             .with_timer(clock)
             .with_level(false)
             .with_target(false)
             .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
+            .with_max_level(level)
             .with_writer(std::io::stdout)
+            .log_internal_errors(false)
             .try_init();
     } else {
         let _ = tracing_subscriber::fmt()
@@ -67,5 +106,38 @@ mod tests {
     fn formats_utc_with_micros() {
         let t = UNIX_EPOCH + Duration::from_micros(((3 * 3600 + 48 * 60 + 22) * 1_000_000) + 4_328);
         assert_eq!(utc_hms_micros(t), "03:48:22.004328");
+    }
+
+    #[test]
+    fn client_text_is_shown_as_typed() {
+        assert_eq!(shown(b"/nick 'Carol' \"x\""), "/nick 'Carol' \"x\"");
+        assert_eq!(shown(b"a\nb\x1b[2J\xff"), "a\\nb\\u{1b}[2J\u{fffd}");
+    }
+
+    #[test]
+    fn heartbeats_carry_no_payloads() {
+        use orderings::link::{Datagram, seal};
+        let hb = Datagram {
+            src_incarnation: 7,
+            dst_incarnation: 9,
+            ack: 3,
+            gaps: vec![],
+            frames: vec![],
+        };
+        assert_eq!(payloads_in(&seal(&hb.encode_raw(false), None)), Some(0));
+        let key = [5u8; 32];
+        assert_eq!(
+            payloads_in(&seal(&hb.encode_raw(true), Some(&key))),
+            Some(0)
+        );
+        let data = Datagram {
+            frames: vec![(4, b"abc".as_slice()), (5, b"\0\xfe".as_slice())],
+            ..hb
+        };
+        assert_eq!(
+            payloads_in(&seal(&data.encode_raw(true), Some(&key))),
+            Some(2)
+        );
+        assert_eq!(payloads_in(b"hello"), None);
     }
 }

@@ -94,8 +94,11 @@ pub struct UnknownStrategy {
 /// Finds a strategy by name.
 pub fn lookup(name: &str) -> Result<&'static StrategySpec, UnknownStrategy> {
     let all = strategies();
+    // Mode names are case-insensitive (`-o Total`): the exact name first,
+    // then one that differs only in ASCII case.
     all.iter()
         .find(|s| s.name == name)
+        .or_else(|| all.iter().find(|s| s.name.eq_ignore_ascii_case(name)))
         .copied()
         .ok_or_else(|| UnknownStrategy {
             name: name.to_string(),
