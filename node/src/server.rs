@@ -69,12 +69,17 @@ impl ServerStats {
                 a.duplicates += l.duplicates;
                 a.stale += l.stale;
                 a.peer_restarts += l.peer_restarts;
+                a.future_incarnations += l.future_incarnations;
+                a.unproven_claims += l.unproven_claims;
+                a.probes_sent += l.probes_sent;
                 a
             });
         format!(
             "client_datagrams={} peer_datagrams={} bad_peer_datagrams={} refused_posts={} posts={} deliveries={} \
              bad_payloads={} link_datagrams_sent={} link_datagrams_received={} retransmissions={} duplicates={} \
-             stale={} peer_restarts={} held_back={} in_flight={} refused_by_holdback_limit={}",
+             stale={} peer_restarts={} held_back={} in_flight={} refused_by_holdback_limit={} \
+             future_incarnations={} unproven_incarnation_claims={} probes_sent={} outstanding={} \
+             peak_outstanding={} admission_window={}",
             self.client_datagrams,
             self.peer_datagrams,
             self.bad_peer_datagrams,
@@ -91,6 +96,12 @@ impl ServerStats {
             r.strategy.held_back,
             r.strategy.in_flight,
             r.strategy.refused,
+            links.future_incarnations,
+            links.unproven_claims,
+            links.probes_sent,
+            r.outstanding,
+            r.peak_outstanding,
+            r.window,
         )
     }
 }

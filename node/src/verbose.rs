@@ -121,6 +121,8 @@ mod tests {
             src_incarnation: 7,
             dst_incarnation: 9,
             ack: 3,
+            delivered: 0,
+            report_wanted: false,
             gaps: vec![],
             frames: vec![],
         };

@@ -90,6 +90,8 @@ pub struct ReplicaStats {
     pub outstanding: usize,
     /// The largest `outstanding` seen.
     pub peak_outstanding: usize,
+    /// The admission window.
+    pub window: usize,
     /// Posts refused by the admission window or link backlog.
     pub refused_posts: u64,
 }
@@ -395,6 +397,7 @@ impl Replica {
             max_backlog: self.max_backlog(),
             outstanding: self.outstanding(),
             peak_outstanding: self.peak_outstanding,
+            window: self.cfg.window,
             refused_posts: self.refused_posts,
         }
     }
