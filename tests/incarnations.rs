@@ -37,7 +37,20 @@ fn send_forged(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
         );
         let total = 20 + 8 + payload.len();
         let mut p = Vec::with_capacity(total);
-        p.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        p.extend_from_slice(&[
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
         p.extend_from_slice(&src.ip().octets());
         p.extend_from_slice(&dst.ip().octets());
         let udp_len = 8 + payload.len();

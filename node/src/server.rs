@@ -158,6 +158,8 @@ struct Server {
     held_reported: (usize, usize),
     out: SendQueue,
     admission: FairAdmission,
+    /// The last drain read full batches without emptying the socket.
+    backed_up: bool,
 }
 
 impl Server {
@@ -192,6 +194,28 @@ impl Server {
             return;
         }
         self.stats.client_datagrams += 1;
+        // A chat line from a client over its fair share is refused before
+        // anything is formatted or ordered: a flood costs a lookup each.
+        if len <= MAX_LINE
+            && data.first() != Some(&b'/')
+            && self.sessions.room_of(from).is_some()
+            && let Err(refusal) = self.admission.check(
+                from,
+                self.replica.outstanding(),
+                self.replica.window(),
+                self.backed_up,
+            )
+        {
+            let now = self.now();
+            self.stats.refused_posts += 1;
+            // The window may be full because a delivery report was lost:
+            // ask for one (rate-limited by the links).
+            self.replica.request_reports(now);
+            if self.admission.tell_refused(from, now.as_micros()) {
+                self.out.push(from, Bytes::from(format!("-ERR {refusal}")));
+            }
+            return;
+        }
         let outcome = if len > MAX_LINE {
             Outcome {
                 reply: Some(
@@ -215,23 +239,13 @@ impl Server {
                 crate::verbose::shown(data)
             );
             let now = self.now();
-            let fair =
-                self.admission
-                    .check(from, self.replica.outstanding(), self.replica.window());
-            let posted = match fair {
-                Err(refusal) => {
-                    // The window may be full because a delivery report was
-                    // lost: ask for one (rate-limited by the links).
-                    self.replica.request_reports(now);
-                    Err(refusal.to_string())
-                }
-                Ok(()) => self.replica.post(now, room, line).map_err(|e| e.to_string()),
-            };
-            match posted {
+            match self.replica.post(now, room, line) {
                 Ok(id) => self.admission.admitted(from, id),
                 Err(e) => {
                     self.stats.refused_posts += 1;
-                    self.out.push(from, Bytes::from(format!("-ERR {e}")));
+                    if self.admission.tell_refused(from, now.as_micros()) {
+                        self.out.push(from, Bytes::from(format!("-ERR {e}")));
+                    }
                 }
             }
         }
@@ -270,6 +284,9 @@ impl Server {
                 }
             }
         }
+        // Full batches all the way: the socket holds more than we read per
+        // wake-up (see `admission`).
+        self.backed_up = handled >= BATCHES_PER_WAKE * RECV_BATCH;
         handled
     }
 
@@ -393,6 +410,7 @@ pub async fn run(
         held_reported: (0, 0),
         out: SendQueue::default(),
         admission: FairAdmission::default(),
+        backed_up: false,
     };
     let mut batch = RecvBatch::new();
     let busy_poll = std::time::Duration::from_micros(setup.busy_poll_us);

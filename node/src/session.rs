@@ -83,6 +83,11 @@ impl Sessions {
         self.clients.is_empty()
     }
 
+    /// The room `from` is in, if it is a client in one.
+    pub fn room_of(&self, from: SocketAddr) -> Option<RoomId> {
+        self.clients.get(&from).and_then(|s| s.room)
+    }
+
     /// The local members of `room`.
     pub fn members(&self, room: RoomId) -> &[SocketAddr] {
         self.members.get(&room).map(Vec::as_slice).unwrap_or(&[])

@@ -473,7 +473,10 @@ impl PeerLink {
                 // A claim without proof: ask the claimed incarnation to
                 // show it hears us; a real (re)started peer answers.
                 self.stats.unproven_claims += 1;
-                self.probe = Some(self.probe.map_or(d.src_incarnation, |p| p.max(d.src_incarnation)));
+                self.probe = Some(
+                    self.probe
+                        .map_or(d.src_incarnation, |p| p.max(d.src_incarnation)),
+                );
                 return out;
             }
             if self.peer_incarnation != 0 {

@@ -228,7 +228,10 @@ impl Replica {
         for (i, link) in self.links.iter_mut().enumerate() {
             if let Some(link) = link
                 && link.peer_incarnation() != 0
-                && self.posts.saturating_sub(self.peer_base[i] + self.peer_confirmed[i]) >= window
+                && self
+                    .posts
+                    .saturating_sub(self.peer_base[i] + self.peer_confirmed[i])
+                    >= window
             {
                 link.request_report(now);
             }

@@ -257,5 +257,8 @@ fn without_a_window_a_flood_piles_up() {
             sim::run(spec, cfg).peak_held > bound
         })
         .count();
-    assert!(beyond > 0, "the held-back bound never failed without a window");
+    assert!(
+        beyond > 0,
+        "the held-back bound never failed without a window"
+    );
 }

@@ -220,7 +220,10 @@ impl Ordering for Causal {
         let mut rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
         rooms.sort_unstable();
         for room in rooms {
-            let mine = self.rooms.get(&room).map_or(0, |r| r.delivered[self.me.index()]);
+            let mine = self
+                .rooms
+                .get(&room)
+                .map_or(0, |r| r.delivered[self.me.index()]);
             if restarted && mine > 0 {
                 let mut w = Writer::with_capacity(12);
                 w.u8(kind::CAUSAL_START)
