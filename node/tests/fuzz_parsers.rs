@@ -559,7 +559,11 @@ fn largest_node_count_parses_quickly() {
     let text = "[nodes]\ncount = 65535\nbase_port = 1\n";
     let started = std::time::Instant::now();
     let e = config::parse(Path::new("big.toml"), text).expect_err("over the default cap");
-    assert!(e.to_string().starts_with("big.toml:2: nodes.count: too many servers"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("big.toml:2: nodes.count: too many servers"),
+        "{e}"
+    );
     let limits = config::ConfigLimits {
         max_servers: config::HARD_MAX_SERVERS,
         ..Default::default()
@@ -677,14 +681,23 @@ fn step(
                 want.extend_from_slice(data);
                 prop_assert_eq!(&line[..], &want[..]);
             }
+            // Issue 13: text that looks like server output (`+OK`, `-ERR`,
+            // `<`) from outside a room gets no reply at all (no ping-pong
+            // between servers); other text gets `-ERR`.
+            _ if node::session::looks_like_server_output(data) => {
+                prop_assert!(o.reply.is_none(), "answered server output: {:?}", text);
+                prop_assert!(o.silenced);
+            }
             _ => prop_assert!(text.starts_with("-ERR"), "text outside a room: {:?}", text),
         }
     } else {
         prop_assert!(o.post.is_none(), "a command was posted");
     }
     // Update the model from what the server said.
-    if o.reply.is_none() && o.post.is_none() {
-        // Only /quit is silent.
+    if o.silenced {
+        prop_assert!(o.reply.is_none() && o.post.is_none());
+    } else if o.reply.is_none() && o.post.is_none() {
+        // Only /quit is silent (besides server output, above).
         prop_assert!(
             data.starts_with(b"/quit"),
             "silent on {:?}",
@@ -763,6 +776,8 @@ proptest! {
         let o = s.handle(from, &data);
         if let Some(r) = o.reply {
             prop_assert!(r.starts_with(b"+OK") || r.starts_with(b"-ERR"));
+        } else if data.len() <= MAX_LINE && data.first() != Some(&b'/') {
+            prop_assert!(o.silenced && node::session::looks_like_server_output(&data));
         }
         // The same bytes after a join: a chat line or a command, never a panic.
         let _ = s.handle(from, b"/join 1");
