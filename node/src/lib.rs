@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod config_toml;
+pub mod guard;
 pub mod server;
 pub mod session;
 pub mod udp;

@@ -244,19 +244,57 @@ impl Sessions {
     /// The confirmation token of `addr`: 16 lowercase hex digits of a keyed
     /// BLAKE3 hash of the address (a stateless cookie).
     pub fn token(&self, addr: SocketAddr) -> String {
-        let h = blake3::keyed_hash(
-            &self.policy.cookie_key,
-            format!("chatroom confirm v1 {addr}").as_bytes(),
-        );
-        h.as_bytes()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        token_for(&self.policy.cookie_key, addr)
     }
 
     /// The notice an unconfirmed session gets at half its allowance.
     pub fn notice(&self, addr: SocketAddr) -> Bytes {
         Bytes::from(format!("{NOTICE_PREFIX}{}", self.token(addr)))
+    }
+
+    /// Sets the time (µs, monotonic) without handling a datagram.
+    pub fn advance(&mut self, now: u64) {
+        self.now = self.now.max(now);
+    }
+
+    /// Charges a delivery of `len` bytes to every member of `room` (see
+    /// [`Sessions::charge`]) and calls `send(member, notice)` for each one
+    /// within its cap (with the one-time notice to send first, when due).
+    /// Returns how many members were skipped over their cap.
+    pub fn deliver(
+        &mut self,
+        room: RoomId,
+        len: usize,
+        mut send: impl FnMut(SocketAddr, Option<Bytes>),
+    ) -> usize {
+        let Some(members) = self.members.get(&room) else {
+            return 0;
+        };
+        let allowance = self.policy.unconfirmed_allowance;
+        let mut dropped = 0;
+        for &m in members {
+            let Some(s) = self.clients.get_mut(&m) else {
+                send(m, None);
+                continue;
+            };
+            match charge_session(s, allowance, len as u64) {
+                Verdict::Send => send(m, None),
+                Verdict::Notice => {
+                    let n = Bytes::from(format!(
+                        "{NOTICE_PREFIX}{}",
+                        token_for(&self.policy.cookie_key, m)
+                    ));
+                    s.sent = s.sent.saturating_add(n.len() as u64);
+                    self.stats.notices += 1;
+                    send(m, Some(n));
+                }
+                Verdict::Drop => {
+                    self.stats.over_allowance += 1;
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
     }
 
     fn session(&mut self, from: SocketAddr) -> Result<&mut Session, Vec<u8>> {
@@ -647,28 +685,56 @@ impl Sessions {
         let Some(s) = self.clients.get_mut(&to) else {
             return Charge::Send;
         };
-        let len = len as u64;
-        if s.confirmed || allowance == 0 {
-            s.sent = s.sent.saturating_add(len);
-            return Charge::Send;
-        }
-        let credit = s.received.saturating_mul(3);
-        if s.sent.saturating_add(len) > credit.saturating_add(allowance) {
-            self.stats.over_allowance += 1;
-            return Charge::Drop;
-        }
-        s.sent += len;
-        if !s.noticed && s.sent >= credit.saturating_add(allowance / 2) {
-            s.noticed = true;
-            let notice = self.notice(to);
-            if let Some(s) = self.clients.get_mut(&to) {
-                s.sent = s.sent.saturating_add(notice.len() as u64);
+        match charge_session(s, allowance, len as u64) {
+            Verdict::Send => Charge::Send,
+            Verdict::Drop => {
+                self.stats.over_allowance += 1;
+                Charge::Drop
             }
-            self.stats.notices += 1;
-            return Charge::SendWithNotice(notice);
+            Verdict::Notice => {
+                let notice = self.notice(to);
+                if let Some(s) = self.clients.get_mut(&to) {
+                    s.sent = s.sent.saturating_add(notice.len() as u64);
+                }
+                self.stats.notices += 1;
+                Charge::SendWithNotice(notice)
+            }
         }
-        Charge::Send
     }
+}
+
+enum Verdict {
+    Send,
+    Notice,
+    Drop,
+}
+
+/// The amplification rule: until confirmed, at most `3 x received +
+/// allowance` bytes go to a session; the notice once at half the allowance.
+fn charge_session(s: &mut Session, allowance: u64, len: u64) -> Verdict {
+    if s.confirmed || allowance == 0 {
+        s.sent = s.sent.saturating_add(len);
+        return Verdict::Send;
+    }
+    let credit = s.received.saturating_mul(3);
+    if s.sent.saturating_add(len) > credit.saturating_add(allowance) {
+        return Verdict::Drop;
+    }
+    s.sent += len;
+    if !s.noticed && s.sent >= credit.saturating_add(allowance / 2) {
+        s.noticed = true;
+        return Verdict::Notice;
+    }
+    Verdict::Send
+}
+
+/// 16 lowercase hex digits of a keyed BLAKE3 hash of the address.
+fn token_for(key: &[u8; 32], addr: SocketAddr) -> String {
+    let h = blake3::keyed_hash(key, format!("chatroom confirm v1 {addr}").as_bytes());
+    h.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn trim_newline(mut b: &[u8]) -> &[u8] {
