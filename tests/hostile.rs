@@ -561,9 +561,7 @@ fn garbage_flood_does_not_disturb_chatting_clients() {
     let dir = Scratch::new("hostile-flood");
     let (cfg_text, binds, _) = legacy_config(3, false);
     let cfg = dir.write("servers.txt", &cfg_text);
-    let mut servers: Vec<Proc> = (1..=3)
-        .map(|i| server(&cfg, i, &FLOOD_ARGS).0)
-        .collect();
+    let mut servers: Vec<Proc> = (1..=3).map(|i| server(&cfg, i, &FLOOD_ARGS).0).collect();
 
     // Two members on the flooded server 1, one on each of the others, and
     // an "imposter" on server 1 that sends bytes of a server packet as chat.
@@ -654,9 +652,7 @@ fn garbage_flood_during_a_stress_run() {
     let dir = Scratch::new("hostile-stress");
     let (cfg_text, binds, _) = legacy_config(3, false);
     let cfg = dir.write("servers.txt", &cfg_text);
-    let mut servers: Vec<Proc> = (1..=3)
-        .map(|i| server(&cfg, i, &FLOOD_ARGS).0)
-        .collect();
+    let mut servers: Vec<Proc> = (1..=3).map(|i| server(&cfg, i, &FLOOD_ARGS).0).collect();
 
     let halt = Arc::new(AtomicBool::new(false));
     let flooders: Vec<_> = binds
