@@ -565,6 +565,11 @@ fn case6_a_room_of_dead_members_costs_nothing() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(cpu < 5.0, "CPU {cpu} s");
     assert!(hwm < RSS_LIMIT_KIB, "peak RSS {hwm} KiB");
+    // Idle again: no spinning on the error queue.
+    let idle0 = cpu_s(pid);
+    live.expect_silence(Duration::from_secs(1));
+    let idle = cpu_s(pid) - idle0;
+    assert!(idle < 0.2, "CPU while idle: {idle} s");
 
     // The dead members' sessions ended (ICMP port unreachable); a new
     // socket on one of their ports inherits nothing.
