@@ -247,6 +247,8 @@ fn drain(c: &Client, quiet: Duration) -> Vec<Vec<u8>> {
 
 /// Runs a program that must fail; returns (stderr, how long it took, peak
 /// RSS in KiB from wait4's rusage).
+// The child is reaped with wait4 (for its rusage), not Child::wait.
+#[allow(clippy::zombie_processes)]
 fn must_fail(mut cmd: Command) -> (String, Duration, u64) {
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
