@@ -104,8 +104,32 @@ impl Raw {
         Raw(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// Sends `payload` as a UDP datagram from `from` to `to` (both on
-    /// 127.0.0.1; the kernel writes the IP header, the checksum is 0).
+    /// A raw socket whose datagrams come from `ip` (a loopback address).
+    fn from_ip(ip: Ipv4Addr) -> Raw {
+        let raw = Raw::new();
+        let a = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: bind with a live sockaddr_in of the size passed.
+        let r = unsafe {
+            libc::bind(
+                raw.0.as_raw_fd(),
+                (&a as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "bind raw socket: {}", std::io::Error::last_os_error());
+        raw
+    }
+
+    /// Sends `payload` as a UDP datagram from `from` to `to` (loopback
+    /// addresses; the kernel writes the IP header with the source address
+    /// the raw socket is bound to, 127.0.0.1 by default; checksum 0).
     fn forge(&self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
         assert!(from.ip().is_loopback() && to.ip().is_loopback());
         let len = 8 + payload.len();
@@ -227,6 +251,16 @@ impl Drop for Sniffer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A client on its own loopback address (`127.0.0.N`). Tests that close
+/// thousands of sockets use one, so that no other test's socket (bound to
+/// 127.0.0.1) can get a departed client's address and its traffic.
+fn client_on(ip: Ipv4Addr, server: SocketAddr) -> Client {
+    Client {
+        sock: UdpSocket::bind(SocketAddrV4::new(ip, 0)).expect("bind client"),
+        server,
     }
 }
 
@@ -449,7 +483,8 @@ fn case5_departed_clients_expire_and_their_ports_inherit_nothing() {
     let cpu0 = cpu_s(pid);
     let started = Instant::now();
     // All open at once (so no two share a port), then all closed.
-    let clients: Vec<Client> = (0..CLIENTS).map(|_| Client::new(binds[0])).collect();
+    let ip = Ipv4Addr::new(127, 0, 0, 5);
+    let clients: Vec<Client> = (0..CLIENTS).map(|_| client_on(ip, binds[0])).collect();
     for c in &clients {
         c.expect_reply("/join 1", "+OK You are now in chat room #1");
     }
@@ -487,7 +522,7 @@ fn case5_departed_clients_expire_and_their_ports_inherit_nothing() {
     let reused = departed
         .iter()
         .take(200)
-        .find_map(|&p| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p)).ok())
+        .find_map(|&p| UdpSocket::bind(SocketAddrV4::new(ip, p)).ok())
         .expect("one of the departed ports is free again");
     let reused = Client {
         sock: reused,
@@ -532,7 +567,8 @@ fn case6_a_room_of_dead_members_costs_nothing() {
     let cfg = dir.write("servers.txt", &cfg_text);
     let mut s = server(&cfg, 1, &["-o", "unordered"]);
     let pid = s.pid();
-    let dead: Vec<Client> = (0..DEAD).map(|_| Client::new(binds[0])).collect();
+    let ip = Ipv4Addr::new(127, 0, 0, 6);
+    let dead: Vec<Client> = (0..DEAD).map(|_| client_on(ip, binds[0])).collect();
     for c in &dead {
         c.expect_reply("/join 1", "+OK You are now in chat room #1");
     }
@@ -578,7 +614,7 @@ fn case6_a_room_of_dead_members_costs_nothing() {
     let sock = dead_ports
         .iter()
         .take(200)
-        .find_map(|&p| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p)).ok())
+        .find_map(|&p| UdpSocket::bind(SocketAddrV4::new(ip, p)).ok())
         .expect("one of the dead ports is free again");
     let c = Client {
         sock,
@@ -603,14 +639,17 @@ fn case6_a_room_of_dead_members_costs_nothing() {
 /// victim ever gets, however much the room says.
 #[test]
 fn case7_forged_join_from_a_closed_port_gets_one_datagram() {
-    let raw = Raw::new();
+    // The victim on an address of its own, so that no other test's socket
+    // takes its closed port.
+    let ip = Ipv4Addr::new(127, 0, 0, 7);
+    let raw = Raw::from_ip(ip);
     let dir = Scratch::new("abuse-closed-victim");
     let (cfg_text, binds, _) = legacy_config(1, false);
     let cfg = dir.write("servers.txt", &cfg_text);
     let mut s = server(&cfg, 1, &[]);
-    let victim: SocketAddr = format!("127.0.0.1:{}", free_ports(1)[0])
-        .parse()
-        .expect("addr");
+    let victim = UdpSocket::bind(SocketAddrV4::new(ip, 0))
+        .and_then(|s| s.local_addr())
+        .expect("a port for the victim");
     let sniff = Sniffer::start(binds[0].port(), victim.port());
     let member = Client::new(binds[0]);
     member.expect_reply("/join 1", "+OK You are now in chat room #1");
