@@ -39,9 +39,31 @@ pub struct ServerArgs {
     /// Incarnation number of this start (default: microseconds since the epoch).
     #[arg(long, hide = true)]
     pub incarnation: Option<u64>,
-    /// Most clients this server serves at once.
-    #[arg(long, default_value_t = 4096)]
+    /// Most clients this server serves at once (at least 1).
+    #[arg(long, default_value_t = 4096, value_parser = parse_max_clients)]
     pub max_clients: usize,
+    /// A client that sends nothing for this long (seconds) loses its
+    /// session and leaves its room; 0 = never.
+    #[arg(long, default_value_t = crate::session::DEFAULT_IDLE_S, value_name = "SECONDS")]
+    pub session_idle_s: u64,
+    /// Until a client confirms its address (`/confirm TOKEN`, offered once
+    /// it has used half of this), it is sent at most 3x the bytes it sent
+    /// plus this many bytes; deliveries beyond are dropped. 0 = no limit.
+    #[arg(long, default_value_t = crate::session::DEFAULT_UNCONFIRMED_ALLOWANCE, value_name = "BYTES")]
+    pub unconfirmed_allowance: u64,
+    /// `-ERR` replies per second to one client address (after a burst of
+    /// --error-burst); the rest are not sent.
+    #[arg(long, default_value_t = crate::guard::DEFAULT_ERROR_RATE, value_name = "N")]
+    pub error_rate: u32,
+    /// Burst of `-ERR` replies one client address may get at once.
+    #[arg(long, default_value_t = crate::guard::DEFAULT_ERROR_BURST, value_name = "N")]
+    pub error_burst: u32,
+    /// `-ERR` replies per second from the whole server.
+    #[arg(long, default_value_t = crate::guard::DEFAULT_ERROR_RATE_TOTAL, value_name = "N")]
+    pub error_rate_total: u32,
+    /// Most servers a cluster file may list (at most 65535, the id space).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_SERVERS, value_parser = parse_max_servers, value_name = "N")]
+    pub max_servers: usize,
     /// After traffic, keep polling the socket this long (yielding the CPU)
     /// before sleeping in epoll: the next hop of an agreement round usually
     /// arrives within tens of microseconds, and a wake-up costs more on a VM.
@@ -78,13 +100,38 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn parse_max_clients(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (a server with no clients serves no one)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}")),
+    }
+}
+
+fn parse_max_servers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=config::HARD_MAX_SERVERS).contains(&n) => Ok(n),
+        Ok(_) => Err(format!(
+            "must be 1 to {} (server ids are 16 bits)",
+            config::HARD_MAX_SERVERS
+        )),
+        Err(e) => Err(format!("{e}")),
+    }
+}
+
 /// Derives the 32-byte link key from a secret's text.
 pub fn key_from_secret(secret: &[u8]) -> [u8; 32] {
     blake3::derive_key("chatroom server links v1", secret)
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let cluster = config::load(&args.config)?;
+    let cluster = config::load_with(
+        &args.config,
+        config::ConfigLimits {
+            max_servers: args.max_servers,
+            ..config::ConfigLimits::default()
+        },
+    )?;
     let entry = cluster.server(args.index)?.clone();
     let me = ServerId((args.index - 1) as u16);
     crate::verbose::init(&me.to_string(), args.verbose);
@@ -144,6 +191,16 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             busy_poll_us: args.busy_poll_us,
             window: args.admission_window as usize,
             max_clock_skew_us: args.max_clock_skew_ms.saturating_mul(1000),
+            session_policy: crate::session::SessionPolicy {
+                idle_us: args.session_idle_s.saturating_mul(1_000_000),
+                unconfirmed_allowance: args.unconfirmed_allowance,
+                cookie_key: crate::session::random_key(),
+            },
+            error_limits: crate::guard::ErrorLimits {
+                per_addr_burst: args.error_burst,
+                per_addr_rate: args.error_rate,
+                total_rate: args.error_rate_total,
+            },
         };
         let stats = server::run(socket, setup, shutdown).await?;
         eprintln!("{me} stopped: {}", stats.summary());

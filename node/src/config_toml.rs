@@ -44,8 +44,8 @@
 //! the directory of the TOML file.
 
 use crate::config::{
-    ClusterConfig, ConfigError, ConfigFormat, DEFAULT_ROOMS, FaultConfig, RestartPolicy,
-    SecretSetting, ServerEntry, SuperviseConfig,
+    ClusterConfig, ConfigError, ConfigFormat, ConfigLimits, DEFAULT_ROOMS, FaultConfig,
+    RestartPolicy, SecretSetting, ServerEntry, SuperviseConfig,
 };
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -75,6 +75,11 @@ pub fn check_ordering(name: &str) -> std::result::Result<(), String> {
 }
 
 pub fn parse_toml_impl(path: &Path, text: &str) -> Result<ClusterConfig> {
+    parse_toml_with(path, text, ConfigLimits::default())
+}
+
+/// [`parse_toml_impl`] with explicit limits.
+pub fn parse_toml_with(path: &Path, text: &str, limits: ConfigLimits) -> Result<ClusterConfig> {
     let doc = Doc { path, text };
     let root = DeTable::parse(text).map_err(|e| {
         let line = e.span().map(|s| doc.line_of(s.start)).unwrap_or(1);
@@ -121,8 +126,8 @@ pub fn parse_toml_impl(path: &Path, text: &str) -> Result<ClusterConfig> {
                 "use either [nodes] (shorthand) or [[node]] entries, not both",
             ));
         }
-        (Some(n), None) => parse_nodes_shorthand(&n)?,
-        (None, Some((k, v))) => parse_node_list(&doc, k, v)?,
+        (Some(n), None) => parse_nodes_shorthand(&n, limits)?,
+        (None, Some((k, v))) => parse_node_list(&doc, k, v, limits)?,
         (None, None) => {
             return Err(ConfigError::new(
                 path,
@@ -246,9 +251,20 @@ struct Origin {
     forward: (String, usize),
 }
 
-fn parse_nodes_shorthand(n: &Section<'_, '_>) -> Result<Vec<(ServerEntry, Origin)>> {
+fn parse_nodes_shorthand(
+    n: &Section<'_, '_>,
+    limits: ConfigLimits,
+) -> Result<Vec<(ServerEntry, Origin)>> {
     n.check_keys(&["count", "host", "base_port", "forward_base_port"])?;
     let count = n.require(n.uint("count", 1, 65535)?, "count")?;
+    if *count.get_ref() > limits.servers() as u64 {
+        let line = n.doc.line_of(count.span().start);
+        let e = crate::config::too_many_servers(n.doc.path, line, limits);
+        return Err(ConfigError {
+            message: format!("{}: {}", n.key("count"), e.message),
+            ..e
+        });
+    }
     let base = n.require(n.uint("base_port", 1, 65535)?, "base_port")?;
     let fwd_base = n.uint("forward_base_port", 1, 65535)?;
     let host = n.string("host")?;
@@ -309,6 +325,7 @@ fn parse_node_list(
     doc: &Doc<'_>,
     key: &Spanned<std::borrow::Cow<'_, str>>,
     v: &Spanned<DeValue<'_>>,
+    limits: ConfigLimits,
 ) -> Result<Vec<(ServerEntry, Origin)>> {
     let arr = match v.get_ref() {
         DeValue::Array(a) => a,
@@ -329,6 +346,14 @@ fn parse_node_list(
     };
     if arr.is_empty() {
         return Err(doc.err(v.span(), "node", "no nodes listed"));
+    }
+    if let Some(extra) = arr.get(limits.servers()) {
+        let line = doc.line_of(extra.span().start);
+        let e = crate::config::too_many_servers(doc.path, line, limits);
+        return Err(ConfigError {
+            message: format!("node[{}]: {}", limits.servers() + 1, e.message),
+            ..e
+        });
     }
     let mut out: Vec<(ServerEntry, Origin)> = Vec::new();
     for (i, item) in arr.iter().enumerate() {

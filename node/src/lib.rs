@@ -5,6 +5,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod config_toml;
+pub mod guard;
 pub mod server;
 pub mod session;
 pub mod udp;

@@ -5,16 +5,18 @@
 
 use crate::admission::FairAdmission;
 use crate::config::ClusterConfig;
-use crate::session::{MAX_LINE, Outcome, SessionLimits, Sessions};
+use crate::guard::{ErrorLimiter, ErrorLimits};
+use crate::session::{MAX_LINE, Outcome, SessionLimits, SessionPolicy, SessionStats, Sessions};
 use crate::udp::{RECV_BATCH, RecvBatch, SendQueue};
 use bytes::Bytes;
 use orderings::replica::{Replica, ReplicaConfig, ReplicaStats};
 use orderings::{ServerId, StrategyContext, StrategySpec, Time};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Receive buffer we ask the kernel for: bursts must not be dropped.
@@ -41,6 +43,10 @@ pub struct ServerSetup {
     pub window: usize,
     /// How far in the future a peer's incarnation (start time) may lie.
     pub max_clock_skew_us: u64,
+    /// Session expiry, address validation (see [`SessionPolicy`]).
+    pub session_policy: SessionPolicy,
+    /// Rate limits of `-ERR` replies.
+    pub error_limits: ErrorLimits,
 }
 
 /// Counters reported when a server stops.
@@ -52,6 +58,23 @@ pub struct ServerStats {
     pub refused_posts: u64,
     /// Datagrams the kernel refused to send (not counting full buffers).
     pub failed_sends: u64,
+    /// Datagrams from a configured server address (ours, or any server's
+    /// bind or forwarding address) that were not valid peer traffic:
+    /// dropped, never answered as client lines.
+    pub dropped_from_server_addresses: u64,
+    /// Datagrams from a source no client can have (unspecified address,
+    /// port 0, multicast, broadcast): dropped.
+    pub dropped_bad_source: u64,
+    /// `-ERR` replies not sent because of the per-address or the
+    /// server-wide rate limit.
+    pub suppressed_error_replies: u64,
+    /// Datagrams dropped because the send buffer stayed full.
+    pub dropped_sends: u64,
+    /// ICMP unreachable errors for peer (server) addresses.
+    pub unreachable_peers: u64,
+    /// ICMP errors for addresses with no session (or not unreachable).
+    pub icmp_other: u64,
+    pub sessions: SessionStats,
     pub replica: ReplicaStats,
 }
 
@@ -79,7 +102,11 @@ impl ServerStats {
              bad_payloads={} link_datagrams_sent={} link_datagrams_received={} retransmissions={} duplicates={} \
              stale={} peer_restarts={} held_back={} in_flight={} refused_by_holdback_limit={} \
              future_incarnations={} unproven_incarnation_claims={} probes_sent={} outstanding={} \
-             peak_outstanding={} admission_window={}",
+             peak_outstanding={} admission_window={} \
+             dropped_from_server_addresses={} dropped_bad_source={} suppressed_error_replies={} \
+             silenced_server_output={} expired_sessions={} unreachable_sessions={} unreachable_peers={} \
+             icmp_other={} dropped_over_allowance={} confirm_notices={} confirmed_addresses={} \
+             bad_confirmations={} dropped_sends={}",
             self.client_datagrams,
             self.peer_datagrams,
             self.bad_peer_datagrams,
@@ -102,6 +129,19 @@ impl ServerStats {
             r.outstanding,
             r.peak_outstanding,
             r.window,
+            self.dropped_from_server_addresses,
+            self.dropped_bad_source,
+            self.suppressed_error_replies,
+            self.sessions.silenced,
+            self.sessions.expired,
+            self.sessions.unreachable,
+            self.unreachable_peers,
+            self.icmp_other,
+            self.sessions.over_allowance,
+            self.sessions.notices,
+            self.sessions.confirmed,
+            self.sessions.bad_confirmations,
+            self.dropped_sends,
         )
     }
 }
@@ -120,6 +160,9 @@ pub fn bind_socket(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, usize)>
     grow_buffer(&sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, RECV_BUFFER);
     grow_buffer(&sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, SEND_BUFFER);
     sock.set_nonblocking(true)?;
+    // ICMP port/host unreachable for clients end their sessions (see
+    // `Server::handle_icmp`).
+    crate::udp::enable_recverr(&sock, addr.is_ipv6())?;
     sock.bind(&addr.into())?;
     let granted = sock.recv_buffer_size().unwrap_or(0);
     Ok((sock.into(), granted))
@@ -152,6 +195,9 @@ struct Server {
     replica: Replica,
     sessions: Sessions,
     peers: HashMap<SocketAddr, ServerId>,
+    /// Every configured server address (bind and forwarding, ours too).
+    server_addrs: HashSet<SocketAddr>,
+    errors: ErrorLimiter,
     forward: Vec<SocketAddr>,
     epoch: Instant,
     stats: ServerStats,
@@ -193,6 +239,17 @@ impl Server {
             }
             return;
         }
+        // Never a client: our own address, any server's address (a forged
+        // source, or a server's reply), or a source no client can have.
+        if self.server_addrs.contains(&from) {
+            self.stats.dropped_from_server_addresses += 1;
+            tracing::debug!("dropped a datagram from server address {from}");
+            return;
+        }
+        if !plausible_client(from) {
+            self.stats.dropped_bad_source += 1;
+            return;
+        }
         self.stats.client_datagrams += 1;
         // A chat line from a client over its fair share is refused before
         // anything is formatted or ordered: a flood costs a lookup each.
@@ -212,22 +269,27 @@ impl Server {
             // ask for one (rate-limited by the links).
             self.replica.request_reports(now);
             if self.admission.tell_refused(from, now.as_micros()) {
-                self.out.push(from, Bytes::from(format!("-ERR {refusal}")));
+                self.reply(from, Bytes::from(format!("-ERR {refusal}")));
             }
             return;
         }
+        let now = self.now();
         let outcome = if len > MAX_LINE {
+            self.sessions.advance(now.0);
+            self.sessions.touch(from, len, data);
             Outcome {
                 reply: Some(
                     format!("-ERR Message too long ({len} bytes; at most {MAX_LINE})").into_bytes(),
                 ),
+                client: None,
                 ..Outcome::default()
             }
         } else {
-            self.sessions.handle(from, data)
+            self.sessions.handle_at(now.0, from, data)
         };
         if outcome.reply.is_none()
             && outcome.post.is_none()
+            && !outcome.silenced
             && let Some(client) = outcome.client
         {
             tracing::info!("Client {client} ({from}) quits");
@@ -238,13 +300,12 @@ impl Server {
                 "Client {client} posts \"{}\" to chat room #{room}",
                 crate::verbose::shown(data)
             );
-            let now = self.now();
             match self.replica.post(now, room, line) {
                 Ok(id) => self.admission.admitted(from, id),
                 Err(e) => {
                     self.stats.refused_posts += 1;
                     if self.admission.tell_refused(from, now.as_micros()) {
-                        self.out.push(from, Bytes::from(format!("-ERR {e}")));
+                        self.reply(from, Bytes::from(format!("-ERR {e}")));
                     }
                 }
             }
@@ -255,7 +316,62 @@ impl Server {
                 outcome.client.unwrap_or(0),
                 crate::verbose::shown(&reply)
             );
-            self.out.push(from, Bytes::from(reply));
+            self.reply(from, Bytes::from(reply));
+        }
+    }
+
+    /// Queues a reply to a client datagram. `-ERR` replies pass the rate
+    /// limits (per address and server-wide); every reply is charged to the
+    /// address's amplification budget (replies are one per datagram
+    /// received, so they are sent even over the cap).
+    fn reply(&mut self, to: SocketAddr, reply: Bytes) {
+        if reply.starts_with(b"-ERR") && !self.errors.allow(to, self.now().0) {
+            self.stats.suppressed_error_replies += 1;
+            return;
+        }
+        self.sessions.charge_reply(to, reply.len());
+        self.out.push(to, reply);
+    }
+
+    /// Reads the socket's error queue: ICMP unreachable for a client ends
+    /// its session (it leaves its room); for a server it is only counted.
+    fn handle_icmp(&mut self) {
+        if self.out.icmp.is_empty() {
+            let (_, empty) = self.out.collect_icmp(&self.socket);
+            if !empty {
+                // More than one batch waits; the next call takes the rest.
+                tracing::debug!("ICMP error queue: more entries pending");
+            }
+        }
+        for e in std::mem::take(&mut self.out.icmp) {
+            if !e.is_unreachable() {
+                self.stats.icmp_other += 1;
+            } else if self.server_addrs.contains(&e.addr) {
+                self.stats.unreachable_peers += 1;
+            } else if self.sessions.unreachable(e.addr) {
+                tracing::info!("Client {} is unreachable (ICMP); session ended", e.addr);
+            } else {
+                self.stats.icmp_other += 1;
+            }
+        }
+    }
+
+    /// Sends what is queued, then acts on the ICMP errors it caused.
+    async fn send_out(&mut self) {
+        let r = self.out.flush(&self.socket).await;
+        self.stats.failed_sends += r.failed;
+        self.stats.dropped_sends += r.dropped;
+        self.handle_icmp();
+    }
+
+    /// Frees the sessions idle for the idle time.
+    fn expire_sessions(&mut self) {
+        let now = self.now().0;
+        if self.sessions.next_expiry().is_some_and(|t| t <= now) {
+            let n = self.sessions.expire(now);
+            if n > 0 {
+                tracing::info!("{n} idle session(s) expired");
+            }
         }
     }
 
@@ -277,10 +393,14 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // ICMP errors from a peer that is down surface here; they are not fatal.
+                // A pending ICMP error (IP_RECVERR) surfaces here: the error
+                // queue says which address failed. Not fatal.
                 Err(e) => {
                     tracing::debug!("recv: {e}");
-                    break;
+                    self.handle_icmp();
+                    if !crate::udp::is_async_icmp_error(&e) {
+                        break;
+                    }
                 }
             }
         }
@@ -339,20 +459,32 @@ impl Server {
                 }
             }
             self.out.push(to, Bytes::from(t.payload));
+            if self.out.len() >= SendQueue::FLUSH_AT {
+                self.send_out().await;
+            }
         }
         while let Some(d) = self.replica.poll_delivery() {
             if d.id.origin == self.replica.me() {
                 self.admission.delivered(d.id);
             }
-            let members = self.sessions.members(d.room);
             tracing::info!(
                 "Delivered {} to {} member(s) of chat room #{}",
                 d.id,
-                members.len(),
+                self.sessions.members(d.room).len(),
                 d.room
             );
-            for &m in members {
-                self.out.push(m, d.line.clone());
+            let out = &mut self.out;
+            let line = &d.line;
+            self.sessions.deliver(d.room, line.len(), |m, notice| {
+                if let Some(n) = notice {
+                    out.push(m, n);
+                }
+                out.push(m, line.clone());
+            });
+            // Bounded memory: a room of thousands of members and a burst of
+            // deliveries never queue more than about FLUSH_AT datagrams.
+            if self.out.len() >= SendQueue::FLUSH_AT {
+                self.send_out().await;
             }
         }
         if tracing::enabled!(tracing::Level::INFO) {
@@ -367,7 +499,7 @@ impl Server {
             }
         }
         if !self.out.is_empty() {
-            self.stats.failed_sends += self.out.flush(&self.socket).await;
+            self.send_out().await;
         }
     }
 }
@@ -396,14 +528,25 @@ pub async fn run(
         .filter(|(i, _)| *i != setup.me.index())
         .map(|(i, s)| (s.forward, ServerId(i as u16)))
         .collect();
+    let server_addrs = setup
+        .cluster
+        .servers
+        .iter()
+        .flat_map(|s| [s.forward, s.bind])
+        .collect();
     let mut server = Server {
         socket,
         replica: Replica::new(rcfg, strategy),
-        sessions: Sessions::new(SessionLimits {
-            rooms: setup.rooms,
-            max_clients: setup.max_clients,
-        }),
+        sessions: Sessions::with_policy(
+            SessionLimits {
+                rooms: setup.rooms,
+                max_clients: setup.max_clients,
+            },
+            setup.session_policy.clone(),
+        ),
         peers,
+        server_addrs,
+        errors: ErrorLimiter::new(setup.error_limits),
         forward: setup.cluster.servers.iter().map(|s| s.forward).collect(),
         epoch: Instant::now(),
         stats: ServerStats::default(),
@@ -418,14 +561,35 @@ pub async fn run(
     // Announce ourselves (heartbeats carry our incarnation).
     server.flush().await;
     loop {
-        let wake = server.replica.poll_timeout();
-        let sleep_until = wake.map(|t| server.epoch + std::time::Duration::from_micros(t.0));
+        // Wake for the replica's timers and for the next session expiry.
+        let wake = match (
+            server.replica.poll_timeout().map(|t| t.0),
+            server.sessions.next_expiry(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep_until = wake.map(|t| server.epoch + std::time::Duration::from_micros(t));
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
             r = server.socket.readable() => {
                 r?;
                 server.drain(&mut batch);
+            }
+            // ICMP errors queued on the socket (IP_RECVERR).
+            r = server.socket.ready(Interest::ERROR) => {
+                r?;
+                let out = &mut server.out;
+                let _ = server.socket.try_io(Interest::ERROR, || {
+                    let (_, empty) = crate::udp::drain_errqueue(&server.socket, &mut out.icmp, 4096);
+                    if empty {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                });
+                server.handle_icmp();
             }
             _ = async {
                 match sleep_until {
@@ -434,7 +598,10 @@ pub async fn run(
                 }
             } => {
                 let now = server.now();
-                server.replica.handle_timeout(now);
+                if server.replica.poll_timeout().is_some_and(|t| t <= now) {
+                    server.replica.handle_timeout(now);
+                }
+                server.expire_sessions();
             }
         }
         server.flush().await;
@@ -443,5 +610,15 @@ pub async fn run(
         }
     }
     server.stats.replica = server.replica.stats();
+    server.stats.sessions = server.sessions.stats().clone();
     Ok(server.stats)
+}
+
+/// Whether `a` could be a client's source address at all.
+fn plausible_client(a: SocketAddr) -> bool {
+    let ip = a.ip();
+    a.port() != 0
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && !matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast())
 }

@@ -1,16 +1,54 @@
 //! Client sessions, sans-IO: the spec's commands, room membership and
 //! nicknames. [`Sessions::handle`] turns one client datagram into at most one
 //! reply and at most one post for the ordering layer.
+//!
+//! Sessions also carry what keeps a server from being turned against
+//! others (issue 13):
+//!
+//! * **Expiry.** A session that has sent nothing for [`SessionPolicy::idle_us`]
+//!   is freed (it leaves its room). Expiry is checked lazily through a
+//!   min-heap of deadlines: one entry per session, re-armed only when its
+//!   deadline passes, so the cost is `O(log n)` per expiry check, never a scan
+//!   per datagram. Recently expired addresses are remembered (bounded, FIFO)
+//!   so that an expired client that talks again is told to `/join` again.
+//! * **Amplification limit** (QUIC-style, before address validation). Per
+//!   session, the bytes received from its address and sent to it are
+//!   counted; until the address is confirmed, deliveries beyond
+//!   `3 x received + allowance` are dropped ([`Sessions::charge`]). At half
+//!   the allowance the session gets one notice with a stateless token (a
+//!   keyed BLAKE3 hash of its address); `/confirm TOKEN` lifts the cap.
+//!   Datagrams that look like server output (`+OK`, `-ERR`, `<`) earn no
+//!   credit, so two servers delivering to each other cannot raise each
+//!   other's caps.
+//! * **No answers to server output.** Text that looks like a server's reply
+//!   or delivery, from an address that is not in a room, gets no reply at all:
+//!   that is how two servers (or two clusters) would ping-pong errors.
 
 use bytes::Bytes;
 use orderings::RoomId;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 
 /// The spec's limit on a client datagram.
 pub const MAX_LINE: usize = 1000;
 /// Longest nickname accepted, in bytes.
 pub const MAX_NICK: usize = 32;
+/// Default idle time after which a session expires (1 hour).
+pub const DEFAULT_IDLE_S: u64 = 3600;
+/// Default bytes an unconfirmed address may be sent beyond 3x what it sent.
+pub const DEFAULT_UNCONFIRMED_ALLOWANCE: u64 = 256 * 1024;
+/// How many recently expired (or ICMP-ended) addresses are remembered.
+pub const RECENTLY_EXPIRED: usize = 8192;
+/// The reply to `/confirm` with the right token.
+pub const CONFIRMED_REPLY: &str = "+OK Address confirmed";
+/// The reply to `/confirm` with a wrong token.
+pub const BAD_TOKEN_REPLY: &str = "-ERR Invalid confirmation token";
+/// The reply to chat text from an address whose session expired.
+pub const EXPIRED_REPLY: &str = "-ERR Your session expired; join a room again with /join N";
+/// The notice text before the token.
+pub const NOTICE_PREFIX: &str =
+    "+OK Confirm your address to keep receiving messages: send /confirm ";
 
 /// Limits that keep a server alive under hostile or careless clients.
 #[derive(Debug, Clone)]
@@ -28,11 +66,76 @@ impl Default for SessionLimits {
     }
 }
 
+/// Expiry and address validation (issue 13).
+#[derive(Clone)]
+pub struct SessionPolicy {
+    /// A session idle this long (microseconds) expires; 0 = never.
+    pub idle_us: u64,
+    /// Bytes an unconfirmed address may be sent beyond 3x what it sent;
+    /// 0 = no limit (and no notice).
+    pub unconfirmed_allowance: u64,
+    /// Key of the stateless confirmation tokens (per process, random).
+    pub cookie_key: [u8; 32],
+}
+
+impl std::fmt::Debug for SessionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionPolicy")
+            .field("idle_us", &self.idle_us)
+            .field("unconfirmed_allowance", &self.unconfirmed_allowance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        Self {
+            idle_us: DEFAULT_IDLE_S * 1_000_000,
+            unconfirmed_allowance: DEFAULT_UNCONFIRMED_ALLOWANCE,
+            cookie_key: random_key(),
+        }
+    }
+}
+
+/// 32 random bytes from the kernel (`getrandom`); if that fails, a key
+/// derived from the time, the pid and stack addresses (not secret against a
+/// local attacker, still unpredictable from outside).
+pub fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    // SAFETY: getrandom writes at most `key.len()` bytes into `key`.
+    let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+    if n == key.len() as isize {
+        return key;
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!("{t} {} {:p}", std::process::id(), &key);
+    blake3::derive_key("chatroom confirm cookie fallback v1", seed.as_bytes())
+}
+
+/// Whether a datagram looks like what a server sends: a reply or a
+/// delivery. Such datagrams from an address outside a room get no reply.
+pub fn looks_like_server_output(data: &[u8]) -> bool {
+    data.starts_with(b"+OK") || data.starts_with(b"-ERR") || data.starts_with(b"<")
+}
+
 #[derive(Debug)]
 struct Session {
     number: u64,
     nick: Option<Vec<u8>>,
     room: Option<RoomId>,
+    /// Position in `members[room]`.
+    pos: usize,
+    /// Last datagram from this address (µs since the server's epoch).
+    last_seen: u64,
+    /// Bytes received from the address that earn sending credit.
+    received: u64,
+    /// Bytes sent to the address (replies, deliveries, notices).
+    sent: u64,
+    confirmed: bool,
+    noticed: bool,
 }
 
 /// What a client datagram asks for.
@@ -44,34 +147,75 @@ pub struct Outcome {
     pub post: Option<(RoomId, Bytes)>,
     /// The session's number (for `-v`), when the datagram came from one.
     pub client: Option<u64>,
+    /// No reply because the datagram looked like server output.
+    pub silenced: bool,
 }
 
 impl Outcome {
     fn reply(client: Option<u64>, text: impl Into<Vec<u8>>) -> Self {
         Self {
             reply: Some(text.into()),
-            post: None,
             client,
+            ..Self::default()
         }
     }
+}
+
+/// What [`Sessions::charge`] decided about one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charge {
+    /// Send it.
+    Send,
+    /// Send this notice first, then the datagram.
+    SendWithNotice(Bytes),
+    /// Over the amplification cap: drop it.
+    Drop,
+}
+
+/// Counters of the session layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub expired: u64,
+    pub unreachable: u64,
+    pub confirmed: u64,
+    pub bad_confirmations: u64,
+    pub notices: u64,
+    /// Deliveries dropped by the amplification cap.
+    pub over_allowance: u64,
+    /// Datagrams not answered because they looked like server output.
+    pub silenced: u64,
 }
 
 /// All clients of one server.
 #[derive(Debug, Default)]
 pub struct Sessions {
     limits: SessionLimits,
+    policy: SessionPolicy,
     clients: HashMap<SocketAddr, Session>,
     members: HashMap<RoomId, Vec<SocketAddr>>,
     next_number: u64,
+    /// Expiry deadlines: (deadline µs, session number, address).
+    deadlines: BinaryHeap<Reverse<(u64, u64, SocketAddr)>>,
+    /// Recently expired addresses (value: generation in `expired_order`).
+    expired: HashMap<SocketAddr, u64>,
+    expired_order: VecDeque<(SocketAddr, u64)>,
+    expired_gen: u64,
+    /// The latest time passed in (µs).
+    now: u64,
+    stats: SessionStats,
 }
 
 impl Sessions {
     pub fn new(limits: SessionLimits) -> Self {
+        Self::with_policy(limits, SessionPolicy::default())
+    }
+
+    pub fn with_policy(limits: SessionLimits, policy: SessionPolicy) -> Self {
         Self {
             limits,
-            clients: HashMap::new(),
-            members: HashMap::new(),
+            policy,
             next_number: 1,
+            ..Self::default()
         }
     }
 
@@ -88,9 +232,74 @@ impl Sessions {
         self.clients.get(&from).and_then(|s| s.room)
     }
 
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Whether `addr` has a session.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.clients.contains_key(&addr)
+    }
+
     /// The local members of `room`.
     pub fn members(&self, room: RoomId) -> &[SocketAddr] {
         self.members.get(&room).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The confirmation token of `addr`: 16 lowercase hex digits of a keyed
+    /// BLAKE3 hash of the address (a stateless cookie).
+    pub fn token(&self, addr: SocketAddr) -> String {
+        token_for(&self.policy.cookie_key, addr)
+    }
+
+    /// The notice an unconfirmed session gets at half its allowance.
+    pub fn notice(&self, addr: SocketAddr) -> Bytes {
+        Bytes::from(format!("{NOTICE_PREFIX}{}", self.token(addr)))
+    }
+
+    /// Sets the time (µs, monotonic) without handling a datagram.
+    pub fn advance(&mut self, now: u64) {
+        self.now = self.now.max(now);
+    }
+
+    /// Charges a delivery of `len` bytes to every member of `room` (see
+    /// [`Sessions::charge`]) and calls `send(member, notice)` for each one
+    /// within its cap (with the one-time notice to send first, when due).
+    /// Returns how many members were skipped over their cap.
+    pub fn deliver(
+        &mut self,
+        room: RoomId,
+        len: usize,
+        mut send: impl FnMut(SocketAddr, Option<Bytes>),
+    ) -> usize {
+        let Some(members) = self.members.get(&room) else {
+            return 0;
+        };
+        let allowance = self.policy.unconfirmed_allowance;
+        let mut dropped = 0;
+        for &m in members {
+            let Some(s) = self.clients.get_mut(&m) else {
+                send(m, None);
+                continue;
+            };
+            match charge_session(s, allowance, len as u64) {
+                Verdict::Send => send(m, None),
+                Verdict::Notice => {
+                    let n = Bytes::from(format!(
+                        "{NOTICE_PREFIX}{}",
+                        token_for(&self.policy.cookie_key, m)
+                    ));
+                    s.sent = s.sent.saturating_add(n.len() as u64);
+                    self.stats.notices += 1;
+                    send(m, Some(n));
+                }
+                Verdict::Drop => {
+                    self.stats.over_allowance += 1;
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
     }
 
     fn session(&mut self, from: SocketAddr) -> Result<&mut Session, Vec<u8>> {
@@ -101,20 +310,86 @@ impl Sessions {
             )
             .into_bytes());
         }
-        let next = &mut self.next_number;
-        Ok(self.clients.entry(from).or_insert_with(|| {
-            let number = *next;
-            *next += 1;
-            Session {
-                number,
-                nick: None,
-                room: None,
+        if !self.clients.contains_key(&from) {
+            let number = self.next_number;
+            self.next_number += 1;
+            self.expired.remove(&from);
+            if self.policy.idle_us > 0 {
+                let at = self.now.saturating_add(self.policy.idle_us);
+                self.deadlines.push(Reverse((at, number, from)));
+                self.compact_deadlines();
             }
-        }))
+            self.clients.insert(
+                from,
+                Session {
+                    number,
+                    nick: None,
+                    room: None,
+                    pos: 0,
+                    last_seen: self.now,
+                    received: 0,
+                    sent: 0,
+                    confirmed: false,
+                    noticed: false,
+                },
+            );
+        }
+        self.clients
+            .get_mut(&from)
+            .ok_or_else(|| b"-ERR Internal error".to_vec())
     }
 
-    /// Handles one datagram from the client at `from`.
+    /// Drops stale heap entries when they outnumber live sessions (sessions
+    /// that come and go leave one each until its deadline).
+    fn compact_deadlines(&mut self) {
+        if self.deadlines.len() > 2 * self.clients.len() + 1024 {
+            let live: Vec<_> = self
+                .clients
+                .iter()
+                .map(|(a, s)| {
+                    Reverse((
+                        s.last_seen.saturating_add(self.policy.idle_us),
+                        s.number,
+                        *a,
+                    ))
+                })
+                .collect();
+            self.deadlines = BinaryHeap::from(live);
+        }
+    }
+
+    /// Handles one datagram from the client at `from` (at the last time
+    /// given to [`Sessions::handle_at`]).
     pub fn handle(&mut self, from: SocketAddr, data: &[u8]) -> Outcome {
+        self.handle_at(self.now, from, data)
+    }
+
+    /// Handles one datagram from `from` at `now` (µs, monotonic).
+    pub fn handle_at(&mut self, now: u64, from: SocketAddr, data: &[u8]) -> Outcome {
+        self.now = self.now.max(now);
+        let o = self.dispatch(from, data);
+        if o.silenced {
+            self.stats.silenced += 1;
+        }
+        self.touch(from, data.len(), data);
+        o
+    }
+
+    /// Notes a datagram of `len` bytes from `from` (keeps its session alive
+    /// and earns sending credit unless it looks like server output). Called
+    /// by [`Sessions::handle_at`]; the server calls it for datagrams it
+    /// answers itself (too long ones).
+    pub fn touch(&mut self, from: SocketAddr, len: usize, data: &[u8]) {
+        let now = self.now;
+        if let Some(s) = self.clients.get_mut(&from) {
+            s.last_seen = now;
+            if !looks_like_server_output(data) {
+                s.received = s.received.saturating_add(len as u64);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, from: SocketAddr, data: &[u8]) -> Outcome {
         let known = self.clients.get(&from).map(|s| s.number);
         if data.len() > MAX_LINE {
             return Outcome::reply(
@@ -138,6 +413,7 @@ impl Sessions {
             b"/join" => self.join(from, arg),
             b"/part" => self.part(from, arg),
             b"/nick" => self.nick(from, arg),
+            b"/confirm" => self.confirm(from, arg),
             b"/quit" => {
                 self.forget(from);
                 Outcome {
@@ -153,7 +429,19 @@ impl Sessions {
     }
 
     fn chat(&mut self, from: SocketAddr, text: &[u8]) -> Outcome {
-        let Some(s) = self.clients.get(&from) else {
+        let session = self.clients.get(&from);
+        let in_room = session.and_then(|s| s.room).is_some();
+        if !in_room && looks_like_server_output(text) {
+            return Outcome {
+                client: session.map(|s| s.number),
+                silenced: true,
+                ..Outcome::default()
+            };
+        }
+        let Some(s) = session else {
+            if self.expired.contains_key(&from) {
+                return Outcome::reply(None, EXPIRED_REPLY);
+            }
             return Outcome::reply(
                 None,
                 "-ERR You are not in a chat room (join one with /join N)",
@@ -174,9 +462,9 @@ impl Sessions {
         line.extend_from_slice(b"> ");
         line.extend_from_slice(text);
         Outcome {
-            reply: None,
             post: Some((room, Bytes::from(line))),
             client: Some(s.number),
+            ..Outcome::default()
         }
     }
 
@@ -213,7 +501,12 @@ impl Sessions {
             return Outcome::reply(Some(number), format!("-ERR You are already in room #{cur}"));
         }
         s.room = Some(room);
-        self.members.entry(room).or_default().push(from);
+        let m = self.members.entry(room).or_default();
+        let pos = m.len();
+        m.push(from);
+        if let Some(s) = self.clients.get_mut(&from) {
+            s.pos = pos;
+        }
         Outcome::reply(
             Some(number),
             format!("+OK You are now in chat room #{room}"),
@@ -231,7 +524,8 @@ impl Sessions {
         let Some(room) = s.room.take() else {
             return Outcome::reply(known, "-ERR You are not in a chat room");
         };
-        self.leave(room, from);
+        let pos = s.pos;
+        self.leave(room, pos, from);
         Outcome::reply(known, format!("+OK You have left chat room #{room}"))
     }
 
@@ -263,9 +557,48 @@ impl Sessions {
         Outcome::reply(Some(s.number), reply)
     }
 
-    fn leave(&mut self, room: RoomId, who: SocketAddr) {
+    fn confirm(&mut self, from: SocketAddr, arg: &[u8]) -> Outcome {
+        let known = self.clients.get(&from).map(|s| s.number);
+        let want = self.token(from);
+        // Constant time over the 16 bytes.
+        let ok = arg.len() == want.len()
+            && arg
+                .iter()
+                .zip(want.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !ok {
+            self.stats.bad_confirmations += 1;
+            return Outcome::reply(known, BAD_TOKEN_REPLY);
+        }
+        let s = match self.session(from) {
+            Ok(s) => s,
+            Err(e) => return Outcome::reply(known, e),
+        };
+        let number = s.number;
+        if !s.confirmed {
+            s.confirmed = true;
+            self.stats.confirmed += 1;
+        }
+        Outcome::reply(Some(number), CONFIRMED_REPLY)
+    }
+
+    /// Removes `who` (at `pos`) from `room`'s members in O(1).
+    fn leave(&mut self, room: RoomId, pos: usize, who: SocketAddr) {
         if let Some(m) = self.members.get_mut(&room) {
-            m.retain(|a| *a != who);
+            let at = if m.get(pos) == Some(&who) {
+                Some(pos)
+            } else {
+                m.iter().position(|a| *a == who)
+            };
+            if let Some(at) = at {
+                m.swap_remove(at);
+                if let Some(&moved) = m.get(at)
+                    && let Some(s) = self.clients.get_mut(&moved)
+                {
+                    s.pos = at;
+                }
+            }
             if m.is_empty() {
                 self.members.remove(&room);
             }
@@ -277,9 +610,136 @@ impl Sessions {
         if let Some(s) = self.clients.remove(&from)
             && let Some(room) = s.room
         {
-            self.leave(room, from);
+            self.leave(room, s.pos, from);
         }
     }
+
+    fn remember_expired(&mut self, addr: SocketAddr) {
+        self.expired_gen += 1;
+        self.expired.insert(addr, self.expired_gen);
+        self.expired_order.push_back((addr, self.expired_gen));
+        while self.expired_order.len() > RECENTLY_EXPIRED {
+            if let Some((a, g)) = self.expired_order.pop_front()
+                && self.expired.get(&a) == Some(&g)
+            {
+                self.expired.remove(&a);
+            }
+        }
+    }
+
+    /// Ends the session of an address that answered with ICMP unreachable.
+    /// Returns whether there was one.
+    pub fn unreachable(&mut self, addr: SocketAddr) -> bool {
+        if self.clients.contains_key(&addr) {
+            self.forget(addr);
+            self.remember_expired(addr);
+            self.stats.unreachable += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next session may expire (µs), if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.deadlines.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Frees every session idle for the idle time at `now`; returns how
+    /// many expired.
+    pub fn expire(&mut self, now: u64) -> usize {
+        self.now = self.now.max(now);
+        let idle = self.policy.idle_us;
+        let mut n = 0;
+        while let Some(&Reverse((at, number, addr))) = self.deadlines.peek() {
+            if at > self.now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(s) = self.clients.get(&addr) else {
+                continue;
+            };
+            if s.number != number {
+                continue;
+            }
+            let due = s.last_seen.saturating_add(idle);
+            if due <= self.now {
+                self.forget(addr);
+                self.remember_expired(addr);
+                self.stats.expired += 1;
+                n += 1;
+            } else {
+                self.deadlines.push(Reverse((due, number, addr)));
+            }
+        }
+        n
+    }
+
+    /// Accounts a reply of `len` bytes to `to` (replies are always sent:
+    /// one per datagram received, and error replies are rate-limited).
+    pub fn charge_reply(&mut self, to: SocketAddr, len: usize) {
+        if let Some(s) = self.clients.get_mut(&to) {
+            s.sent = s.sent.saturating_add(len as u64);
+        }
+    }
+
+    /// Decides whether a delivery of `len` bytes to `to` may be sent under
+    /// the amplification cap, and accounts it.
+    pub fn charge(&mut self, to: SocketAddr, len: usize) -> Charge {
+        let allowance = self.policy.unconfirmed_allowance;
+        let Some(s) = self.clients.get_mut(&to) else {
+            return Charge::Send;
+        };
+        match charge_session(s, allowance, len as u64) {
+            Verdict::Send => Charge::Send,
+            Verdict::Drop => {
+                self.stats.over_allowance += 1;
+                Charge::Drop
+            }
+            Verdict::Notice => {
+                let notice = self.notice(to);
+                if let Some(s) = self.clients.get_mut(&to) {
+                    s.sent = s.sent.saturating_add(notice.len() as u64);
+                }
+                self.stats.notices += 1;
+                Charge::SendWithNotice(notice)
+            }
+        }
+    }
+}
+
+enum Verdict {
+    Send,
+    Notice,
+    Drop,
+}
+
+/// The amplification rule: until confirmed, at most `3 x received +
+/// allowance` bytes go to a session; the notice once at half the allowance.
+fn charge_session(s: &mut Session, allowance: u64, len: u64) -> Verdict {
+    if s.confirmed || allowance == 0 {
+        s.sent = s.sent.saturating_add(len);
+        return Verdict::Send;
+    }
+    let credit = s.received.saturating_mul(3);
+    if s.sent.saturating_add(len) > credit.saturating_add(allowance) {
+        return Verdict::Drop;
+    }
+    s.sent += len;
+    if !s.noticed && s.sent >= credit.saturating_add(allowance / 2) {
+        s.noticed = true;
+        return Verdict::Notice;
+    }
+    Verdict::Send
+}
+
+/// 16 lowercase hex digits of a keyed BLAKE3 hash of the address.
+fn token_for(key: &[u8; 32], addr: SocketAddr) -> String {
+    let h = blake3::keyed_hash(key, format!("chatroom confirm v1 {addr}").as_bytes());
+    h.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn trim_newline(mut b: &[u8]) -> &[u8] {
@@ -425,5 +885,257 @@ mod tests {
         assert_eq!(s.handle(addr(9), b"/quit").reply, None);
         assert!(s.handle(addr(9), b"hello").reply.is_some());
         assert!(s.is_empty());
+    }
+
+    fn policy(idle_s: u64, allowance: u64) -> SessionPolicy {
+        SessionPolicy {
+            idle_us: idle_s * 1_000_000,
+            unconfirmed_allowance: allowance,
+            cookie_key: [7; 32],
+        }
+    }
+
+    const S: u64 = 1_000_000;
+
+    #[test]
+    fn idle_sessions_expire_and_are_told_to_join_again() {
+        let mut s = Sessions::with_policy(SessionLimits::default(), policy(10, 0));
+        let (a, b) = (addr(1), addr(2));
+        s.handle_at(0, a, b"/join 1");
+        s.handle_at(0, b, b"/join 1");
+        assert_eq!(s.next_expiry(), Some(10 * S));
+        // b keeps talking; a does not.
+        s.handle_at(6 * S, b, b"hi");
+        assert_eq!(s.expire(9 * S), 0);
+        assert_eq!(s.expire(10 * S), 1);
+        assert_eq!(s.members(1), &[b]);
+        assert_eq!(s.len(), 1);
+        // b's entry was re-armed at its last activity + idle.
+        assert_eq!(s.next_expiry(), Some(16 * S));
+        assert_eq!(s.expire(16 * S), 1);
+        assert!(s.is_empty() && s.members(1).is_empty());
+        assert_eq!(s.stats().expired, 2);
+        let o = s.handle_at(17 * S, a, b"hello again");
+        assert_eq!(o.reply.as_deref(), Some(EXPIRED_REPLY.as_bytes()));
+        assert!(o.post.is_none());
+        // Joining again works, and is a fresh session.
+        assert_eq!(
+            s.handle_at(17 * S, a, b"/join 2").reply.as_deref(),
+            Some(&b"+OK You are now in chat room #2"[..])
+        );
+        assert!(s.handle_at(17 * S, a, b"x").post.is_some());
+        // A stranger is told the usual thing.
+        assert_eq!(
+            s.handle_at(17 * S, addr(3), b"x").reply.as_deref(),
+            Some(&b"-ERR You are not in a chat room (join one with /join N)"[..])
+        );
+    }
+
+    #[test]
+    fn a_reused_port_inherits_nothing() {
+        let mut s = Sessions::with_policy(SessionLimits::default(), policy(10, 0));
+        let a = addr(5);
+        s.handle_at(0, a, b"/nick old");
+        s.handle_at(0, a, b"/join 3");
+        assert!(s.unreachable(a));
+        assert!(!s.unreachable(a));
+        assert!(s.members(3).is_empty());
+        // The new owner of the port is not in room 3 and has no nickname.
+        assert_eq!(
+            s.handle_at(1, a, b"x").reply.as_deref(),
+            Some(EXPIRED_REPLY.as_bytes())
+        );
+        s.handle_at(1, a, b"/join 3");
+        let (_, line) = s.handle_at(1, a, b"x").post.unwrap();
+        assert_eq!(&line[..], b"<127.0.0.1:5> x");
+        assert_eq!(s.stats().unreachable, 1);
+    }
+
+    #[test]
+    fn expiry_heap_stays_bounded_under_churn() {
+        let mut s = Sessions::with_policy(SessionLimits::default(), policy(3600, 0));
+        for i in 0..100_000u64 {
+            let a = addr((i % 7) as u16 + 1);
+            s.handle_at(i, a, b"/join 1");
+            s.handle_at(i, a, b"/quit");
+        }
+        assert!(
+            s.deadlines.len() <= 2 * s.len() + 1025,
+            "{}",
+            s.deadlines.len()
+        );
+        assert!(s.expired.len() <= RECENTLY_EXPIRED);
+    }
+
+    #[test]
+    fn recently_expired_is_bounded() {
+        let mut s = Sessions::with_policy(
+            SessionLimits {
+                rooms: 1,
+                max_clients: 100_000,
+            },
+            policy(1, 0),
+        );
+        for p in 1..=(RECENTLY_EXPIRED as u16 + 100) {
+            s.handle_at(0, addr(p), b"/join 1");
+        }
+        s.expire(2 * S);
+        assert!(s.is_empty());
+        assert_eq!(s.expired.len(), RECENTLY_EXPIRED);
+        assert!(s.expired_order.len() <= RECENTLY_EXPIRED);
+        // The oldest were forgotten, the newest are remembered.
+        assert!(
+            s.handle_at(3 * S, addr(1), b"x")
+                .reply
+                .unwrap()
+                .starts_with(b"-ERR You are not")
+        );
+        assert_eq!(
+            s.handle_at(3 * S, addr(RECENTLY_EXPIRED as u16 + 100), b"x")
+                .reply
+                .as_deref(),
+            Some(EXPIRED_REPLY.as_bytes())
+        );
+    }
+
+    #[test]
+    fn members_leave_in_any_order() {
+        let mut s = Sessions::with_policy(SessionLimits::default(), policy(0, 0));
+        for p in 1..=50 {
+            s.handle(addr(p), b"/join 1");
+        }
+        for p in (1..=50).filter(|p| p % 3 == 0) {
+            s.handle(addr(p), b"/part");
+        }
+        for p in (1..=50).filter(|p| p % 3 == 1) {
+            s.unreachable(addr(p));
+        }
+        let mut got: Vec<u16> = s.members(1).iter().map(|a| a.port()).collect();
+        got.sort();
+        let want: Vec<u16> = (1..=50).filter(|p| p % 3 == 2).collect();
+        assert_eq!(got, want);
+        for p in want {
+            s.forget(addr(p));
+        }
+        assert!(s.members(1).is_empty());
+        // idle 0 = never expire
+        assert_eq!(s.next_expiry(), None);
+    }
+
+    #[test]
+    fn server_output_from_outside_a_room_gets_no_reply() {
+        let mut s = Sessions::new(SessionLimits::default());
+        let a = addr(1);
+        for d in [
+            &b"-ERR Unknown command '/bogus'"[..],
+            b"+OK You are now in chat room #2",
+            b"<x> hi",
+        ] {
+            let o = s.handle(a, d);
+            assert_eq!(o.reply, None, "{d:?}");
+            assert!(o.silenced);
+            // Also from a session outside a room.
+            s.handle(a, b"/nick n");
+            assert_eq!(s.handle(a, d).reply, None);
+            s.forget(a);
+        }
+        assert_eq!(s.stats().silenced, 6);
+        // In a room it is chat, byte for byte.
+        s.handle(a, b"/join 1");
+        assert_eq!(
+            &s.handle(a, b"-ERR lol").post.unwrap().1[..],
+            b"<127.0.0.1:1> -ERR lol"
+        );
+        // Commands are still answered.
+        assert!(s.handle(addr(2), b"/bogus").reply.is_some());
+    }
+
+    #[test]
+    fn amplification_cap_notice_and_confirmation() {
+        let allowance = 1000;
+        let mut s = Sessions::with_policy(SessionLimits::default(), policy(0, allowance));
+        let a = addr(9);
+        s.handle(a, b"/join 1"); // 7 bytes: credit 21
+        let token = s.token(a);
+        assert_eq!(token.len(), 16);
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+        assert_ne!(token, s.token(addr(10)));
+        // 3 x 7 + 1000 = 1021 bytes may go out; a notice at 21 + 500.
+        let mut sent = 0;
+        let mut notices = Vec::new();
+        let mut dropped = 0;
+        for _ in 0..30 {
+            match s.charge(a, 100) {
+                Charge::Send => sent += 100,
+                Charge::SendWithNotice(n) => {
+                    sent += 100;
+                    notices.push(n);
+                }
+                Charge::Drop => dropped += 1,
+            }
+        }
+        assert_eq!(notices.len(), 1);
+        assert_eq!(
+            notices[0],
+            Bytes::from(format!(
+                "+OK Confirm your address to keep receiving messages: send /confirm {token}"
+            ))
+        );
+        let notice_len = notices[0].len();
+        assert!(sent + notice_len <= 1021, "{sent} + {notice_len}");
+        assert!(sent >= 1021 - notice_len - 100);
+        assert_eq!(dropped, 30 - sent / 100);
+        assert_eq!(s.stats().over_allowance, dropped as u64);
+        // What the client sends earns 3x credit ...
+        s.handle(a, &[b'y'; 100]);
+        assert_eq!(s.charge(a, 290), Charge::Send);
+        assert_eq!(s.charge(a, 100), Charge::Drop);
+        // ... but server-like output earns nothing.
+        s.handle(a, &[b'<'; 100]);
+        assert_eq!(s.charge(a, 100), Charge::Drop);
+        // A wrong token.
+        assert_eq!(
+            s.handle(a, b"/confirm 0000000000000000").reply.as_deref(),
+            Some(BAD_TOKEN_REPLY.as_bytes())
+        );
+        assert_eq!(
+            s.handle(a, format!("/confirm {}", token.to_uppercase()).as_bytes())
+                .reply
+                .as_deref(),
+            Some(BAD_TOKEN_REPLY.as_bytes())
+        );
+        assert_eq!(
+            s.handle(a, b"/confirm").reply.as_deref(),
+            Some(BAD_TOKEN_REPLY.as_bytes())
+        );
+        // Another address's token does not work here.
+        let other = s.token(addr(10));
+        assert_eq!(
+            s.handle(a, format!("/confirm {other}").as_bytes())
+                .reply
+                .as_deref(),
+            Some(BAD_TOKEN_REPLY.as_bytes())
+        );
+        assert_eq!(
+            s.handle(a, format!("/confirm {token}").as_bytes())
+                .reply
+                .as_deref(),
+            Some(CONFIRMED_REPLY.as_bytes())
+        );
+        for _ in 0..100 {
+            assert_eq!(s.charge(a, 1000), Charge::Send);
+        }
+        assert_eq!(s.stats().confirmed, 1);
+        assert_eq!(s.stats().bad_confirmations, 4);
+        // Allowance 0: no cap, no notice.
+        let mut s = Sessions::with_policy(SessionLimits::default(), policy(0, 0));
+        s.handle(a, b"/join 1");
+        for _ in 0..1000 {
+            assert_eq!(s.charge(a, 1000), Charge::Send);
+        }
     }
 }

@@ -132,16 +132,169 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Datagrams waiting to be sent, in order.
+/// Asks the kernel to queue ICMP errors (port/host unreachable) for this
+/// unconnected socket (`IP_RECVERR`, and `IPV6_RECVERR` on an IPv6 socket),
+/// so that [`drain_errqueue`] can tell which destination failed.
+pub fn enable_recverr(fd: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
+    let set = |level: libc::c_int, opt: libc::c_int| -> io::Result<()> {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on a valid fd with a pointer to a live c_int.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    if ipv6 {
+        set(libc::SOL_IPV6, libc::IPV6_RECVERR)?;
+        // IPv4-mapped peers of a dual-stack socket report through IP_RECVERR.
+        let _ = set(libc::SOL_IP, libc::IP_RECVERR);
+        Ok(())
+    } else {
+        set(libc::SOL_IP, libc::IP_RECVERR)
+    }
+}
+
+/// One ICMP error from the socket's error queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpError {
+    /// The destination of the datagram that failed.
+    pub addr: SocketAddr,
+    /// `ECONNREFUSED` (port unreachable), `EHOSTUNREACH`, `ENETUNREACH`, ...
+    pub errno: i32,
+}
+
+impl IcmpError {
+    /// Port, host or network unreachable: nobody receives at `addr`.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self.errno,
+            libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN
+        )
+    }
+}
+
+/// Whether a send error is the socket's pending asynchronous error (an
+/// earlier ICMP error, reported by the next system call whatever its
+/// destination) rather than something about this datagram.
+pub fn is_async_icmp_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN)
+    )
+}
+
+/// Reads up to `max` entries of the socket's error queue (`recvmsg` with
+/// `MSG_ERRQUEUE`, never blocking) and appends the ICMP errors to `out`.
+/// Returns how many entries were read (ICMP or not) and whether the queue
+/// was found empty.
+pub fn drain_errqueue(fd: &impl AsRawFd, out: &mut Vec<IcmpError>, max: usize) -> (usize, bool) {
+    let fd = fd.as_raw_fd();
+    let mut read = 0;
+    let mut empty = false;
+    while read < max {
+        // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+        let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut data = [0u8; 64];
+        // u64 elements keep the control buffer aligned for cmsghdr.
+        let mut control = [0u64; 64];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: msg points at live buffers of the sizes it declares.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            empty = true; // EAGAIN: the queue is empty.
+            break;
+        }
+        read += 1;
+        let Some(addr) = to_socket_addr(&name) else {
+            continue;
+        };
+        // SAFETY: the CMSG macros walk the control buffer the kernel filled,
+        // within msg_controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                let h = &*c;
+                let ours = (h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_RECVERR)
+                    || (h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_RECVERR);
+                if ours {
+                    let ee: libc::sock_extended_err =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    if ee.ee_origin == libc::SO_EE_ORIGIN_ICMP
+                        || ee.ee_origin == libc::SO_EE_ORIGIN_ICMP6
+                    {
+                        out.push(IcmpError {
+                            addr,
+                            errno: ee.ee_errno as i32,
+                        });
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+    }
+    (read, empty)
+}
+
+/// Most ICMP errors collected per flush (the rest stay in the kernel's
+/// queue, itself bounded by the socket's receive buffer).
+const MAX_ICMP_PER_FLUSH: usize = 65_536;
+/// How often a send is retried when it fails only because an earlier
+/// ICMP error was pending on the socket.
+const ICMP_RETRIES: u32 = 8;
+/// How long a flush waits for a full send buffer before dropping the rest.
+pub const SEND_STALL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What a flush did besides sending.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Datagrams the kernel refused for another reason than a full buffer.
+    pub failed: u64,
+    /// Datagrams dropped because the send buffer stayed full for
+    /// [`SEND_STALL`].
+    pub dropped: u64,
+}
+
+/// Datagrams waiting to be sent, in order. The server flushes it whenever
+/// it holds [`SendQueue::FLUSH_AT`] datagrams, so it never grows without
+/// bound; a send buffer that stays full makes a flush drop (and count)
+/// what is left instead of waiting forever.
 #[derive(Default)]
 pub struct SendQueue {
-    items: Vec<(SockAddr, bytes::Bytes)>,
+    items: Vec<(SocketAddr, bytes::Bytes)>,
     sent: usize,
+    /// ICMP errors seen while sending (taken by the server).
+    pub icmp: Vec<IcmpError>,
 }
 
 impl SendQueue {
+    /// Queue length at which the server flushes before queueing more.
+    pub const FLUSH_AT: usize = 16_384;
+
     pub fn push(&mut self, to: SocketAddr, data: bytes::Bytes) {
-        self.items.push((SockAddr::from(to), data));
+        self.items.push((to, data));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -152,37 +305,56 @@ impl SendQueue {
         self.items.len() - self.sent
     }
 
-    /// Sends everything, waiting for the socket when its buffer is full.
-    /// Datagrams the kernel refuses for a reason other than a full buffer
-    /// (an unreachable client, say) are skipped and counted.
-    pub async fn flush(&mut self, sock: &UdpSocket) -> u64 {
-        let mut failed = 0;
+    /// Reads the socket's error queue into [`SendQueue::icmp`]; returns
+    /// (entries read, whether the queue was found empty).
+    pub fn collect_icmp(&mut self, sock: &UdpSocket) -> (usize, bool) {
+        let room = MAX_ICMP_PER_FLUSH.saturating_sub(self.icmp.len());
+        drain_errqueue(sock, &mut self.icmp, room)
+    }
+
+    /// Sends everything, waiting up to [`SEND_STALL`] at a time for a full
+    /// send buffer. A send that fails because an ICMP error was pending on
+    /// the socket is retried (the error belongs to an earlier datagram, and
+    /// the error queue says which); other refusals are skipped and counted.
+    pub async fn flush(&mut self, sock: &UdpSocket) -> FlushReport {
+        let mut report = FlushReport::default();
+        let mut retries = 0;
         while self.sent < self.items.len() {
             match self.send_some(sock) {
-                Ok(n) => self.sent += n,
+                Ok(n) => {
+                    self.sent += n;
+                    retries = 0;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if sock.writable().await.is_err() {
-                        break;
+                    match tokio::time::timeout(SEND_STALL, sock.writable()).await {
+                        Ok(Ok(())) => {}
+                        _ => {
+                            report.dropped += (self.items.len() - self.sent) as u64;
+                            break;
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_async_icmp_error(&e) && retries < ICMP_RETRIES => {
+                    retries += 1;
+                    self.collect_icmp(sock);
+                }
                 Err(e) => {
-                    tracing::debug!(
-                        "send to {:?} failed: {e}",
-                        self.items[self.sent].0.as_socket()
-                    );
+                    tracing::debug!("send to {} failed: {e}", self.items[self.sent].0);
                     self.sent += 1;
-                    failed += 1;
+                    report.failed += 1;
+                    retries = 0;
                 }
             }
         }
         self.items.clear();
         self.sent = 0;
-        failed
+        report
     }
 
     fn send_some(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         let chunk = &self.items[self.sent..self.items.len().min(self.sent + SEND_BATCH)];
+        let addrs: Vec<SockAddr> = chunk.iter().map(|(a, _)| SockAddr::from(*a)).collect();
         let mut iovs: Vec<libc::iovec> = chunk
             .iter()
             .map(|(_, d)| libc::iovec {
@@ -194,7 +366,7 @@ impl SendQueue {
         let mut hdrs: Vec<libc::mmsghdr> = (0..chunk.len())
             .map(|_| unsafe { std::mem::zeroed() })
             .collect();
-        for (i, (addr, _)) in chunk.iter().enumerate() {
+        for (i, addr) in addrs.iter().enumerate() {
             let h = &mut hdrs[i].msg_hdr;
             h.msg_name = addr.as_ptr() as *mut libc::c_void;
             h.msg_namelen = addr.len();
@@ -218,5 +390,58 @@ impl SendQueue {
                 Ok(n as usize)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed port answers with ICMP port unreachable; the error queue
+    /// names it, and a send to a live socket right after is not lost.
+    #[tokio::test]
+    async fn errqueue_names_closed_ports_and_sends_survive_pending_errors() {
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        enable_recverr(&std_sock, false).unwrap();
+        let sock = UdpSocket::from_std(std_sock).unwrap();
+        let live = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        live.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let dead: Vec<SocketAddr> = (0..50)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.local_addr().unwrap()
+            })
+            .collect();
+        let mut q = SendQueue::default();
+        for (i, d) in dead.iter().enumerate() {
+            q.push(*d, bytes::Bytes::from_static(b"to nobody"));
+            q.push(
+                live.local_addr().unwrap(),
+                bytes::Bytes::from(format!("{i}")),
+            );
+        }
+        let r = q.flush(&sock).await;
+        assert_eq!(r, FlushReport::default());
+        q.collect_icmp(&sock);
+        let mut got: Vec<SocketAddr> = q
+            .icmp
+            .iter()
+            .filter(|e| e.is_unreachable())
+            .map(|e| e.addr)
+            .collect();
+        got.sort();
+        got.dedup();
+        let mut want = dead.clone();
+        want.sort();
+        assert_eq!(got, want);
+        let mut buf = [0u8; 16];
+        for i in 0..50 {
+            let (n, _) = live
+                .recv_from(&mut buf)
+                .expect("every live datagram arrives");
+            assert_eq!(&buf[..n], format!("{i}").as_bytes());
+        }
     }
 }

@@ -162,6 +162,60 @@ const ERRORS: &[(&str, &str, usize, &[&str])] = &[
         2,
         &["duplicate"],
     ),
+    // unusable addresses (issue 13)
+    (
+        "l.txt",
+        "127.0.0.1:5000\n0.0.0.0:5001\n",
+        2,
+        &["unspecified", "0.0.0.0:5001"],
+    ),
+    ("l.txt", "[::]:5000\n", 1, &["unspecified", "[::]:5000"]),
+    (
+        "l.txt",
+        "127.0.0.1:8000,0.0.0.0:5000\n",
+        1,
+        &["unspecified"],
+    ),
+    ("l.txt", "255.255.255.255:5000\n", 1, &["broadcast"]),
+    ("l.txt", "224.0.0.1:5000\n", 1, &["multicast"]),
+    ("l.txt", "[ff02::1]:5000\n", 1, &["multicast"]),
+    (
+        "l.txt",
+        "127.0.0.1:5000\n127.0.0.1:5001,\n",
+        2,
+        &["trailing comma", "IP:PORT"],
+    ),
+    ("l.txt", ",127.0.0.1:5001\n", 1, &["leading comma"]),
+    (
+        "l.txt",
+        "127.0.0.1:8000,127.0.0.1:5000\n127.0.0.1:8001,127.0.0.1:8000\n",
+        2,
+        &["duplicate address 127.0.0.1:8000"],
+    ),
+    (
+        "t.toml",
+        "[[node]]\nbind = \"127.0.0.1:6000\"\n[[node]]\nbind = \"0.0.0.0:6001\"\n",
+        4,
+        &["node[2].bind", "unspecified"],
+    ),
+    (
+        "t.toml",
+        "[[node]]\nbind = \"127.0.0.1:6000\"\nforward = \"224.1.2.3:7000\"\n",
+        3,
+        &["node[1].forward", "multicast"],
+    ),
+    (
+        "t.toml",
+        "[nodes]\nhost = \"0.0.0.0\"\ncount = 2\nbase_port = 6000\n",
+        2,
+        &["nodes.host", "unspecified"],
+    ),
+    (
+        "t.toml",
+        "[nodes]\ncount = 1025\nbase_port = 6000\n",
+        2,
+        &["nodes.count", "too many servers", "1024"],
+    ),
     // TOML syntax and shape
     ("t.toml", "[cluster]\nrooms = \n", 2, &["syntax"]),
     (
@@ -261,4 +315,105 @@ fn server_index_out_of_range() {
     let e = c.server(2).unwrap_err().to_string();
     assert!(e.contains("out of range"), "{e}");
     assert!(c.server(0).is_err());
+}
+
+/// Issue 13, case 8: config input has bounds.
+#[test]
+fn oversized_and_endless_files_are_refused_without_reading_them_whole() {
+    let d = Dir::new("big");
+    // Just over the cap, all valid-looking lines.
+    let mut text = String::new();
+    let mut port = 1u32;
+    while text.len() as u64 <= config::MAX_CONFIG_BYTES {
+        text.push_str(&format!(
+            "127.0.{}.{}:{}\n",
+            port / 250 % 250,
+            port % 250,
+            1000 + port % 60000
+        ));
+        port += 1;
+    }
+    let p = d.write("huge.txt", &text);
+    let t = std::time::Instant::now();
+    let msg = load_err(&p);
+    assert!(
+        msg.contains("huge.txt") && msg.contains("too large"),
+        "{msg}"
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(2));
+
+    // /dev/zero: endless; read stops at the cap.
+    let t = std::time::Instant::now();
+    let msg = load_err(Path::new("/dev/zero"));
+    assert!(
+        msg.starts_with("/dev/zero: ") && msg.contains("too large"),
+        "{msg}"
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(2));
+
+    // Not UTF-8: names the line.
+    let p = d.0.join("bin.txt");
+    std::fs::write(&p, b"127.0.0.1:5000\n\xff\xfe\n").unwrap();
+    let msg = load_err(&p);
+    assert!(
+        msg.contains("bin.txt:2: ") && msg.contains("UTF-8"),
+        "{msg}"
+    );
+}
+
+fn many_legacy(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "127.0.{}.{}:{}\n",
+                1 + i / 200,
+                1 + i % 200,
+                5000 + i % 1000
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn server_count_is_capped_with_file_and_line() {
+    let d = Dir::new("many");
+    let ok = d.write("ok.txt", &many_legacy(config::DEFAULT_MAX_SERVERS));
+    assert_eq!(config::load(&ok).unwrap().servers.len(), 1024);
+    let p = d.write("many.txt", &format!("# header\n{}", many_legacy(1025)));
+    let msg = load_err(&p);
+    assert!(
+        msg.starts_with(&format!("{}:1026: ", p.display())) && msg.contains("too many servers"),
+        "{msg}"
+    );
+    // A higher cap is possible, never beyond the 16-bit id space.
+    let limits = config::ConfigLimits {
+        max_servers: 2000,
+        ..Default::default()
+    };
+    assert_eq!(config::load_with(&p, limits).unwrap().servers.len(), 1025);
+    let limits = config::ConfigLimits {
+        max_servers: usize::MAX,
+        ..Default::default()
+    };
+    assert_eq!(limits.servers(), config::HARD_MAX_SERVERS);
+    // [[node]] entries: the line of the first one too many.
+    let mut toml = String::new();
+    for i in 0..1025 {
+        toml.push_str(&format!(
+            "[[node]]\nbind = \"127.0.{}.{}:6000\"\n",
+            1 + i / 200,
+            1 + i % 200
+        ));
+    }
+    let p = d.write("many.toml", &toml);
+    let msg = load_err(&p);
+    assert!(
+        msg.starts_with(&format!("{}:{}: ", p.display(), 2 * 1024 + 1))
+            || msg.starts_with(&format!("{}:{}: ", p.display(), 2 * 1024 + 2)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("node[1025]") && msg.contains("too many servers"),
+        "{msg}"
+    );
 }
