@@ -530,7 +530,7 @@ fn print_report(r: &StressReport) {
     );
     if let Some(f) = &r.flood {
         crate::outln!(
-            "  flood: {} client{} in room 1 sent {} messages; {} reached the room ({} deliveries), {} -ERR replies (refused posts)",
+            "  flood: {} client{} in room 1 sent {} messages; {} reached the room ({} deliveries), {} -ERR replies (refusals are answered at most every 250 ms)",
             f.clients,
             if f.clients == 1 { "" } else { "s" },
             f.sent,

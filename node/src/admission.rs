@@ -14,10 +14,12 @@
 //! whose admitted share turns over fast can still eat the CPU that the
 //! server needs to read its socket, and then the kernel drops everyone's
 //! datagrams alike. So while the server's socket is *backed up* (it read a
-//! whole run of full batches without emptying it), a client with hundreds
-//! of messages in flight is not admitted at all: the server spends its time
-//! reading and refusing until the backlog is gone, and everyone else keeps
-//! flowing.
+//! whole run of full batches without emptying it), a heavy client that
+//! ignores back-pressure (it was refused within the last second) or has
+//! hundreds of messages in flight is not admitted at all: the server spends
+//! its time reading and refusing until the backlog is gone, and everyone
+//! else keeps flowing. A client that waits for its echoes before sending
+//! more is never refused by this rule.
 
 use orderings::MsgId;
 use std::collections::HashMap;
@@ -33,6 +35,16 @@ pub const BACKED_UP_IN_FLIGHT: u32 = 512;
 /// A refused client is told so at most this often (a flood of refusals
 /// must not become a flood of replies).
 pub const REFUSAL_REPLY_EVERY_US: u64 = 250_000;
+/// A client refused this recently still counts as pushing past its share.
+pub const PUSHY_FOR_US: u64 = 1_000_000;
+
+/// The last refusals of a client with messages in flight.
+#[derive(Debug, Clone, Copy, Default)]
+struct Refused {
+    /// When it was last refused, and last told so (0 = never).
+    at: u64,
+    told: u64,
+}
 
 /// Why a post was refused at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,34 +61,40 @@ pub struct FairAdmission {
     in_flight: HashMap<SocketAddr, u32>,
     owner: HashMap<MsgId, SocketAddr>,
     heavy: usize,
-    /// When each refused client was last told; only clients with messages
-    /// in flight are refused, and the entry goes with their last delivery.
-    told: HashMap<SocketAddr, u64>,
+    /// Refusals of clients with messages in flight; the entry goes with
+    /// their last delivery.
+    refused: HashMap<SocketAddr, Refused>,
     /// Refusals not answered (rate limit).
     pub silent_refusals: u64,
 }
 
 impl FairAdmission {
-    /// May `client` post now, with `outstanding` of the server's messages
+    /// May `client` post now, with `outstanding()` of the server's messages
     /// not yet delivered everywhere and an admission window of `window`?
-    /// (The replica itself refuses anything beyond the window.)
+    /// (The replica itself refuses anything beyond the window; `outstanding`
+    /// is asked only for heavy clients.)
     pub fn check(
         &self,
         client: SocketAddr,
-        outstanding: usize,
+        outstanding: impl FnOnce() -> usize,
         window: usize,
         backed_up: bool,
+        now_us: u64,
     ) -> Result<(), Refusal> {
         let mine = self.in_flight.get(&client).copied().unwrap_or(0);
         if mine < LIGHT_IN_FLIGHT {
             return Ok(());
         }
-        if backed_up && mine >= BACKED_UP_IN_FLIGHT {
+        let pushy = self
+            .refused
+            .get(&client)
+            .is_some_and(|r| r.at != 0 && now_us.saturating_sub(r.at) < PUSHY_FOR_US);
+        if backed_up && (pushy || mine >= BACKED_UP_IN_FLIGHT) {
             return Err(Refusal::FairShare);
         }
         let half = window / 2;
         let share = half / self.heavy.max(1);
-        if outstanding < half && (mine as usize) < share.max(LIGHT_IN_FLIGHT as usize) {
+        if (mine as usize) < share.max(LIGHT_IN_FLIGHT as usize) && outstanding() < half {
             Ok(())
         } else {
             Err(Refusal::FairShare)
@@ -105,17 +123,24 @@ impl FairAdmission {
             *n -= 1;
             if *n == 0 {
                 self.in_flight.remove(&client);
-                self.told.remove(&client);
+                self.refused.remove(&client);
             }
         }
     }
 
     /// `client` was refused at `now_us`: whether to tell it (at most once
-    /// per [`REFUSAL_REPLY_EVERY_US`]).
+    /// per [`REFUSAL_REPLY_EVERY_US`] while it has messages in flight; a
+    /// client with none is left to the server's general `-ERR` limits, so
+    /// that nothing is remembered of it here).
     pub fn tell_refused(&mut self, client: SocketAddr, now_us: u64) -> bool {
-        let last = self.told.entry(client).or_insert(0);
-        if *last == 0 || now_us.saturating_sub(*last) >= REFUSAL_REPLY_EVERY_US {
-            *last = now_us.max(1);
+        if !self.in_flight.contains_key(&client) {
+            return true;
+        }
+        let now_us = now_us.max(1);
+        let r = self.refused.entry(client).or_default();
+        r.at = now_us;
+        if r.told == 0 || now_us.saturating_sub(r.told) >= REFUSAL_REPLY_EVERY_US {
+            r.told = now_us;
             true
         } else {
             self.silent_refusals += 1;
@@ -152,7 +177,7 @@ mod tests {
         let (flood, light) = (addr(1), addr(2));
         let mut n = 0;
         // The flooder posts until refused; nothing is delivered meanwhile.
-        while a.check(flood, a.in_flight(), window, false).is_ok() {
+        while a.check(flood, || a.in_flight(), window, false, 0).is_ok() {
             n += 1;
             a.admitted(flood, id(n));
             assert!(n < 1000, "never refused");
@@ -160,26 +185,39 @@ mod tests {
         assert_eq!(a.in_flight(), 32, "a heavy client gets half the window");
         // A light client still gets in, up to the whole window.
         for _ in 0..LIGHT_IN_FLIGHT - 1 {
-            assert!(a.check(light, a.in_flight(), window, true).is_ok());
+            assert!(a.check(light, || a.in_flight(), window, true, 0).is_ok());
             n += 1;
             a.admitted(light, id(n));
         }
         // While the server's socket is backed up, heavy clients wait.
         let mut b = FairAdmission::default();
         for k in 0..BACKED_UP_IN_FLIGHT {
-            assert!(b.check(flood, 0, 1 << 20, true).is_ok());
+            assert!(b.check(flood, || 0, 1 << 20, true, 0).is_ok());
             b.admitted(flood, id(u64::from(k)));
         }
-        assert!(b.check(flood, 0, 1 << 20, true).is_err());
-        assert!(b.check(flood, 0, 1 << 20, false).is_ok());
+        assert!(b.check(flood, || 0, 1 << 20, true, 0).is_err());
+        assert!(b.check(flood, || 0, 1 << 20, false, 0).is_ok());
         // The flooder is told once per interval, not once per datagram.
         assert!(a.tell_refused(flood, 1_000));
         assert!(!a.tell_refused(flood, 2_000));
         assert!(a.tell_refused(flood, 1_000 + REFUSAL_REPLY_EVERY_US));
         assert_eq!(a.silent_refusals, 1);
+        // A client with nothing in flight is not remembered here.
+        let stranger = addr(9);
+        assert!(a.tell_refused(stranger, 1) && a.tell_refused(stranger, 2));
+        assert!(!a.refused.contains_key(&stranger));
         // Deliveries free the flooder's share again.
         a.delivered(id(1));
-        assert!(a.check(flood, 31, window, false).is_ok());
+        assert!(a.check(flood, || 31, window, false, 0).is_ok());
+        // ... but not while the socket is backed up and it was refused
+        // within the last second (it pushes past its share), unlike a
+        // client that waits for its echoes and is never refused.
+        let last = 1_000 + REFUSAL_REPLY_EVERY_US;
+        assert!(a.check(flood, || 31, window, true, last + 1).is_err());
+        assert!(
+            a.check(flood, || 31, window, true, last + PUSHY_FOR_US)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -195,7 +233,7 @@ mod tests {
         }
         // Two heavy clients: 16 each.
         for c in [addr(1), addr(2)] {
-            while a.check(c, a.in_flight(), window, false).is_ok() {
+            while a.check(c, || a.in_flight(), window, false, 0).is_ok() {
                 n += 1;
                 a.admitted(c, id(n));
             }
@@ -207,7 +245,7 @@ mod tests {
             a.delivered(id(k));
         }
         assert_eq!((a.in_flight(), a.heavy), (0, 0), "everything forgotten");
-        assert!(a.told.is_empty());
+        assert!(a.refused.is_empty());
         a.delivered(id(1));
         assert_eq!(a.in_flight(), 0, "unknown ids are ignored");
     }

@@ -70,6 +70,9 @@ pub struct ServerStats {
     pub suppressed_error_replies: u64,
     /// Datagrams dropped because the send buffer stayed full.
     pub dropped_sends: u64,
+    /// Refused posts not answered (a refused client is told at most every
+    /// 250 ms).
+    pub unanswered_refusals: u64,
     /// ICMP unreachable errors for peer (server) addresses.
     pub unreachable_peers: u64,
     /// ICMP errors for addresses with no session (or not unreachable).
@@ -106,7 +109,7 @@ impl ServerStats {
              dropped_from_server_addresses={} dropped_bad_source={} suppressed_error_replies={} \
              silenced_server_output={} expired_sessions={} unreachable_sessions={} unreachable_peers={} \
              icmp_other={} dropped_over_allowance={} confirm_notices={} confirmed_addresses={} \
-             bad_confirmations={} dropped_sends={}",
+             bad_confirmations={} dropped_sends={} unanswered_refusals={}",
             self.client_datagrams,
             self.peer_datagrams,
             self.bad_peer_datagrams,
@@ -142,6 +145,7 @@ impl ServerStats {
             self.sessions.confirmed,
             self.sessions.bad_confirmations,
             self.dropped_sends,
+            self.unanswered_refusals,
         )
     }
 }
@@ -258,16 +262,18 @@ impl Server {
             && self.sessions.room_of(from).is_some()
             && let Err(refusal) = self.admission.check(
                 from,
-                self.replica.outstanding(),
+                || self.replica.outstanding(),
                 self.replica.window(),
                 self.backed_up,
+                self.now().as_micros(),
             )
         {
             let now = self.now();
             self.stats.refused_posts += 1;
-            // The window may be full because a delivery report was lost:
-            // ask for one (rate-limited by the links).
-            self.replica.request_reports(now);
+            // Heavy clients wait from half the window on; a lost delivery
+            // report may keep it there: ask for one (rate-limited by the
+            // links).
+            self.replica.request_reports(now, self.replica.window() / 2);
             if self.admission.tell_refused(from, now.as_micros()) {
                 self.reply(from, Bytes::from(format!("-ERR {refusal}")));
             }
@@ -361,6 +367,9 @@ impl Server {
         let r = self.out.flush(&self.socket).await;
         self.stats.failed_sends += r.failed;
         self.stats.dropped_sends += r.dropped;
+        // Read the error queue after every flush: its entries (each with a
+        // copy of the refused datagram) count against the receive buffer,
+        // and a room of dead members would fill it and starve the socket.
         self.handle_icmp();
     }
 
@@ -610,6 +619,7 @@ pub async fn run(
         }
     }
     server.stats.replica = server.replica.stats();
+    server.stats.unanswered_refusals = server.admission.silent_refusals;
     server.stats.sessions = server.sessions.stats().clone();
     Ok(server.stats)
 }

@@ -4,8 +4,9 @@
 //!
 //! Admission window: every datagram a peer sends us says how many of our
 //! messages (of this incarnation) it has delivered. A post is admitted only
-//! while every live peer has fewer than [`ReplicaConfig::window`] of our
-//! messages not yet delivered, so what a peer holds back for us is bounded
+//! while every server (we included, and a peer not heard from yet) has
+//! fewer than [`ReplicaConfig::window`] of our messages not yet delivered,
+//! so what a peer holds back for us is bounded
 //! by the window, and a peer never has to drop a message we accepted (a
 //! holdback limit that drops breaks agreement). A slow peer slows admission
 //! at the origin instead: back-pressure reaches the clients, who are refused
@@ -30,7 +31,7 @@ pub struct ReplicaConfig {
     pub key: Option<[u8; 32]>,
     /// Posts are refused while any peer link holds more frames than this.
     pub max_backlog: usize,
-    /// Posts are refused while any live peer has this many of our messages
+    /// Posts are refused while any server has this many of our messages
     /// not yet delivered (see the module docs).
     pub window: usize,
     /// The incarnation clock's reading at `Time::ZERO`: incarnations are
@@ -86,14 +87,12 @@ pub struct ReplicaStats {
     pub links: Vec<LinkStats>,
     pub strategy: StrategyStats,
     pub max_backlog: usize,
-    /// Our messages not yet delivered by the slowest live peer.
+    /// Our messages not yet delivered by the slowest server.
     pub outstanding: usize,
     /// The largest `outstanding` seen.
     pub peak_outstanding: usize,
     /// The admission window.
     pub window: usize,
-    /// Posts refused by the admission window or link backlog.
-    pub refused_posts: u64,
 }
 
 /// See the module docs.
@@ -122,7 +121,6 @@ pub struct Replica {
     /// deliver those: they are not outstanding at it).
     peer_base: Vec<u64>,
     peak_outstanding: usize,
-    refused_posts: u64,
 }
 
 impl Replica {
@@ -160,7 +158,6 @@ impl Replica {
             peer_confirmed: vec![0; n],
             peer_base: vec![0; n],
             peak_outstanding: 0,
-            refused_posts: 0,
         }
     }
 
@@ -210,28 +207,27 @@ impl Replica {
             .iter()
             .enumerate()
             .filter(|(_, l)| l.is_some())
-            .map(|(i, _)| {
-                self.posts
-                    .saturating_sub(self.peer_base[i] + self.peer_confirmed[i])
-                    as usize
-            })
+            .map(|(i, _)| self.outstanding_at(i))
             .max()
             .unwrap_or(0)
             .max(own)
     }
 
-    /// Asks the peers that fill our window for a delivery report: one may
-    /// have been lost, and while the window is full nothing else of ours
-    /// would make them send one.
-    pub fn request_reports(&mut self, now: Time) {
-        let window = self.cfg.window as u64;
-        for (i, link) in self.links.iter_mut().enumerate() {
-            if let Some(link) = link
-                && link.peer_incarnation() != 0
-                && self
-                    .posts
-                    .saturating_sub(self.peer_base[i] + self.peer_confirmed[i])
-                    >= window
+    /// Our messages not yet delivered by server `i`, as far as it told us.
+    fn outstanding_at(&self, i: usize) -> usize {
+        self.posts
+            .saturating_sub(self.peer_base[i] + self.peer_confirmed[i]) as usize
+    }
+
+    /// Asks the peers with at least `at_least` of our messages outstanding
+    /// (those that make us refuse posts) for a delivery report: one may
+    /// have been lost, and while we refuse, nothing else of ours would make
+    /// them send one.
+    pub fn request_reports(&mut self, now: Time, at_least: usize) {
+        for i in 0..self.links.len() {
+            let behind = self.outstanding_at(i) >= at_least;
+            if let Some(link) = self.links[i].as_mut()
+                && behind
             {
                 link.request_report(now);
             }
@@ -259,9 +255,8 @@ impl Replica {
     /// `room`.
     pub fn post(&mut self, now: Time, room: RoomId, line: Bytes) -> Result<MsgId, PostError> {
         if let Err(e) = self.admission() {
-            self.refused_posts += 1;
             if e == PostError::WindowFull {
-                self.request_reports(now);
+                self.request_reports(now, self.cfg.window);
             }
             return Err(e);
         }
@@ -401,7 +396,6 @@ impl Replica {
             outstanding: self.outstanding(),
             peak_outstanding: self.peak_outstanding,
             window: self.cfg.window,
-            refused_posts: self.refused_posts,
         }
     }
 
