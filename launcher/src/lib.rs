@@ -27,6 +27,7 @@ pub mod bench;
 pub mod bench_cpu;
 pub mod bench_latency;
 pub mod bench_proc;
+pub mod cluster;
 pub mod output;
 pub mod plan;
 pub mod proxy;

@@ -22,9 +22,10 @@
 //! `launcher up` and `launcher stress`), [`run_proxy`] (an async function for
 //! a caller's runtime) and [`run`] (the subcommand).
 
+use crate::cluster::settings::{self, ClusterFile, FaultConfig};
 use anyhow::{Context, bail};
 use clap::Args;
-use node::config::{ClusterConfig, FaultConfig};
+use node::config::ClusterConfig;
 use orderings::rng::SimRng;
 use serde::Serialize;
 use std::cmp::Reverse;
@@ -643,13 +644,6 @@ pub fn spawn(cfg: &ClusterConfig, faults: &FaultConfig) -> anyhow::Result<ProxyH
     spawn_plan(plan, faults)
 }
 
-/// [`spawn`] for `launcher up`: starts the proxy with the file's `[faults]`
-/// (none: a plain pass-through). Keep the handle alive while the nodes run;
-/// dropping it (or [`ProxyHandle::stop`]) stops the proxy.
-pub fn spawn_for_up(cfg: &ClusterConfig) -> anyhow::Result<ProxyHandle> {
-    spawn(cfg, &cfg.faults.clone().unwrap_or_default())
-}
-
 /// [`spawn`] from an explicit plan.
 pub fn spawn_plan(plan: ProxyPlan, faults: &FaultConfig) -> anyhow::Result<ProxyHandle> {
     let bound = BoundProxy::bind(plan.clone())?;
@@ -678,13 +672,13 @@ pub fn spawn_plan(plan: ProxyPlan, faults: &FaultConfig) -> anyhow::Result<Proxy
 
 /// The fault setting of the command line, over the file's `[faults]`.
 pub fn faults_from_args(
-    cfg: &ClusterConfig,
+    file: Option<&FaultConfig>,
     delay: Option<(f64, f64)>,
     loss: Option<f64>,
     duplicate: Option<f64>,
     seed: Option<u64>,
 ) -> FaultConfig {
-    let mut f = cfg.faults.clone().unwrap_or_default();
+    let mut f = file.cloned().unwrap_or_default();
     if let Some((lo, hi)) = delay {
         f.delay_min_ms = lo;
         f.delay_max_ms = hi;
@@ -704,9 +698,9 @@ pub fn faults_from_args(
 /// `launcher proxy FILE ...`: runs until SIGINT or SIGTERM, then prints the
 /// counts and exits 0.
 pub fn run(a: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let cfg = node::config::load(&a.file)?;
+    let ClusterFile { cfg, settings } = settings::load(&a.file)?;
     let faults = faults_from_args(
-        &cfg,
+        settings.faults.as_ref(),
         a.faults.delay,
         a.faults.loss,
         a.faults.duplicate,

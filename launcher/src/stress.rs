@@ -9,12 +9,12 @@
 //! receive-buffer drops and violations. Exit code 0 only when every check
 //! passed.
 
+use crate::cluster::settings::{self, ClusterFile, FaultConfig};
 use crate::proxy::{self, ProxyCounts, faults_active};
 use crate::stress_cluster::{Cluster, ClusterSpec, default_chatserver, on_fresh_ports};
 use crate::stress_load::{LoadPlan, LoadResult, run_load};
 use anyhow::{Context, bail};
 use clap::Args;
-use node::config::FaultConfig;
 use orderings::check::{Properties, Report};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -189,7 +189,7 @@ pub fn kernel_rcvbuf_errors() -> Option<u64> {
 }
 
 pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
-    let cfg = node::config::load(&a.file)?;
+    let ClusterFile { cfg, settings } = settings::load(&a.file)?;
     let mode = a
         .ordering
         .clone()
@@ -256,9 +256,9 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         }
         cfg.servers.iter().map(|s| s.bind).collect::<Vec<_>>()
     } else {
-        let faults = if fault_given || cfg.faults.is_some() {
+        let faults = if fault_given || settings.faults.is_some() {
             Some(proxy::faults_from_args(
-                &cfg,
+                settings.faults.as_ref(),
                 a.faults.delay,
                 a.faults.loss,
                 a.faults.duplicate,
@@ -269,7 +269,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         };
         let chatserver = match &a.chatserver {
             Some(p) => p.clone(),
-            None => default_chatserver(&cfg)?,
+            None => default_chatserver(settings.chatserver.as_deref())?,
         };
         // Never the file's ports: a cluster may be running there (then
         // our servers could not bind and our clients would chat into it).

@@ -6,9 +6,10 @@
 //! servers by their pid (SIGTERM, then SIGKILL after a grace period), then
 //! the proxy.
 
+use crate::cluster::settings::FaultConfig;
 use crate::proxy::{self, ProxyCounts, ProxyHandle, ProxyPlan};
 use anyhow::{Context, bail};
-use node::config::{ClusterConfig, FaultConfig};
+use node::config::ClusterConfig;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -64,9 +65,9 @@ pub struct Cluster {
 }
 
 /// The `chatserver` next to the running executable (or the file's choice).
-pub fn default_chatserver(cfg: &ClusterConfig) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &cfg.chatserver {
-        return Ok(p.clone());
+pub fn default_chatserver(file: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = file {
+        return Ok(p.to_path_buf());
     }
     let exe = std::env::current_exe().context("locating the launcher executable")?;
     let dir = exe

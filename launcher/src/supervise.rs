@@ -12,12 +12,12 @@
 //! the *thread* that forked the child exits, so every fork must happen on
 //! the main thread, which lives as long as the launcher.
 
+use crate::cluster::settings::RestartPolicy;
 use crate::output::Output;
 use crate::plan::{NodePlan, Plan};
 use crate::state::{self, NodeState, NodeStatus, StateFile};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use node::config::RestartPolicy;
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -150,7 +150,7 @@ async fn main_loop(plan: Plan, out: Output) -> anyhow::Result<ExitCode> {
     let initial = StateFile {
         launcher_pid,
         launcher_start_time,
-        cluster: plan.cfg.name.clone(),
+        cluster: plan.settings.name.clone(),
         config: plan.config_path.clone(),
         ordering: plan.ordering.clone(),
         nodes: plan
@@ -211,7 +211,7 @@ async fn main_loop(plan: Plan, out: Output) -> anyhow::Result<ExitCode> {
             stopping = true;
             sh.out.global(&format!(
                 "{sig}: stopping all nodes (SIGTERM, SIGKILL after {} ms)",
-                sh.plan.cfg.supervise.stop_timeout_ms
+                sh.plan.settings.supervise.stop_timeout_ms
             ));
             let _ = tx.send(Stop::Term);
         } else {
@@ -338,7 +338,7 @@ fn signal_group(pid: i32, sig: Signal) {
 
 async fn node_task(sh: Arc<Shared>, i: usize, mut stop: watch::Receiver<Stop>) -> Outcome {
     let np = sh.node(i).clone();
-    let sv = sh.plan.cfg.supervise.clone();
+    let sv = sh.plan.settings.supervise.clone();
     let window = Duration::from_secs(sv.restart_window_s);
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     loop {
@@ -492,7 +492,7 @@ async fn stop_child(
     stop: &mut watch::Receiver<Stop>,
 ) -> std::io::Result<ExitStatus> {
     sh.update(i, |n| n.status = NodeStatus::Stopping);
-    let timeout = Duration::from_millis(sh.plan.cfg.supervise.stop_timeout_ms);
+    let timeout = Duration::from_millis(sh.plan.settings.supervise.stop_timeout_ms);
     if *stop.borrow() == Stop::Kill {
         signal_group(pid, Signal::SIGKILL);
         return child.wait().await;
