@@ -574,42 +574,17 @@ mod tests {
         assert_eq!(c.servers[0].line, 3);
     }
 
-    /// Every key of the format: the launcher's are skipped, not refused.
-    const FULL: &str = r#"
-[cluster]
-name = "demo-1"
-ordering = "fifo"
-rooms = 20
-chatserver = "bin/chatserver"
-state_dir = "/tmp/x"
-secret = "hunter2"
-node_args = ["-v", "--x"]
-
-[[node]]
-name = "alpha"
-bind = "127.0.0.1:5000"
-forward = "127.0.0.1:8000"
-
-[[node]]
-bind = "localhost:5001"
-
-[supervise]
-restart = "always"
-backoff_initial_ms = 10
-
-[faults]
-delay_ms = [1, 2.5]
-loss = 0.5
-"#;
-
     #[test]
-    fn full_file() {
-        let c = p(FULL).unwrap();
+    fn explicit_nodes() {
+        let text = "[cluster]\nordering = \"fifo\"\nrooms = 20\n\n\
+                    [[node]]\nname = \"alpha\"\nbind = \"127.0.0.1:5000\"\nforward = \"127.0.0.1:8000\"\n\n\
+                    [[node]]\nbind = \"localhost:5001\"\n";
+        let c = p(text).unwrap();
         assert_eq!(c.ordering.as_deref(), Some("fifo"));
         assert_eq!(c.rooms, 20);
         assert_eq!(c.servers[0].name, "alpha");
         assert_eq!(c.servers[0].forward, "127.0.0.1:8000".parse().unwrap());
-        assert_eq!(c.servers[0].line, 13);
+        assert_eq!(c.servers[0].line, 7);
         assert_eq!(c.servers[1].name, "s2");
         assert_eq!(c.servers[1].bind.port(), 5001);
         assert_eq!(c.servers[1].forward, c.servers[1].bind);

@@ -160,7 +160,7 @@ const ERRORS: &[(&str, &str, usize, &[&str])] = &[
         2,
         &["duplicate"],
     ),
-    // unusable addresses (issue 13)
+    // addresses no server can be reached at
     (
         "l.txt",
         "127.0.0.1:5000\n0.0.0.0:5001\n",
@@ -303,7 +303,7 @@ fn server_index_out_of_range() {
     assert!(c.server(0).is_err());
 }
 
-/// Issue 13, case 8: config input has bounds.
+/// Config input is bounded: a huge or endless file cannot stall a start.
 #[test]
 fn oversized_and_endless_files_are_refused_without_reading_them_whole() {
     let d = Dir::new("big");

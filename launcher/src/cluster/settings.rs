@@ -517,6 +517,7 @@ mod tests {
         assert_eq!(l.settings.secret, SecretSetting::Off);
     }
 
+    /// Every key of the format, `chatserver`'s and the launcher's.
     #[test]
     fn full_file() {
         let text = r#"
@@ -554,7 +555,9 @@ seed = 7
         let ClusterFile { cfg, settings: s } = p(text).unwrap();
         assert_eq!(cfg.ordering.as_deref(), Some("fifo"));
         assert_eq!(cfg.rooms, 20);
-        assert_eq!(cfg.servers.len(), 2);
+        assert_eq!(cfg.servers[0].name, "alpha");
+        assert_eq!(cfg.servers[0].line, 13);
+        assert_eq!(cfg.servers[1].name, "s2");
         assert_eq!(s.name, "demo-1");
         assert_eq!(s.chatserver, Some(PathBuf::from("/cfg/bin/chatserver")));
         assert_eq!(s.state_dir, Some(PathBuf::from("/tmp/x")));
