@@ -58,6 +58,8 @@ struct File {
     _faults: Option<IgnoredAny>,
 }
 
+// Fields in the documented order: serde lists them in that order when a
+// key is unknown. Those with `_` are the launcher's, skipped by name.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterTable {
@@ -65,7 +67,6 @@ struct ClusterTable {
     _name: Option<IgnoredAny>,
     ordering: Option<Spanned<String>>,
     rooms: Option<Int<1, { u32::MAX as i64 }>>,
-    // The launcher's keys.
     #[serde(rename = "chatserver")]
     _chatserver: Option<IgnoredAny>,
     #[serde(rename = "state_dir")]

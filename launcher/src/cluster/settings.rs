@@ -170,7 +170,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ClusterFile, ConfigError> {
 #[serde(deny_unknown_fields)]
 struct File {
     cluster: Option<Table<ClusterKeys>>,
-    // `chatserver`'s tables (read by `node::config`).
+    // `chatserver`'s tables, read by `node::config` and skipped here by name.
     #[serde(rename = "nodes")]
     _nodes: Option<IgnoredAny>,
     #[serde(rename = "node")]
