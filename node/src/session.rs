@@ -315,9 +315,11 @@ impl Sessions {
             self.next_number += 1;
             self.expired.remove(&from);
             if self.policy.idle_us > 0 {
+                // Compact before arming: compaction keeps only the deadlines
+                // of sessions already in `clients`.
+                self.compact_deadlines();
                 let at = self.now.saturating_add(self.policy.idle_us);
                 self.deadlines.push(Reverse((at, number, from)));
-                self.compact_deadlines();
             }
             self.clients.insert(
                 from,
@@ -965,6 +967,22 @@ mod tests {
             s.deadlines.len()
         );
         assert!(s.expired.len() <= RECENTLY_EXPIRED);
+    }
+
+    #[test]
+    fn sessions_opened_while_the_heap_is_compacted_still_expire() {
+        // Sessions that come and go leave stale deadlines; around 1024 of
+        // them, opening a session compacts the heap.
+        for churn in 1020..1030 {
+            let mut s = Sessions::with_policy(SessionLimits::default(), policy(10, 0));
+            for _ in 0..churn {
+                s.handle_at(0, addr(1), b"/join 1");
+                s.handle_at(0, addr(1), b"/quit");
+            }
+            s.handle_at(0, addr(2), b"/join 1");
+            assert_eq!(s.expire(10 * S), 1, "after {churn} sessions");
+            assert!(s.is_empty());
+        }
     }
 
     #[test]
