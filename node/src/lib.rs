@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod config_toml;
 pub mod guard;

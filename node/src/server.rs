@@ -4,9 +4,10 @@
 //! anything is flushed, so server-to-server packets get batched under load.
 
 use crate::admission::FairAdmission;
+use crate::command::{ClientCommand, CommandError, MAX_LINE};
 use crate::config::ClusterConfig;
 use crate::guard::{ErrorLimiter, ErrorLimits};
-use crate::session::{MAX_LINE, Outcome, SessionLimits, SessionPolicy, SessionStats, Sessions};
+use crate::session::{Outcome, SessionLimits, SessionPolicy, SessionStats, Sessions};
 use crate::udp::{RECV_BATCH, RecvBatch, SendQueue};
 use bytes::Bytes;
 use orderings::replica::{Replica, ReplicaConfig, ReplicaStats};
@@ -255,20 +256,27 @@ impl Server {
             return;
         }
         self.stats.client_datagrams += 1;
+        let now = self.now();
+        if len > MAX_LINE {
+            // Possibly cut short: answered from its length alone.
+            self.sessions.advance(now.0);
+            self.sessions.touch(from, len, data);
+            self.reply_to_client(None, from, CommandError::TooLong(len).reply());
+            return;
+        }
+        let command = ClientCommand::parse(data, self.sessions.rooms());
         // A chat line from a client over its fair share is refused before
         // anything is formatted or ordered: a flood costs a lookup each.
-        if len <= MAX_LINE
-            && data.first() != Some(&b'/')
+        if let Ok(ClientCommand::Chat(_)) = command
             && self.sessions.room_of(from).is_some()
             && let Err(refusal) = self.admission.check(
                 from,
                 || self.replica.outstanding(),
                 self.replica.window(),
                 self.backed_up,
-                self.now().as_micros(),
+                now.as_micros(),
             )
         {
-            let now = self.now();
             self.stats.refused_posts += 1;
             // Heavy clients wait from half the window on; a lost delivery
             // report may keep it there: ask for one (rate-limited by the
@@ -279,51 +287,39 @@ impl Server {
             }
             return;
         }
-        let now = self.now();
-        let outcome = if len > MAX_LINE {
-            self.sessions.advance(now.0);
-            self.sessions.touch(from, len, data);
-            Outcome {
-                reply: Some(
-                    format!("-ERR Message too long ({len} bytes; at most {MAX_LINE})").into_bytes(),
-                ),
-                client: None,
-                ..Outcome::default()
-            }
-        } else {
-            self.sessions.handle_at(now.0, from, data)
-        };
-        if outcome.reply.is_none()
-            && outcome.post.is_none()
-            && !outcome.silenced
-            && let Some(client) = outcome.client
-        {
-            tracing::info!("Client {client} ({from}) quits");
-        }
-        if let Some((room, line)) = outcome.post {
-            let client = outcome.client.unwrap_or(0);
-            tracing::info!(
-                "Client {client} posts \"{}\" to chat room #{room}",
-                crate::verbose::shown(data)
-            );
-            match self.replica.post(now, room, line) {
-                Ok(id) => self.admission.admitted(from, id),
-                Err(e) => {
-                    self.stats.refused_posts += 1;
-                    if self.admission.tell_refused(from, now.as_micros()) {
-                        self.reply(from, Bytes::from(format!("-ERR {e}")));
+        match self.sessions.apply(now.0, from, data, command) {
+            Outcome::Reply { client, reply } => self.reply_to_client(client, from, reply),
+            Outcome::Post { client, room, line } => {
+                tracing::info!(
+                    "Client {client} posts \"{}\" to chat room #{room}",
+                    crate::verbose::shown(data)
+                );
+                match self.replica.post(now, room, line) {
+                    Ok(id) => self.admission.admitted(from, id),
+                    Err(e) => {
+                        self.stats.refused_posts += 1;
+                        if self.admission.tell_refused(from, now.as_micros()) {
+                            self.reply(from, Bytes::from(format!("-ERR {e}")));
+                        }
                     }
                 }
             }
+            Outcome::Quit {
+                client: Some(client),
+            } => tracing::info!("Client {client} ({from}) quits"),
+            Outcome::Quit { client: None } | Outcome::Silenced { .. } => {}
         }
-        if let Some(reply) = outcome.reply {
-            tracing::info!(
-                "Client {} <- \"{}\"",
-                outcome.client.unwrap_or(0),
-                crate::verbose::shown(&reply)
-            );
-            self.reply(from, Bytes::from(reply));
-        }
+    }
+
+    /// Logs a reply to a command (`client` is the session's number, 0 when
+    /// there is none) and sends it.
+    fn reply_to_client(&mut self, client: Option<u64>, to: SocketAddr, reply: Bytes) {
+        tracing::info!(
+            "Client {} <- \"{}\"",
+            client.unwrap_or(0),
+            crate::verbose::shown(&reply)
+        );
+        self.reply(to, reply);
     }
 
     /// Queues a reply to a client datagram. `-ERR` replies pass the rate
