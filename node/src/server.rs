@@ -11,7 +11,7 @@ use crate::session::{Outcome, SessionLimits, SessionPolicy, SessionStats, Sessio
 use crate::udp::{RECV_BATCH, RecvBatch, SendQueue};
 use bytes::Bytes;
 use orderings::replica::{Replica, ReplicaConfig, ReplicaStats};
-use orderings::{ServerId, StrategyContext, StrategySpec, Time};
+use orderings::{RoomId, ServerId, StrategyContext, StrategySpec, Time};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
@@ -195,6 +195,21 @@ fn grow_buffer(sock: &socket2::Socket, opt: libc::c_int, force: libc::c_int, siz
     }
 }
 
+/// Where a datagram comes from, decided once by its source address.
+enum Source {
+    /// A peer's forwarding address: server-to-server traffic.
+    Peer(ServerId),
+    /// Any other plausible address: a client.
+    Client,
+    /// A configured server address that is no peer's forwarding address
+    /// (ours, or a bind address): a forged source or a server's reply, never
+    /// a client. Dropped.
+    ServerAddress,
+    /// A source no client can have (unspecified address, port 0, multicast,
+    /// broadcast). Dropped.
+    Implausible,
+}
+
 struct Server {
     socket: UdpSocket,
     replica: Replica,
@@ -219,42 +234,60 @@ impl Server {
     }
 
     /// Handles one datagram of `len` bytes (`data` may be cut short when
-    /// `len` exceeds what a receive slot keeps).
+    /// `len` exceeds what a receive slot keeps), by its source.
     fn handle(&mut self, from: SocketAddr, data: &[u8], len: usize) {
+        match self.source(from) {
+            Source::Peer(peer) => self.handle_peer(peer, from, data, len),
+            Source::Client => self.handle_client(from, data, len),
+            Source::ServerAddress => {
+                self.stats.dropped_from_server_addresses += 1;
+                tracing::debug!("dropped a datagram from server address {from}");
+            }
+            Source::Implausible => self.stats.dropped_bad_source += 1,
+        }
+    }
+
+    fn source(&self, from: SocketAddr) -> Source {
         if let Some(&peer) = self.peers.get(&from) {
-            self.stats.peer_datagrams += 1;
-            if tracing::enabled!(tracing::Level::INFO) {
-                match crate::verbose::payloads_in(data) {
-                    Some(0) => tracing::debug!(
-                        "Received {len} bytes from {peer} (no payload: heartbeat or acknowledgement)"
-                    ),
-                    Some(n) => tracing::info!("Received {len} bytes from {peer} ({n} payload(s))"),
-                    None => tracing::debug!("Received {len} bytes from {peer} (undecodable)"),
-                }
+            Source::Peer(peer)
+        } else if self.server_addrs.contains(&from) {
+            Source::ServerAddress
+        } else if !plausible_client(from) {
+            Source::Implausible
+        } else {
+            Source::Client
+        }
+    }
+
+    /// A datagram from `peer` (at its forwarding address `from`) goes to the
+    /// replica.
+    fn handle_peer(&mut self, peer: ServerId, from: SocketAddr, data: &[u8], len: usize) {
+        self.stats.peer_datagrams += 1;
+        if tracing::enabled!(tracing::Level::INFO) {
+            match crate::verbose::payloads_in(data) {
+                Some(0) => tracing::debug!(
+                    "Received {len} bytes from {peer} (no payload: heartbeat or acknowledgement)"
+                ),
+                Some(n) => tracing::info!("Received {len} bytes from {peer} ({n} payload(s))"),
+                None => tracing::debug!("Received {len} bytes from {peer} (undecodable)"),
             }
-            let now = self.now();
-            let result = if len > data.len() {
-                Err(orderings::WireError::OutOfRange("datagram length"))
-            } else {
-                self.replica.handle_datagram(now, peer, data)
-            };
-            if let Err(e) = result {
-                self.stats.bad_peer_datagrams += 1;
-                tracing::debug!("dropped a bad datagram from {peer} ({from}): {e}");
-            }
-            return;
         }
-        // Never a client: our own address, any server's address (a forged
-        // source, or a server's reply), or a source no client can have.
-        if self.server_addrs.contains(&from) {
-            self.stats.dropped_from_server_addresses += 1;
-            tracing::debug!("dropped a datagram from server address {from}");
-            return;
+        let now = self.now();
+        let result = if len > data.len() {
+            Err(orderings::WireError::OutOfRange("datagram length"))
+        } else {
+            self.replica.handle_datagram(now, peer, data)
+        };
+        if let Err(e) = result {
+            self.stats.bad_peer_datagrams += 1;
+            tracing::debug!("dropped a bad datagram from {peer} ({from}): {e}");
         }
-        if !plausible_client(from) {
-            self.stats.dropped_bad_source += 1;
-            return;
-        }
+    }
+
+    /// A datagram from a client: parsed, checked against the client's fair
+    /// share when it is a chat line, applied to its session; then the reply
+    /// is sent or the post ordered.
+    fn handle_client(&mut self, from: SocketAddr, data: &[u8], len: usize) {
         self.stats.client_datagrams += 1;
         let now = self.now();
         if len > MAX_LINE {
@@ -294,20 +327,26 @@ impl Server {
                     "Client {client} posts \"{}\" to chat room #{room}",
                     crate::verbose::shown(data)
                 );
-                match self.replica.post(now, room, line) {
-                    Ok(id) => self.admission.admitted(from, id),
-                    Err(e) => {
-                        self.stats.refused_posts += 1;
-                        if self.admission.tell_refused(from, now.as_micros()) {
-                            self.reply(from, Bytes::from(format!("-ERR {e}")));
-                        }
-                    }
-                }
+                self.post(now, from, room, line);
             }
             Outcome::Quit {
                 client: Some(client),
             } => tracing::info!("Client {client} ({from}) quits"),
             Outcome::Quit { client: None } | Outcome::Silenced { .. } => {}
+        }
+    }
+
+    /// Hands a client's chat line to the replica; a refusal is answered
+    /// (rate-limited per client).
+    fn post(&mut self, now: Time, from: SocketAddr, room: RoomId, line: Bytes) {
+        match self.replica.post(now, room, line) {
+            Ok(id) => self.admission.admitted(from, id),
+            Err(e) => {
+                self.stats.refused_posts += 1;
+                if self.admission.tell_refused(from, now.as_micros()) {
+                    self.reply(from, Bytes::from(format!("-ERR {e}")));
+                }
+            }
         }
     }
 
