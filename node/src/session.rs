@@ -407,16 +407,12 @@ impl Sessions {
     ) -> Outcome {
         self.now = self.now.max(now);
         let known = self.clients.get(&from).map(|s| s.number);
+        // A refusal goes to the session as it was: the address had one
+        // exactly when it was known.
         let outcome = match command {
-            Ok(ClientCommand::Chat(text)) => self.chat(from, text),
-            Ok(ClientCommand::Join(room)) => self.join(from, room),
-            Ok(ClientCommand::Part) => self.part(from),
-            Ok(ClientCommand::Nick(nick)) => self.nick(from, nick),
-            Ok(ClientCommand::Confirm(token)) => self.confirm(from, token),
-            Ok(ClientCommand::Quit) => {
-                self.forget(from);
-                Outcome::Quit { client: known }
-            }
+            Ok(command) => self
+                .run(from, known, command)
+                .unwrap_or_else(|e| Outcome::error(known, &e)),
             Err(e) => Outcome::error(known, &e),
         };
         if let Outcome::Silenced { .. } = outcome {
@@ -440,25 +436,41 @@ impl Sessions {
         }
     }
 
-    fn chat(&mut self, from: SocketAddr, text: &[u8]) -> Outcome {
+    fn run(
+        &mut self,
+        from: SocketAddr,
+        known: Option<u64>,
+        command: ClientCommand<'_>,
+    ) -> Result<Outcome, SessionError> {
+        match command {
+            ClientCommand::Chat(text) => self.chat(from, text),
+            ClientCommand::Join(room) => self.join(from, room),
+            ClientCommand::Part => self.part(from),
+            ClientCommand::Nick(nick) => self.nick(from, nick),
+            ClientCommand::Confirm(token) => self.confirm(from, token),
+            ClientCommand::Quit => {
+                self.forget(from);
+                Ok(Outcome::Quit { client: known })
+            }
+        }
+    }
+
+    fn chat(&mut self, from: SocketAddr, text: &[u8]) -> Result<Outcome, SessionError> {
         let session = self.clients.get(&from);
         let in_room = session.and_then(|s| s.room).is_some();
         if !in_room && looks_like_server_output(text) {
-            return Outcome::Silenced {
+            return Ok(Outcome::Silenced {
                 client: session.map(|s| s.number),
-            };
+            });
         }
         let Some(s) = session else {
-            let e = if self.expired.contains_key(&from) {
+            return Err(if self.expired.contains_key(&from) {
                 SessionError::Expired
             } else {
                 SessionError::ChatOutsideRoom
-            };
-            return Outcome::error(None, &e);
+            });
         };
-        let Some(room) = s.room else {
-            return Outcome::error(Some(s.number), &SessionError::ChatOutsideRoom);
-        };
+        let room = s.room.ok_or(SessionError::ChatOutsideRoom)?;
         let mut line = Vec::with_capacity(text.len() + 32);
         line.push(b'<');
         match &s.nick {
@@ -471,22 +483,18 @@ impl Sessions {
         }
         line.extend_from_slice(b"> ");
         line.extend_from_slice(text);
-        Outcome::Post {
+        Ok(Outcome::Post {
             client: s.number,
             room,
             line: Bytes::from(line),
-        }
+        })
     }
 
-    fn join(&mut self, from: SocketAddr, room: RoomId) -> Outcome {
-        let known = self.clients.get(&from).map(|s| s.number);
-        let s = match self.session(from) {
-            Ok(s) => s,
-            Err(e) => return Outcome::error(known, &e),
-        };
+    fn join(&mut self, from: SocketAddr, room: RoomId) -> Result<Outcome, SessionError> {
+        let s = self.session(from)?;
         let number = s.number;
         if let Some(current) = s.room {
-            return Outcome::error(Some(number), &SessionError::AlreadyInRoom(current));
+            return Err(SessionError::AlreadyInRoom(current));
         }
         s.room = Some(room);
         let members = self.members.entry(room).or_default();
@@ -495,46 +503,36 @@ impl Sessions {
         if let Some(s) = self.clients.get_mut(&from) {
             s.pos = pos;
         }
-        Outcome::Reply {
+        Ok(Outcome::Reply {
             client: Some(number),
             reply: Bytes::from(format!("+OK You are now in chat room #{room}")),
-        }
+        })
     }
 
-    fn part(&mut self, from: SocketAddr) -> Outcome {
-        let Some(s) = self.clients.get_mut(&from) else {
-            return Outcome::error(None, &SessionError::NotInRoom);
-        };
-        let number = s.number;
-        let Some(room) = s.room.take() else {
-            return Outcome::error(Some(number), &SessionError::NotInRoom);
-        };
-        let pos = s.pos;
+    fn part(&mut self, from: SocketAddr) -> Result<Outcome, SessionError> {
+        let s = self.clients.get_mut(&from).ok_or(SessionError::NotInRoom)?;
+        let room = s.room.take().ok_or(SessionError::NotInRoom)?;
+        let (number, pos) = (s.number, s.pos);
         self.leave(room, pos, from);
-        Outcome::Reply {
+        Ok(Outcome::Reply {
             client: Some(number),
             reply: Bytes::from(format!("+OK You have left chat room #{room}")),
-        }
+        })
     }
 
-    fn nick(&mut self, from: SocketAddr, nick: &[u8]) -> Outcome {
-        let known = self.clients.get(&from).map(|s| s.number);
-        let s = match self.session(from) {
-            Ok(s) => s,
-            Err(e) => return Outcome::error(known, &e),
-        };
+    fn nick(&mut self, from: SocketAddr, nick: &[u8]) -> Result<Outcome, SessionError> {
+        let s = self.session(from)?;
         s.nick = Some(nick.to_vec());
         let mut reply = b"+OK Nickname set to '".to_vec();
         reply.extend_from_slice(nick);
         reply.push(b'\'');
-        Outcome::Reply {
+        Ok(Outcome::Reply {
             client: Some(s.number),
             reply: Bytes::from(reply),
-        }
+        })
     }
 
-    fn confirm(&mut self, from: SocketAddr, token: &[u8]) -> Outcome {
-        let known = self.clients.get(&from).map(|s| s.number);
+    fn confirm(&mut self, from: SocketAddr, token: &[u8]) -> Result<Outcome, SessionError> {
         let want = self.token(from);
         // Constant time over the 16 bytes.
         let ok = token.len() == want.len()
@@ -545,21 +543,18 @@ impl Sessions {
                 == 0;
         if !ok {
             self.stats.bad_confirmations += 1;
-            return Outcome::error(known, &SessionError::BadToken);
+            return Err(SessionError::BadToken);
         }
-        let s = match self.session(from) {
-            Ok(s) => s,
-            Err(e) => return Outcome::error(known, &e),
-        };
+        let s = self.session(from)?;
         let number = s.number;
         if !s.confirmed {
             s.confirmed = true;
             self.stats.confirmed += 1;
         }
-        Outcome::Reply {
+        Ok(Outcome::Reply {
             client: Some(number),
             reply: Bytes::from_static(CONFIRMED_REPLY.as_bytes()),
-        }
+        })
     }
 
     /// Removes `who` (at `pos`) from `room`'s members in O(1).
