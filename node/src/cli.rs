@@ -164,7 +164,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let (std_sock, granted) =
-            server::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
+            crate::udp::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
         let socket = tokio::net::UdpSocket::from_std(std_sock)?;
         if key.is_none() && cluster.servers.len() > 1 {
             eprintln!("{me} note: no cluster secret; server-to-server packets are not authenticated");

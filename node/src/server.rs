@@ -20,9 +20,6 @@ use std::time::Instant;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// Receive buffer we ask the kernel for: bursts must not be dropped.
-pub const RECV_BUFFER: usize = 8 * 1024 * 1024;
-pub const SEND_BUFFER: usize = 4 * 1024 * 1024;
 /// `recvmmsg` calls per wake-up before flushing (bounds latency under load).
 const BATCHES_PER_WAKE: usize = 4;
 
@@ -155,44 +152,6 @@ impl ServerStats {
 pub enum ServerError {
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
-}
-
-/// Binds a UDP socket with large kernel buffers. Returns the socket and the
-/// receive buffer size the kernel granted.
-pub fn bind_socket(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, usize)> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    grow_buffer(&sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, RECV_BUFFER);
-    grow_buffer(&sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, SEND_BUFFER);
-    sock.set_nonblocking(true)?;
-    // ICMP port/host unreachable for clients end their sessions (see
-    // `Server::handle_icmp`).
-    crate::udp::enable_recverr(&sock, addr.is_ipv6())?;
-    sock.bind(&addr.into())?;
-    let granted = sock.recv_buffer_size().unwrap_or(0);
-    Ok((sock.into(), granted))
-}
-
-/// Asks for `size`; when the system limit caps it and we are privileged, the
-/// FORCE variant gets past the cap.
-fn grow_buffer(sock: &socket2::Socket, opt: libc::c_int, force: libc::c_int, size: usize) {
-    use std::os::fd::AsRawFd;
-    let set = |o: libc::c_int| {
-        let v = size as libc::c_int;
-        // SAFETY: setsockopt on a valid fd with a pointer to a live c_int.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                o,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    if set(force) != 0 {
-        let _ = set(opt);
-    }
 }
 
 /// Where a datagram comes from, decided once by its source address.

@@ -91,11 +91,8 @@ impl RecvBatch {
                     std::ptr::null_mut(),
                 )
             };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
+            // A negative count is an error, in errno.
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
         })?;
         for i in 0..n {
             let len = self.hdrs[i].msg_len as usize;
@@ -132,35 +129,71 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// Receive buffer asked of the kernel: bursts must not be dropped.
+const RECV_BUFFER: usize = 8 * 1024 * 1024;
+/// Send buffer asked of the kernel.
+const SEND_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Binds the server's UDP socket, non-blocking, with large kernel buffers
+/// and ICMP errors queued (port/host unreachable for a client ends its
+/// session). Returns the socket and the receive buffer size the kernel
+/// granted.
+pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    grow_buffer(&sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, RECV_BUFFER);
+    grow_buffer(&sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, SEND_BUFFER);
+    sock.set_nonblocking(true)?;
+    enable_recverr(&sock, addr.is_ipv6())?;
+    sock.bind(&addr.into())?;
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    Ok((sock.into(), granted))
+}
+
+/// Asks for `size`; the FORCE variant first, which gets past the system
+/// limit when we are privileged. Best effort.
+fn grow_buffer(sock: &impl AsRawFd, opt: libc::c_int, force: libc::c_int, size: usize) {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    if set_int_option(sock, libc::SOL_SOCKET, force, size).is_err() {
+        let _ = set_int_option(sock, libc::SOL_SOCKET, opt, size);
+    }
+}
+
+/// `setsockopt` with an `int` value.
+fn set_int_option(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt on a valid fd with a pointer to a live c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Asks the kernel to queue ICMP errors (port/host unreachable) for this
 /// unconnected socket (`IP_RECVERR`, and `IPV6_RECVERR` on an IPv6 socket),
 /// so that [`drain_errqueue`] can tell which destination failed.
 pub(crate) fn enable_recverr(fd: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
-    let set = |level: libc::c_int, opt: libc::c_int| -> io::Result<()> {
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt on a valid fd with a pointer to a live c_int.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                level,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
     if ipv6 {
-        set(libc::SOL_IPV6, libc::IPV6_RECVERR)?;
+        set_int_option(fd, libc::SOL_IPV6, libc::IPV6_RECVERR, 1)?;
         // IPv4-mapped peers of a dual-stack socket report through IP_RECVERR.
-        let _ = set(libc::SOL_IP, libc::IP_RECVERR);
+        let _ = set_int_option(fd, libc::SOL_IP, libc::IP_RECVERR, 1);
         Ok(())
     } else {
-        set(libc::SOL_IP, libc::IP_RECVERR)
+        set_int_option(fd, libc::SOL_IP, libc::IP_RECVERR, 1)
     }
 }
 
@@ -388,11 +421,8 @@ impl SendQueue {
                     libc::MSG_DONTWAIT,
                 )
             };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
+            // A negative count is an error, in errno.
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
         })
     }
 }
