@@ -132,8 +132,8 @@ struct Session {
     noticed: bool,
 }
 
-/// What applying one client datagram did. `client` is the session's number
-/// (for `-v`), when the datagram came from an address that had one.
+/// What applying one client datagram did. `client` is the number of the
+/// session the datagram came from or opened (for `-v`), if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Send `reply` (`+OK ...` or `-ERR ...`) back to the client.
@@ -831,7 +831,10 @@ mod tests {
             max_clients: 1,
         });
         assert!(reply(&mut s, addr(1), "/join 1").starts_with("+OK"));
-        assert!(reply(&mut s, addr(2), "/join 1").starts_with("-ERR Server is full"));
+        assert_eq!(
+            reply(&mut s, addr(2), "/join 1"),
+            "-ERR Server is full (1 clients); try another server"
+        );
         assert!(reply(&mut s, addr(2), "/nick x").starts_with("-ERR Server is full"));
         assert_eq!(s.len(), 1);
     }
