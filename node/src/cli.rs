@@ -65,9 +65,8 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = config::DEFAULT_MAX_SERVERS, value_parser = parse_max_servers, value_name = "N")]
     pub max_servers: usize,
     /// After traffic, keep polling the socket this long (yielding the CPU)
-    /// before sleeping in epoll: the next hop of an agreement round usually
-    /// arrives within tens of microseconds, and a wake-up costs more on a VM.
-    /// Lowers latency at the cost of some CPU after traffic. 0 = off.
+    /// before sleeping in epoll: lower latency at the cost of some CPU
+    /// after traffic. 0 = off.
     #[arg(long, default_value_t = 20, value_name = "US")]
     pub busy_poll_us: u64,
     /// Admission window: this server accepts a post only while every server
@@ -165,7 +164,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let (std_sock, granted) =
-            server::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
+            crate::udp::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
         let socket = tokio::net::UdpSocket::from_std(std_sock)?;
         if key.is_none() && cluster.servers.len() > 1 {
             eprintln!("{me} note: no cluster secret; server-to-server packets are not authenticated");
