@@ -25,7 +25,6 @@
 use anyhow::{Context, bail};
 use clap::Args;
 use node::config::{ClusterConfig, FaultConfig};
-use orderings::rng::SimRng;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -37,6 +36,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+use testkit::SimRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;

@@ -1,5 +1,5 @@
 //! The chat server: configuration, client sessions, and the tokio runtime
-//! around the sans-IO [`orderings::replica::Replica`].
+//! around the sans-IO [`orderings::Replica`].
 
 pub mod admission;
 pub mod cli;

@@ -1,33 +1,51 @@
-//! Ordering strategies for the replicated chat server, sans-IO.
+//! Ordering strategies for the replicated chat server, sans-IO: the protocol
+//! the server links, and nothing else (the test tools live in `testkit`).
 //!
 //! A strategy ([`Ordering`]) is a state machine: it is fed `(now, event)` and
 //! writes what should happen (packets for peers, deliveries to local room
 //! members) into an [`Outbox`]. It never touches sockets, clocks, threads or
 //! global randomness, so the same code runs in the tokio server, in the
-//! deterministic simulator ([`sim`]) and in property tests.
+//! deterministic simulator and in property tests.
 //!
-//! Strategies talk to each other through [`replica::Replica`], which wraps
-//! them with one reliable, FIFO, batching link per peer ([`link`]): a strategy
-//! can rely on every payload it sends reaching each live peer exactly once and
-//! in order, so it only has to solve ordering, not loss.
+//! Layout (every module is private; this file re-exports the public API):
+//! - this file: the vocabulary shared by everything ([`Time`], [`ServerId`],
+//!   [`MsgId`], [`Post`], [`Outbox`]) and the [`Ordering`] trait.
+//! - `registry`: [`StrategySpec`], the `inventory` registry every strategy
+//!   submits to (built-in or plugin), and [`lookup`] by name.
+//! - `strategies`: the built-in strategies (`unordered`, `fifo`, `total`,
+//!   `causal`); only their peer message formats are public
+//!   ([`StreamMessage`], [`TotalMessage`], [`CausalMessage`]), for fuzzing.
+//! - `replica`: [`Replica`], a strategy plus one reliable link per peer: a
+//!   strategy can rely on every payload it sends reaching each live peer
+//!   exactly once and in order, so it only has to solve ordering, not loss.
+//! - `link`: the datagram codec and MAC ([`Datagram`], [`seal_datagram`],
+//!   [`open_datagram`]) apart from the per-peer link state machine.
+//! - `wire`: field encoding ([`Writer`], [`Reader`]), NUL stuffing, and
+//!   [`WireError`], the error of every decoder.
 //!
-//! Strategies register themselves with [`inventory`] through
-//! [`StrategySpec`]; see [`registry`].
+//! Users: `node` drives a [`Replica`]; plugin strategies (see `examples/`)
+//! implement [`Ordering`] with [`Writer`]/[`Reader`] and register a
+//! [`StrategySpec`]; `testkit` simulates replicas; the fuzz targets and
+//! tools decode datagrams and strategy messages.
 
-pub mod check;
-pub mod link;
-pub mod registry;
-pub mod replica;
-pub mod rng;
-pub mod sim;
-pub mod strategies;
-pub mod wire;
+mod link;
+mod registry;
+mod replica;
+mod strategies;
+mod wire;
 
 use bytes::Bytes;
 use std::fmt;
 
-pub use registry::{Guarantees, StrategySpec, UnknownStrategy, lookup, strategies as registered};
-pub use wire::WireError;
+pub use link::{
+    Datagram, LinkConfig, LinkStats, MAC_LEN, MAGIC, VERSION, open_datagram, seal_datagram,
+};
+pub use registry::{
+    Guarantees, StrategySpec, UnknownStrategy, duplicate_names, help_text, lookup,
+    strategies as registered,
+};
+pub use replica::{DEFAULT_WINDOW, PostError, Replica, ReplicaConfig, ReplicaStats, Transmit};
+pub use wire::{Reader, WireError, Writer, stuff_into, unstuff};
 
 /// Virtual or real time in microseconds since an arbitrary origin (the
 /// node's start, or the simulation's start).

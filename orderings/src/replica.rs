@@ -134,8 +134,7 @@ impl Replica {
             .min((cfg.window as u64 / 4).max(1));
         let links = (0..cfg.servers)
             .map(|i| {
-                (i != cfg.me.index())
-                    .then(|| PeerLink::new(ServerId(i as u16), cfg.incarnation, cfg.link.clone()))
+                (i != cfg.me.index()).then(|| PeerLink::new(cfg.incarnation, cfg.link.clone()))
             })
             .collect();
         Self {
@@ -298,7 +297,7 @@ impl Replica {
         let Some(Some(link)) = self.links.get_mut(from.index()) else {
             return Err(WireError::OutOfRange("sender"));
         };
-        let raw = link::open(wire, self.cfg.key.as_ref())?;
+        let raw = link::open_datagram(wire, self.cfg.key.as_ref())?;
         let (d, _) = Datagram::decode_raw(&raw)?;
         let received = link.receive(now, self.cfg.clock_at_zero, &d);
         if received.peer_restarted {
@@ -368,7 +367,7 @@ impl Replica {
                 self.next_peer = (i + 1) % n;
                 return Some(Transmit {
                     to: ServerId(i as u16),
-                    payload: link::seal(&raw, self.cfg.key.as_ref()),
+                    payload: link::seal_datagram(&raw, self.cfg.key.as_ref()),
                 });
             }
         }

@@ -46,7 +46,7 @@ pub fn stuff_into(src: &[u8], dst: &mut Vec<u8>) {
 }
 
 /// Size of `src` once stuffed.
-pub fn stuffed_len(src: &[u8]) -> usize {
+pub(crate) fn stuffed_len(src: &[u8]) -> usize {
     src.len() + src.iter().filter(|&&b| b == 0 || b == ESC).count()
 }
 

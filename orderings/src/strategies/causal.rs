@@ -50,9 +50,9 @@ struct CausalRoom {
 /// this far ahead of us: it refuses posts once its link to us holds 65,536
 /// unacknowledged payloads. Beyond it, a broken or hostile peer's messages
 /// are dropped and counted.
-pub const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
+pub(super) const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
 
-pub struct Causal {
+pub(super) struct Causal {
     /// Messages dropped by the holdback limit.
     pub refused: u64,
     me: ServerId,
@@ -63,7 +63,7 @@ pub struct Causal {
 }
 
 impl Causal {
-    pub fn new(ctx: &StrategyContext) -> Self {
+    pub(super) fn new(ctx: &StrategyContext) -> Self {
         let mut incarnations = vec![0; ctx.servers];
         incarnations[ctx.me.index()] = ctx.incarnation;
         Self {

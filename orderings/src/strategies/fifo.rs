@@ -9,7 +9,7 @@ use crate::wire::{Reader, WireError};
 use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategyStats, Time};
 
 #[derive(Default)]
-pub struct Fifo {
+pub(super) struct Fifo {
     counters: StreamCounters,
     holdback: StreamHoldback,
 }

@@ -61,12 +61,12 @@ impl From<StreamMsg> for crate::Post {
 
 /// Numbers outgoing messages per room.
 #[derive(Debug, Default)]
-pub struct StreamCounters {
+pub(super) struct StreamCounters {
     next: HashMap<RoomId, u64>,
 }
 
 impl StreamCounters {
-    pub fn next(&mut self, room: RoomId) -> u64 {
+    pub(super) fn next(&mut self, room: RoomId) -> u64 {
         let n = self.next.entry(room).or_insert(1);
         let seq = *n;
         *n += 1;
@@ -74,14 +74,14 @@ impl StreamCounters {
     }
     /// Tells a restarted peer where each of our streams continues (its
     /// new incarnation expects every stream to start at 1).
-    pub fn announce_to(&self, peer: ServerId, out: &mut crate::Outbox) {
+    pub(super) fn announce_to(&self, peer: ServerId, out: &mut crate::Outbox) {
         for (room, next) in self.positions() {
             out.send(crate::Dest::Peer(peer), encode_stream_start(room, next));
         }
     }
 
     /// `(room, next seq)` for every room used so far.
-    pub fn positions(&self) -> Vec<(RoomId, u64)> {
+    pub(super) fn positions(&self) -> Vec<(RoomId, u64)> {
         let mut v: Vec<_> = self.next.iter().map(|(&r, &n)| (r, n)).collect();
         v.sort_unstable();
         v
@@ -108,10 +108,10 @@ impl Default for Stream {
 /// link never runs this far ahead (it delivers in order, at most a window
 /// at a time); anything beyond is a broken or hostile peer, and is dropped
 /// and counted rather than allowed to exhaust memory.
-pub const MAX_EARLY_PER_STREAM: u64 = 1 << 17;
+pub(super) const MAX_EARLY_PER_STREAM: u64 = 1 << 17;
 
 #[derive(Debug, Default)]
-pub struct StreamHoldback {
+pub(super) struct StreamHoldback {
     streams: HashMap<(ServerId, RoomId), Stream>,
     /// Messages dropped for running too far ahead of their stream.
     pub refused: u64,
@@ -119,7 +119,7 @@ pub struct StreamHoldback {
 
 impl StreamHoldback {
     /// Accepts a message; returns the messages now ready, in order.
-    pub fn accept(&mut self, msg: StreamMsg) -> Vec<StreamMsg> {
+    pub(super) fn accept(&mut self, msg: StreamMsg) -> Vec<StreamMsg> {
         let s = self.streams.entry((msg.id.origin, msg.room)).or_default();
         let mut ready = Vec::new();
         if msg.seq < s.next {
@@ -144,7 +144,12 @@ impl StreamHoldback {
 
     /// The origin says its stream for `room` continues at `next` (sent after
     /// one side restarted). Held messages below `next` are dropped.
-    pub fn restart_at(&mut self, origin: ServerId, room: RoomId, next: u64) -> Vec<StreamMsg> {
+    pub(super) fn restart_at(
+        &mut self,
+        origin: ServerId,
+        room: RoomId,
+        next: u64,
+    ) -> Vec<StreamMsg> {
         let s = self.streams.entry((origin, room)).or_default();
         s.next = next;
         s.early = s.early.split_off(&next);
@@ -157,19 +162,19 @@ impl StreamHoldback {
     }
 
     /// Forgets everything from `origin` (it restarted: its counters begin anew).
-    pub fn forget_origin(&mut self, origin: ServerId) {
+    pub(super) fn forget_origin(&mut self, origin: ServerId) {
         self.streams.retain(|(o, _), _| *o != origin);
     }
 
     /// Messages waiting for an earlier one.
-    pub fn held(&self) -> usize {
+    pub(super) fn held(&self) -> usize {
         self.streams.values().map(|s| s.early.len()).sum()
     }
 }
 
 /// `STREAM_START room next`: tells a restarted peer where our stream for
 /// `room` continues.
-pub fn encode_stream_start(room: RoomId, next: u64) -> Bytes {
+pub(super) fn encode_stream_start(room: RoomId, next: u64) -> Bytes {
     let mut w = Writer::with_capacity(12);
     w.u8(super::kind::STREAM_START)
         .varint(u64::from(room))
@@ -177,7 +182,7 @@ pub fn encode_stream_start(room: RoomId, next: u64) -> Bytes {
     w.into_bytes()
 }
 
-pub fn decode_stream_start(r: &mut Reader<'_>) -> Result<(RoomId, u64), WireError> {
+pub(super) fn decode_stream_start(r: &mut Reader<'_>) -> Result<(RoomId, u64), WireError> {
     let room = r.varint_u32("room")?;
     let next = r.varint()?;
     if next == u64::MAX {

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 
 /// A proposed or final position in a room's order; ties broken by server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Priority {
+pub(super) struct Priority {
     pub n: u64,
     pub server: u16,
 }
@@ -84,7 +84,7 @@ fn priority_number(r: &mut Reader<'_>) -> Result<u64, WireError> {
 /// it refuses posts once its link to us holds 65,536 unacknowledged
 /// payloads. Beyond it, a broken or hostile peer's messages are dropped and
 /// counted rather than allowed to exhaust memory.
-pub const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
+pub(super) const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
 
 fn release(held: &mut HashMap<ServerId, usize>, origin: ServerId) {
     if let Some(n) = held.get_mut(&origin) {
@@ -121,7 +121,7 @@ impl RecentFinals {
     }
 }
 
-pub struct Total {
+pub(super) struct Total {
     /// Priorities of this incarnation start here (its start time in
     /// microseconds): above every number an earlier incarnation of this
     /// server can have proposed, so a restarted server's proposals never
@@ -146,7 +146,7 @@ pub struct Total {
 }
 
 impl Total {
-    pub fn new(ctx: &StrategyContext) -> Self {
+    pub(super) fn new(ctx: &StrategyContext) -> Self {
         Self {
             priority_base: ctx.incarnation,
             me: ctx.me,

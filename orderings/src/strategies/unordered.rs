@@ -6,7 +6,7 @@ use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::{Reader, WireError};
 use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategyStats, Time};
 
-pub struct Unordered;
+pub(super) struct Unordered;
 
 impl Ordering for Unordered {
     fn handle_post(&mut self, _now: Time, post: Post, out: &mut Outbox) {

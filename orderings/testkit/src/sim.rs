@@ -11,12 +11,13 @@
 //!   network that reorders but never loses (no link layer), which shows a
 //!   strategy's own logic does not lean on FIFO channels.
 
+use crate::SimRng;
 use crate::check::{History, MemberOpts, MessageId, Properties, Report};
-use crate::registry::StrategySpec;
-use crate::replica::{Replica, ReplicaConfig};
-use crate::rng::SimRng;
-use crate::{Dest, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext, Time};
 use bytes::Bytes;
+use orderings::{
+    Dest, MsgId, Ordering, Outbox, Post, Replica, ReplicaConfig, RoomId, ServerId, StrategyContext,
+    StrategySpec, Time,
+};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
@@ -460,7 +461,7 @@ impl Sim {
             Node::Raw(s) => {
                 let mut out = Outbox::default();
                 // Raw mode: the harness numbers messages like a replica would.
-                let id = crate::MsgId {
+                let id = MsgId {
                     origin: server,
                     counter: self.sent.len() as u64 + 1,
                 };

@@ -49,7 +49,7 @@
 //! # Example
 //!
 //! ```
-//! use orderings::check::{History, Properties};
+//! use testkit::check::{History, Properties};
 //! let mut h = History::new();
 //! let a = h.add_member("a", 1);
 //! let b = h.add_member("b", 1);
@@ -60,8 +60,7 @@
 //! assert!(report.ok(), "{report}");
 //! ```
 
-use crate::RoomId;
-use crate::registry::Guarantees;
+use orderings::{Guarantees, RoomId};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
