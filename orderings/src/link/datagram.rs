@@ -23,7 +23,9 @@ const FLAG_REPORT: u8 = 0x02;
 /// Decoded header and control part of a datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram<'a> {
+    /// The sender's incarnation.
     pub src_incarnation: u64,
+    /// The receiver's incarnation as the sender knows it (0: unknown).
     pub dst_incarnation: u64,
     /// All frames up to and including this sequence number were received.
     pub ack: u64,
@@ -34,6 +36,7 @@ pub struct Datagram<'a> {
     pub report_wanted: bool,
     /// Ranges `(first, count)` above `ack` that the receiver is missing.
     pub gaps: Vec<(u64, u64)>,
+    /// `(sequence number, strategy payload)` per frame.
     pub frames: Vec<(u64, &'a [u8])>,
 }
 

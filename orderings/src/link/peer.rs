@@ -46,8 +46,11 @@ pub struct LinkConfig {
     pub max_datagram: usize,
     /// How long an acknowledgement may wait for a data datagram to ride on.
     pub ack_delay_us: u64,
+    /// Retransmission timeout floor.
     pub min_rto_us: u64,
+    /// Retransmission timeout ceiling (back-off stops here).
     pub max_rto_us: u64,
+    /// Retransmission timeout before the first round-trip sample.
     pub initial_rto_us: u64,
     /// A datagram goes to every peer at least this often (keep-alive and
     /// incarnation discovery).
@@ -83,18 +86,27 @@ impl Default for LinkConfig {
 /// Counters of one link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkStats {
+    /// Datagrams sent to the peer.
     pub datagrams_sent: u64,
+    /// Datagrams from the peer's current incarnation accepted.
     pub datagrams_received: u64,
+    /// Frames put into datagrams, retransmissions included.
     pub frames_sent: u64,
+    /// Frames handed on in order, exactly once.
     pub frames_delivered: u64,
+    /// Frames sent again.
     pub retransmissions: u64,
+    /// Frames received again.
     pub duplicates: u64,
+    /// Datagrams or frames of another incarnation (or far out of window).
     pub stale: u64,
+    /// Times the peer turned out to have restarted.
     pub peer_restarts: u64,
     /// Datagrams refused for naming an incarnation beyond the skew bound.
     pub future_incarnations: u64,
     /// Claims of a new incarnation without proof (answered with a probe).
     pub unproven_claims: u64,
+    /// Probes sent to claimed incarnations.
     pub probes_sent: u64,
 }
 

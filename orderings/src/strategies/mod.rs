@@ -10,7 +10,12 @@ mod stream;
 mod total;
 mod unordered;
 
-/// Packet kinds; one byte at the start of every strategy payload.
+pub use causal::{CausalMessage, ClockEntry};
+pub use stream::{ChatMessage, StreamMessage, StreamStart};
+pub use total::{MAX_PRIORITY, Priority, TotalMessage};
+
+/// Packet kinds; one byte at the start of every strategy payload. Only the
+/// message enums' `encode` and `decode` use them.
 pub(crate) mod kind {
     pub(crate) const CHAT: u8 = 1;
     pub(crate) const STREAM_START: u8 = 2;

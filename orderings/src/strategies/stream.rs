@@ -5,33 +5,60 @@
 //! its state is bounded by servers x rooms, so nothing needs cleaning up when
 //! a client leaves.
 
+use super::kind;
 use crate::wire::{Reader, WireError, Writer};
 use crate::{MsgId, RoomId, ServerId};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 
-/// A chat message on the wire: identity, room, stream position, line.
+/// A chat message as a strategy holds it: identity (the origin is the peer
+/// it came from), room, stream position, line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamMsg {
-    pub id: MsgId,
-    pub room: RoomId,
-    pub seq: u64,
-    pub line: Bytes,
+pub(crate) struct StreamMsg {
+    pub(crate) id: MsgId,
+    pub(crate) room: RoomId,
+    pub(crate) seq: u64,
+    pub(crate) line: Bytes,
 }
 
 impl StreamMsg {
-    pub fn encode(&self, kind: u8) -> Bytes {
-        let mut w = Writer::with_capacity(self.line.len() + 24);
-        w.u8(kind)
-            .varint(self.id.counter)
+    /// The wire form (the origin is implied by the sending peer).
+    pub(crate) fn to_chat(&self) -> ChatMessage {
+        ChatMessage {
+            counter: self.id.counter,
+            room: self.room,
+            seq: self.seq,
+            line: self.line.clone(),
+        }
+    }
+}
+
+/// A chat message on the wire: the origin's counter, the room, the position
+/// in the origin's stream for that room, and the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// The origin's message counter ([`MsgId::counter`]).
+    pub counter: u64,
+    /// The room the message was posted to.
+    pub room: RoomId,
+    /// Position in the origin's stream for `room` (1, 2, 3, ...; 0 where
+    /// the strategy does not number its messages). Never `u64::MAX`.
+    pub seq: u64,
+    /// The line every member receives.
+    pub line: Bytes,
+}
+
+impl ChatMessage {
+    /// Writes the fields (after a kind byte the caller wrote).
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.varint(self.counter)
             .varint(u64::from(self.room))
             .varint(self.seq)
             .bytes(&self.line);
-        w.into_bytes()
     }
 
-    /// Decodes after the kind byte; the origin is the sending peer.
-    pub fn decode(origin: ServerId, r: &mut Reader<'_>) -> Result<Self, WireError> {
+    /// Reads the fields written by [`ChatMessage::write`].
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let counter = r.varint()?;
         let room = r.varint_u32("room")?;
         let seq = r.varint()?;
@@ -40,12 +67,92 @@ impl StreamMsg {
             return Err(WireError::OutOfRange("seq"));
         }
         let line = Bytes::copy_from_slice(r.bytes()?);
-        Ok(StreamMsg {
-            id: MsgId { origin, counter },
+        Ok(ChatMessage {
+            counter,
             room,
             seq,
             line,
         })
+    }
+
+    /// The message as held by a strategy, from peer `origin`.
+    pub(crate) fn from_origin(self, origin: ServerId) -> StreamMsg {
+        StreamMsg {
+            id: MsgId {
+                origin,
+                counter: self.counter,
+            },
+            room: self.room,
+            seq: self.seq,
+            line: self.line,
+        }
+    }
+}
+
+/// "My stream for `room` continues at `next`": sent to a restarted peer,
+/// whose new incarnation expects every stream to start at 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStart {
+    /// The room of the stream.
+    pub room: RoomId,
+    /// The next position the origin will use. Never `u64::MAX`.
+    pub next: u64,
+}
+
+impl StreamStart {
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.varint(u64::from(self.room)).varint(self.next);
+    }
+
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let room = r.varint_u32("room")?;
+        let next = r.varint()?;
+        if next == u64::MAX {
+            return Err(WireError::OutOfRange("seq"));
+        }
+        Ok(StreamStart { room, next })
+    }
+}
+
+/// The peer messages of `unordered` and `fifo`: one kind byte, then fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamMessage {
+    /// A chat message (`unordered` sends `seq` 0).
+    Chat(ChatMessage),
+    /// Where a stream continues, after a restart (`fifo` only).
+    Start(StreamStart),
+}
+
+impl StreamMessage {
+    /// The payload for a peer.
+    pub fn encode(&self) -> Bytes {
+        let mut w = Writer::with_capacity(match self {
+            StreamMessage::Chat(m) => m.line.len() + 24,
+            StreamMessage::Start(_) => 12,
+        });
+        match self {
+            StreamMessage::Chat(m) => {
+                w.u8(kind::CHAT);
+                m.write(&mut w);
+            }
+            StreamMessage::Start(s) => {
+                w.u8(kind::STREAM_START);
+                s.write(&mut w);
+            }
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes a whole payload; any malformed or trailing byte is an error.
+    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(payload);
+        let message = match r.u8()? {
+            kind::CHAT => StreamMessage::Chat(ChatMessage::read(&mut r)?),
+            kind::STREAM_START => StreamMessage::Start(StreamStart::read(&mut r)?),
+            k => return Err(WireError::UnknownKind(k)),
+        };
+        r.finish()?;
+        Ok(message)
     }
 }
 
@@ -76,7 +183,8 @@ impl StreamCounters {
     /// new incarnation expects every stream to start at 1).
     pub(super) fn announce_to(&self, peer: ServerId, out: &mut crate::Outbox) {
         for (room, next) in self.positions() {
-            out.send(crate::Dest::Peer(peer), encode_stream_start(room, next));
+            let start = StreamMessage::Start(StreamStart { room, next });
+            out.send(crate::Dest::Peer(peer), start.encode());
         }
     }
 
@@ -172,57 +280,9 @@ impl StreamHoldback {
     }
 }
 
-/// `STREAM_START room next`: tells a restarted peer where our stream for
-/// `room` continues.
-pub(super) fn encode_stream_start(room: RoomId, next: u64) -> Bytes {
-    let mut w = Writer::with_capacity(12);
-    w.u8(super::kind::STREAM_START)
-        .varint(u64::from(room))
-        .varint(next);
-    w.into_bytes()
-}
-
-pub(super) fn decode_stream_start(r: &mut Reader<'_>) -> Result<(RoomId, u64), WireError> {
-    let room = r.varint_u32("room")?;
-    let next = r.varint()?;
-    if next == u64::MAX {
-        return Err(WireError::OutOfRange("seq"));
-    }
-    r.finish()?;
-    Ok((room, next))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Reader;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn stream_messages_round_trip(
-            counter in any::<u64>(),
-            room in any::<u32>(),
-            seq in 0..u64::MAX,
-            line in proptest::collection::vec(any::<u8>(), 0..1200),
-            kind in any::<u8>(),
-        ) {
-            let m = StreamMsg { id: MsgId { origin: ServerId(3), counter }, room, seq, line: Bytes::from(line) };
-            let wire = m.encode(kind);
-            let mut r = Reader::new(&wire);
-            prop_assert_eq!(r.u8().unwrap(), kind);
-            prop_assert_eq!(StreamMsg::decode(ServerId(3), &mut r).unwrap(), m);
-            prop_assert!(r.finish().is_ok());
-        }
-
-        #[test]
-        fn stream_start_round_trips(room in any::<u32>(), next in 0..u64::MAX) {
-            let wire = encode_stream_start(room, next);
-            let mut r = Reader::new(&wire);
-            prop_assert_eq!(r.u8().unwrap(), crate::strategies::kind::STREAM_START);
-            prop_assert_eq!(decode_stream_start(&mut r).unwrap(), (room, next));
-        }
-    }
 
     fn msg(seq: u64) -> StreamMsg {
         StreamMsg {
