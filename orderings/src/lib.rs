@@ -25,8 +25,9 @@
 //!
 //! Users: `node` drives a [`Replica`]; plugin strategies (see `examples/`)
 //! implement [`Ordering`] with [`Writer`]/[`Reader`] and register a
-//! [`StrategySpec`]; `testkit` simulates replicas; the fuzz targets and
-//! tools decode datagrams and strategy messages.
+//! [`StrategySpec`]; `testkit` simulates replicas; the launcher looks
+//! strategies up for their [`Guarantees`]; the fuzz targets and the
+//! hostile-peer tests build and decode datagrams and strategy messages.
 
 mod link;
 mod registry;

@@ -26,7 +26,8 @@ pub struct ReplicaConfig {
     pub me: ServerId,
     /// Servers in the cluster, this one included.
     pub servers: usize,
-    /// Grows with every start of this server (see [`crate::link`]).
+    /// Grows with every start of this server; datagrams name it
+    /// ([`Datagram::src_incarnation`]).
     pub incarnation: u64,
     /// Tunables of every peer link.
     pub link: LinkConfig,

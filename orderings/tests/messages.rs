@@ -2,14 +2,14 @@
 //! ([`StreamMessage`], [`TotalMessage`], [`CausalMessage`]): decoding any
 //! bytes is an `Ok` or an `Err`, never a panic, and every message decodes
 //! back to itself. The fuzz targets `*_message_decode` cover the first half
-//! with libFuzzer.
+//! with libFuzzer. The `*_layout_is_unchanged` properties pin the bytes.
 //!
 //! `PROPTEST_CASES=N` overrides the number of cases of every property.
 
 use bytes::Bytes;
 use orderings::{
     CausalMessage, ChatMessage, ClockEntry, MAX_PRIORITY, Priority, ServerId, StreamMessage,
-    StreamStart, TotalMessage,
+    StreamStart, TotalMessage, Writer,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -163,5 +163,112 @@ proptest! {
         let mut longer = wire.to_vec();
         longer.push(extra);
         prop_assert!(TotalMessage::decode(&longer).is_err());
+    }
+}
+
+/// The wire layout of `total`, written field by field apart from the enum's
+/// encoder: if the two disagree, the wire format changed.
+fn layout(m: &TotalMessage) -> Vec<u8> {
+    let mut w = Writer::new();
+    match m {
+        TotalMessage::Chat { resent, chat } => {
+            w.u8(3).u8(u8::from(*resent));
+            chat_fields(&mut w, chat);
+        }
+        TotalMessage::Propose { counter, priority } => {
+            w.u8(4).varint(*counter).varint(*priority);
+        }
+        TotalMessage::Final {
+            counter,
+            room,
+            priority,
+        } => {
+            w.u8(5)
+                .varint(*counter)
+                .varint(u64::from(*room))
+                .varint(priority.n)
+                .varint(u64::from(priority.server));
+        }
+        TotalMessage::StreamStart(s) => {
+            w.u8(2).varint(u64::from(s.room)).varint(s.next);
+        }
+        TotalMessage::Query {
+            origin,
+            incarnation,
+            counters,
+        } => {
+            w.u8(7)
+                .varint(u64::from(origin.0))
+                .varint(*incarnation)
+                .varint(counters.len() as u64);
+            for &c in counters {
+                w.varint(c);
+            }
+        }
+        TotalMessage::Answer { origin, answers } => {
+            w.u8(8)
+                .varint(u64::from(origin.0))
+                .varint(answers.len() as u64);
+            for (c, a) in answers {
+                w.varint(*c);
+                match a {
+                    Some(p) => w.u8(1).varint(p.n).varint(u64::from(p.server)),
+                    None => w.u8(0),
+                };
+            }
+        }
+    }
+    w.finish()
+}
+
+fn chat_fields(w: &mut Writer, chat: &ChatMessage) {
+    w.varint(chat.counter)
+        .varint(u64::from(chat.room))
+        .varint(chat.seq)
+        .bytes(&chat.line);
+}
+
+proptest! {
+    #![proptest_config(cfg(500))]
+
+    #[test]
+    fn total_layout_is_unchanged(m in total_message()) {
+        prop_assert_eq!(m.encode().to_vec(), layout(&m));
+    }
+
+    #[test]
+    fn stream_layout_is_unchanged(m in stream_message()) {
+        let mut w = Writer::new();
+        match &m {
+            StreamMessage::Chat(chat) => {
+                w.u8(1);
+                chat_fields(&mut w, chat);
+            }
+            StreamMessage::Start(s) => {
+                w.u8(2).varint(u64::from(s.room)).varint(s.next);
+            }
+        }
+        prop_assert_eq!(m.encode().to_vec(), w.finish());
+    }
+
+    #[test]
+    fn causal_layout_is_unchanged(m in causal_message()) {
+        let mut w = Writer::new();
+        match &m {
+            CausalMessage::Chat { counter, room, clock, line } => {
+                w.u8(6).varint(*counter).varint(u64::from(*room)).varint(clock.len() as u64);
+                for e in clock {
+                    w.varint(e.count);
+                    if e.count > 0 {
+                        w.varint(e.incarnation);
+                    }
+                }
+                w.bytes(line);
+            }
+            CausalMessage::Start { room, count } => {
+                w.u8(9).varint(u64::from(*room)).varint(*count);
+            }
+        }
+        prop_assert_eq!(m.encode().to_vec(), w.finish());
     }
 }

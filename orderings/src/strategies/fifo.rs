@@ -39,7 +39,7 @@ impl Ordering for Fifo {
         out: &mut Outbox,
     ) -> Result<(), WireError> {
         let ready = match StreamMessage::decode(payload)? {
-            StreamMessage::Chat(m) => self.holdback.accept(m.from_origin(from)),
+            StreamMessage::Chat(m) => self.holdback.accept(m.into_stream_msg(from)),
             StreamMessage::Start(s) => self.holdback.restart_at(from, s.room, s.next),
         };
         deliver(out, ready);

@@ -76,7 +76,7 @@ impl ChatMessage {
     }
 
     /// The message as held by a strategy, from peer `origin`.
-    pub(crate) fn from_origin(self, origin: ServerId) -> StreamMsg {
+    pub(crate) fn into_stream_msg(self, origin: ServerId) -> StreamMsg {
         StreamMsg {
             id: MsgId {
                 origin,

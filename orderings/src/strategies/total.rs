@@ -602,7 +602,7 @@ impl Ordering for Total {
     ) -> Result<(), WireError> {
         match TotalMessage::decode(payload)? {
             TotalMessage::Chat { resent, chat } => {
-                let m = chat.from_origin(from);
+                let m = chat.into_stream_msg(from);
                 if resent {
                     // Re-sent after our restart, in stream order over the link.
                     self.propose(m, out);

@@ -29,7 +29,7 @@ impl Ordering for Unordered {
     ) -> Result<(), WireError> {
         match StreamMessage::decode(payload)? {
             StreamMessage::Chat(m) => {
-                out.deliver(m.from_origin(from).into());
+                out.deliver(m.into_stream_msg(from).into());
                 Ok(())
             }
             // Unordered keeps no streams: a stream start is not for it.
