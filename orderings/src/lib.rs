@@ -92,7 +92,7 @@ impl ServerId {
         usize::from(self.0)
     }
     /// The spec's one-based server number.
-    pub fn number(self) -> usize {
+    fn number(self) -> usize {
         self.index() + 1
     }
 }

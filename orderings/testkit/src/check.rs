@@ -375,7 +375,8 @@ impl Report {
         self.counts.get(&k).copied().unwrap_or(0)
     }
     /// The kept examples of kind `k`.
-    pub fn examples_of(&self, k: Kind) -> impl Iterator<Item = &Example> {
+    #[cfg(test)]
+    fn examples_of(&self, k: Kind) -> impl Iterator<Item = &Example> {
         self.examples
             .iter()
             .filter(move |e| e.violation.kind() == k)
@@ -491,7 +492,7 @@ impl History {
     }
 
     /// Human-readable name of a message: `sender#seq`.
-    pub fn msg_name(&self, msg: MessageId) -> String {
+    fn msg_name(&self, msg: MessageId) -> String {
         match self.members.get(msg.sender as usize) {
             Some(m) => format!("{}#{}", m.name, msg.seq),
             None => format!("?{}#{}", msg.sender, msg.seq),
@@ -587,7 +588,7 @@ impl History {
     }
 
     /// Checks `props`, keeping `max_examples` examples per kind.
-    pub fn check_with(&self, props: Properties, max_examples: usize) -> Report {
+    fn check_with(&self, props: Properties, max_examples: usize) -> Report {
         Checker::new(self, props, max_examples).run()
     }
 }

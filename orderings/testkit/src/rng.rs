@@ -51,9 +51,4 @@ impl SimRng {
     pub fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && self.unit() < p
     }
-
-    /// A child generator, so independent streams stay reproducible.
-    pub fn fork(&mut self) -> SimRng {
-        SimRng::new(self.next_u64())
-    }
 }
