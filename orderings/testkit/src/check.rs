@@ -127,6 +127,14 @@ pub struct MemberLog {
     pub events: Vec<Event>,
 }
 
+/// A word [`Properties::parse`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown property '{name}' (known: exactly-once, fifo, total, causal, all, none)")]
+pub struct UnknownProperty {
+    /// The word, lowercased.
+    pub name: String,
+}
+
 /// Which properties to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Properties {
@@ -178,7 +186,7 @@ impl Properties {
 
     /// Parses a comma-separated list: `exactly-once` (or `once`), `fifo`,
     /// `total`, `causal`, `all`, `none`.
-    pub fn parse(s: &str) -> Result<Properties, String> {
+    pub fn parse(s: &str) -> Result<Properties, UnknownProperty> {
         let mut p = Properties::NONE;
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word.to_ascii_lowercase().as_str() {
@@ -189,9 +197,9 @@ impl Properties {
                 "all" => p = Properties::ALL,
                 "none" => {}
                 other => {
-                    return Err(format!(
-                        "unknown property '{other}' (known: exactly-once, fifo, total, causal, all, none)"
-                    ));
+                    return Err(UnknownProperty {
+                        name: other.to_string(),
+                    });
                 }
             }
         }
