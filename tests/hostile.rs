@@ -22,8 +22,7 @@ mod support;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orderings::link::{self, Datagram};
-use orderings::wire::Writer;
+use orderings::{Datagram, Writer, open_datagram, seal_datagram};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -254,8 +253,8 @@ fn replayed_damaged_and_forged_peer_packets_are_dropped_and_counted() {
     let with_frames: Vec<&Packet> = captured
         .iter()
         .filter(|(_, _, w)| {
-            let raw =
-                link::open(w, Some(&key)).expect("a real peer packet opens with the cluster key");
+            let raw = open_datagram(w, Some(&key))
+                .expect("a real peer packet opens with the cluster key");
             !Datagram::decode_raw(&raw)
                 .expect("decodes")
                 .0
@@ -276,7 +275,7 @@ fn replayed_damaged_and_forged_peer_packets_are_dropped_and_counted() {
     post_round("during", &mut expected);
     for (n, (from, to, wire)) in captured.iter().take(60).enumerate() {
         let (from, to) = (*from, *to);
-        let raw = link::open(wire, Some(&key)).unwrap();
+        let raw = open_datagram(wire, Some(&key)).unwrap();
         let (d, _) = Datagram::decode_raw(&raw).unwrap();
         // Replays: accepted as authentic, their frames are old.
         relay.inject(from, to, wire);
@@ -309,9 +308,9 @@ fn replayed_damaged_and_forged_peer_packets_are_dropped_and_counted() {
         relay.inject(
             from,
             to,
-            &link::seal(&forged.encode_raw(true), Some(&wrong_key)),
+            &seal_datagram(&forged.encode_raw(true), Some(&wrong_key)),
         );
-        relay.inject(from, to, &link::seal(&forged.encode_raw(false), None));
+        relay.inject(from, to, &seal_datagram(&forged.encode_raw(false), None));
         // Garbage and a packet that claims a MAC but carries none.
         relay.inject(from, to, &[0xC5, 1, 1, 2, 3]);
         relay.inject(from, to, b"hello, I am a server");
@@ -507,7 +506,7 @@ fn flood(target: SocketAddr, senders: usize, seed: u64, max: usize, halt: &Atomi
     let mut rng = Rng(seed | 1);
     // Something that looks exactly like a server packet (valid encoding).
     let payload = total_msg_payload(1, 1, 1, b"<evil> from a client socket");
-    let server_packet = link::seal(
+    let server_packet = seal_datagram(
         &Datagram {
             src_incarnation: 1,
             dst_incarnation: 1,
@@ -594,7 +593,7 @@ fn garbage_flood_does_not_disturb_chatting_clients() {
     };
 
     let payload = total_msg_payload(7, 2, 1, b"<imp> not really from a server");
-    let fake = link::seal(
+    let fake = seal_datagram(
         &Datagram {
             src_incarnation: 5,
             dst_incarnation: 6,

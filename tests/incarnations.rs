@@ -16,7 +16,7 @@ mod support;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orderings::link::{self, Datagram};
+use orderings::{Datagram, seal_datagram};
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -98,7 +98,7 @@ fn heartbeat(src_incarnation: u64, dst_incarnation: u64) -> Vec<u8> {
         gaps: vec![],
         frames: vec![],
     };
-    link::seal(&d.encode_raw(false), None)
+    seal_datagram(&d.encode_raw(false), None)
 }
 
 /// SIGTERM, then the counters of the `stopped:` line.

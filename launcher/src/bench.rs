@@ -26,7 +26,6 @@ use crate::stress_cluster::{Cluster, ClusterSpec};
 use crate::stress_load::{LoadPlan, LoadResult, run_load};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use orderings::check::Properties;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,6 +34,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use testkit::check::Properties;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Preset {

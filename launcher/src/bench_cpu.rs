@@ -20,13 +20,13 @@
 use crate::bench::{Env, LoadFigures, LoadSpec, PresetReport, Row, drive, figures, start_cluster};
 use crate::bench_proc::{self, CpuTime, which};
 use anyhow::Context;
-use orderings::check::Properties;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::check::Properties;
 
 /// One system call's share, from `strace -c`.
 #[derive(Debug, Clone, Serialize)]

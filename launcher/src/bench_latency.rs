@@ -13,7 +13,7 @@
 //! `interval / clients`, so the total load is evenly spaced.
 //!
 //! After the run, each member's sends and deliveries are merged by time into
-//! an [`orderings::check::History`] and checked against the mode's
+//! an [`testkit::check::History`] and checked against the mode's
 //! guarantees; latencies (send -> delivery, at every member, the sender
 //! included) go into an HDR histogram in nanoseconds.
 
@@ -21,12 +21,12 @@ use crate::proxy::bind_udp;
 use crate::stress_load::{body, parse_delivery};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use orderings::check::{History, MessageId, Properties, Report};
 use serde::Serialize;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use testkit::check::{History, MessageId, Properties, Report};
 
 const CLIENT_BUFFER: usize = 8 << 20;
 

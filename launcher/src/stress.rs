@@ -4,7 +4,7 @@
 //! per server of FILE with `-o MODE`, and the proxy in front of them when a
 //! fault option is given or FILE has separate forwarding addresses), runs the
 //! workload of [`crate::stress_load`], stops everything it started, checks
-//! the delivery logs with [`orderings::check`] against the properties the
+//! the delivery logs with [`testkit::check`] against the properties the
 //! mode claims (plus `--check`), and reports throughput, latency, kernel
 //! receive-buffer drops and violations. Exit code 0 only when every check
 //! passed.
@@ -15,11 +15,11 @@ use crate::stress_cluster::{Cluster, ClusterSpec, default_chatserver, on_fresh_p
 use crate::stress_load::{LoadPlan, LoadResult, run_load};
 use anyhow::{Context, bail};
 use clap::Args;
-use orderings::check::{Properties, Report};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use testkit::check::{Properties, Report};
 
 #[derive(Debug, Args)]
 pub struct StressArgs {
@@ -480,7 +480,7 @@ pub fn check_text(r: &Report) -> String {
         "{head}FAILED: {} violations in all ({}; every violation is counted), the first {} of each kind shown:",
         r.total_violations(),
         by_kind.join(", "),
-        orderings::check::DEFAULT_EXAMPLES
+        testkit::check::DEFAULT_EXAMPLES
     );
     for e in &r.examples {
         s.push_str(&format!("\n  {}: {}", e.violation.kind(), e.text));

@@ -6,7 +6,6 @@
 use crate::proxy::bind_udp;
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use orderings::check::{History, MessageId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -14,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use testkit::check::{History, MessageId};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -529,7 +529,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
     for (c, st) in clients.iter().enumerate() {
         // A flooding client's own receive path is not under test (its
         // socket overflows): it is checked on what it got only.
-        let opts = orderings::check::MemberOpts {
+        let opts = testkit::check::MemberOpts {
             partial: st.flood,
             optional_sends: false,
         };

@@ -72,7 +72,7 @@ pub struct ServerArgs {
     /// Admission window: this server accepts a post only while every server
     /// has fewer than N of its messages not yet delivered (flow control; a
     /// flooding client is refused at the edge, fairly).
-    #[arg(long, default_value_t = orderings::replica::DEFAULT_WINDOW as u32, value_name = "N",
+    #[arg(long, default_value_t = orderings::DEFAULT_WINDOW as u32, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub admission_window: u32,
     /// Clock-skew bound: a peer's incarnation (its start time) further in
@@ -84,7 +84,7 @@ pub struct ServerArgs {
 /// Parses the command line (with the registered modes in `--help`), runs the
 /// server until SIGINT or SIGTERM.
 pub fn main() -> ExitCode {
-    let cmd = ServerArgs::command().after_help(orderings::registry::help_text());
+    let cmd = ServerArgs::command().after_help(orderings::help_text());
     let matches = cmd.get_matches();
     let args = match ServerArgs::from_arg_matches(&matches) {
         Ok(a) => a,

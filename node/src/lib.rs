@@ -1,5 +1,5 @@
 //! The chat server, `chatserver`: the tokio runtime around the sans-IO
-//! [`orderings::replica::Replica`], client sessions, and the cluster file.
+//! [`orderings::Replica`], client sessions, and the cluster file.
 //!
 //! # Layout
 //!

@@ -10,8 +10,9 @@ use crate::guard::{ErrorLimiter, ErrorLimits};
 use crate::session::{Outcome, SessionLimits, SessionPolicy, SessionStats, Sessions};
 use crate::udp::{RECV_BATCH, RecvBatch, SendQueue};
 use bytes::Bytes;
-use orderings::replica::{Replica, ReplicaConfig, ReplicaStats};
-use orderings::{RoomId, ServerId, StrategyContext, StrategySpec, Time};
+use orderings::{
+    Replica, ReplicaConfig, ReplicaStats, RoomId, ServerId, StrategyContext, StrategySpec, Time,
+};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
@@ -86,7 +87,7 @@ impl ServerStats {
         let links = r
             .links
             .iter()
-            .fold(orderings::link::LinkStats::default(), |mut a, l| {
+            .fold(orderings::LinkStats::default(), |mut a, l| {
                 a.datagrams_sent += l.datagrams_sent;
                 a.datagrams_received += l.datagrams_received;
                 a.retransmissions += l.retransmissions;

@@ -56,11 +56,11 @@ pub(crate) fn shown(data: &[u8]) -> String {
 /// decoded (MAC, if any, not checked: this is for the log only). Zero for
 /// a heartbeat or an acknowledgement-only packet.
 pub(crate) fn payloads_in(data: &[u8]) -> Option<usize> {
-    let mut raw = orderings::wire::unstuff(data).ok()?;
+    let mut raw = orderings::unstuff(data).ok()?;
     if raw.len() >= 3 && raw[2] & 0x01 != 0 {
-        raw.truncate(raw.len().checked_sub(orderings::link::MAC_LEN)?);
+        raw.truncate(raw.len().checked_sub(orderings::MAC_LEN)?);
     }
-    let (d, _) = orderings::link::Datagram::decode_raw(&raw).ok()?;
+    let (d, _) = orderings::Datagram::decode_raw(&raw).ok()?;
     Some(d.frames.len())
 }
 
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn heartbeats_carry_no_payloads() {
-        use orderings::link::{Datagram, seal};
+        use orderings::{Datagram, seal_datagram};
         let hb = Datagram {
             src_incarnation: 7,
             dst_incarnation: 9,
@@ -126,10 +126,13 @@ mod tests {
             gaps: vec![],
             frames: vec![],
         };
-        assert_eq!(payloads_in(&seal(&hb.encode_raw(false), None)), Some(0));
+        assert_eq!(
+            payloads_in(&seal_datagram(&hb.encode_raw(false), None)),
+            Some(0)
+        );
         let key = [5u8; 32];
         assert_eq!(
-            payloads_in(&seal(&hb.encode_raw(true), Some(&key))),
+            payloads_in(&seal_datagram(&hb.encode_raw(true), Some(&key))),
             Some(0)
         );
         let data = Datagram {
@@ -137,7 +140,7 @@ mod tests {
             ..hb
         };
         assert_eq!(
-            payloads_in(&seal(&data.encode_raw(true), Some(&key))),
+            payloads_in(&seal_datagram(&data.encode_raw(true), Some(&key))),
             Some(2)
         );
         assert_eq!(payloads_in(b"hello"), None);
