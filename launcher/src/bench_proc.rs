@@ -198,7 +198,7 @@ pub fn which(prog: &str) -> Option<PathBuf> {
         })
 }
 
-/// The `Snn stopped: k=v ...` line each server printed, by index (after
+/// The counters of the `Snn stopped: {JSON}` line each server printed, by index (after
 /// [`Cluster::stop`]); waits up to `wait` for the stderr readers to catch
 /// up. The cluster only shows the last lines of servers that have exited,
 /// through [`Cluster::dead_servers`], which is where they are read from.
@@ -219,13 +219,12 @@ pub fn stopped_counters(
             else {
                 continue;
             };
-            if let Some(line) = text
+            if let Some(c) = text
                 .split(" | ")
-                .map(str::trim)
-                .find(|l| l.contains(" stopped: "))
+                .find_map(|l| node::stats::ServerCounters::from_stopped_line(l.trim()))
                 && (1..=servers).contains(&index)
             {
-                out[index - 1] = Some(parse_counters(line));
+                out[index - 1] = Some(c.entries().map(|(k, v)| (k.to_string(), v)).collect());
             }
         }
         if out.iter().all(Option::is_some) || Instant::now() >= deadline {
@@ -233,16 +232,6 @@ pub fn stopped_counters(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// `k=v` pairs with numeric values of a line.
-pub fn parse_counters(line: &str) -> BTreeMap<String, u64> {
-    line.split_whitespace()
-        .filter_map(|w| {
-            let (k, v) = w.split_once('=')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Creates a fresh scratch directory for a benchmark's files.
@@ -262,15 +251,6 @@ pub fn scratch(tag: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counters_parse() {
-        let c = parse_counters("S01 stopped: client_datagrams=12 posts=3 deliveries=9 note=x");
-        assert_eq!(c.get("posts"), Some(&3));
-        assert_eq!(c.get("deliveries"), Some(&9));
-        assert_eq!(c.get("client_datagrams"), Some(&12));
-        assert!(!c.contains_key("note"));
-    }
 
     #[test]
     fn own_process_is_readable() {

@@ -351,25 +351,21 @@ impl Cluster {
         out
     }
 
-    /// After [`Cluster::stop`]: the `key=value` counters every server
-    /// printed when it stopped, summed over the servers.
+    /// After [`Cluster::stop`]: the counters every server printed when it
+    /// stopped, summed over the servers, by name.
     pub fn server_counters(&self) -> std::collections::BTreeMap<String, u64> {
-        let mut sums = std::collections::BTreeMap::new();
+        let mut sum: Option<node::stats::ServerCounters> = None;
         for s in &self.servers {
             for line in s.last_lines() {
-                let Some((_, counters)) = line.split_once(" stopped: ") else {
-                    continue;
-                };
-                for kv in counters.split_whitespace() {
-                    if let Some((k, v)) = kv.split_once('=')
-                        && let Ok(v) = v.parse::<u64>()
-                    {
-                        *sums.entry(k.to_string()).or_insert(0) += v;
-                    }
+                if let Some(c) = node::stats::ServerCounters::from_stopped_line(&line) {
+                    sum.get_or_insert_default().add(&c);
                 }
             }
         }
-        sums
+        sum.iter()
+            .flat_map(|c| c.entries())
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 
     /// Stops the servers (SIGTERM by pid, SIGKILL after `grace`), then the

@@ -8,5 +8,6 @@ pub mod config_toml;
 pub mod guard;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod udp;
 pub mod verbose;
