@@ -106,21 +106,7 @@ pub fn state_dir(cfg: &ClusterConfig) -> anyhow::Result<PathBuf> {
 }
 
 pub fn state_file(cfg: &ClusterConfig) -> anyhow::Result<PathBuf> {
-    Ok(state_dir(cfg)?.join(crate::state::STATE_FILE))
-}
-
-/// The chatserver next to the running launcher binary.
-fn default_chatserver() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("cannot find the launcher's own executable")?;
-    let dir = me
-        .parent()
-        .with_context(|| format!("{} has no parent directory", me.display()))?;
-    Ok(dir.join("chatserver"))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    Ok(state_dir(cfg)?.join(super::state::STATE_FILE))
 }
 
 impl Plan {
@@ -138,9 +124,9 @@ impl Plan {
         };
         let chatserver = match &cfg.chatserver {
             Some(p) => absolute(p)?,
-            None => default_chatserver()?,
+            None => super::chatserver_next_to_launcher()?,
         };
-        if !is_executable(&chatserver) {
+        if !super::is_executable(&chatserver) {
             let hint = if cfg.chatserver.is_some() {
                 "check `chatserver` in [cluster]"
             } else {
@@ -207,7 +193,7 @@ impl Plan {
     }
 
     pub fn state_file(&self) -> PathBuf {
-        self.state_dir.join(crate::state::STATE_FILE)
+        self.state_dir.join(super::state::STATE_FILE)
     }
 
     pub fn log_dir(&self) -> PathBuf {
