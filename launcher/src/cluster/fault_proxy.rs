@@ -8,7 +8,7 @@
 //! `loss`, and duplicated with probability `duplicate` (the copy gets its own
 //! delay). Packets from any other source are dropped and counted.
 //!
-//! Decisions are drawn from one seeded [`SplitMix64`] per link (i -> j), in the
+//! Decisions are drawn from one seeded [`fastrand::Rng`] per link (i -> j), in the
 //! order packets arrive on that link: the same seed and the same packets on a
 //! link give the same drops, duplicates and delays, whatever happens on other
 //! links. Each packet draws exactly four numbers (loss, delay, duplicate,
@@ -279,47 +279,12 @@ impl BoundProxy {
     }
 }
 
-/// SplitMix64: small, fast and reproducible from a seed, which is all the
-/// proxy's decisions need (not cryptographic).
-#[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self {
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
-        }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 for `n == 0`), by Lemire's multiply-shift.
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            return 0;
-        }
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// The per-link generator: independent of every other link's traffic.
-fn link_rng(seed: u64, from: usize, to: usize) -> SplitMix64 {
-    let salt = SplitMix64::new(seed).next_u64();
+/// The per-link generator: reproducible from the seed and independent of
+/// every other link's traffic.
+fn link_rng(seed: u64, from: usize, to: usize) -> fastrand::Rng {
+    let salt = fastrand::Rng::with_seed(seed).u64(..);
     let link = ((from as u64) << 32) | to as u64;
-    SplitMix64::new(salt ^ link.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+    fastrand::Rng::with_seed(salt ^ link.wrapping_mul(0xD6E8_FEB8_6659_FD93))
 }
 
 /// What happens to one packet.
@@ -334,7 +299,7 @@ pub struct Decision {
 /// The decision maker of one link.
 #[derive(Debug, Clone)]
 pub struct LinkFaults {
-    rng: SplitMix64,
+    rng: fastrand::Rng,
     loss: f64,
     duplicate: f64,
     min_us: u64,
@@ -356,10 +321,10 @@ impl LinkFaults {
 
     /// Decides the next packet's fate (always four draws).
     pub fn decide(&mut self) -> Decision {
-        let drop = self.rng.unit() < self.loss;
-        let delay_us = self.min_us + self.rng.below(self.span_us + 1);
-        let dup = self.rng.unit() < self.duplicate;
-        let dup_delay = self.min_us + self.rng.below(self.span_us + 1);
+        let drop = self.rng.f64() < self.loss;
+        let delay_us = self.min_us + self.rng.u64(..=self.span_us);
+        let dup = self.rng.f64() < self.duplicate;
+        let dup_delay = self.min_us + self.rng.u64(..=self.span_us);
         Decision {
             drop,
             delay_us,
