@@ -50,7 +50,8 @@ pub struct LoadPlan {
     /// Print a progress line on stderr every second.
     pub progress: bool,
     /// Extra clients in room 1 that send as fast as they can while the
-    /// others send (issue 13's one flooding client, `--flood-clients`).
+    /// others send (`--flood-clients`): the server must stay fair to the
+    /// others.
     pub flood_clients: usize,
 }
 
@@ -184,7 +185,8 @@ struct Shared {
     garbled_examples: RefCell<Vec<String>>,
     latency: RefCell<Histogram<u64>>,
     expected_so_far: Cell<u64>,
-    /// Address-confirmation requests answered (issue 13).
+    /// Address-confirmation requests answered (the server asks a new
+    /// address to confirm before it sends it much).
     confirmations: Cell<u64>,
     /// Deliveries of flood messages (datagrams, any member).
     flood_deliveries: Cell<u64>,

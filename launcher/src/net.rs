@@ -1,4 +1,4 @@
-//! UDP helpers shared by the proxy and the load generators: sockets with
+//! UDP plumbing shared by the proxy and the load generators: sockets with
 //! large buffers, free ports, and the kernel's count of receive-buffer drops.
 
 use std::io;

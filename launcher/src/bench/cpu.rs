@@ -253,7 +253,7 @@ fn strace_run(env: &Env, spec: &LoadSpec, strace: &Path) -> anyhow::Result<Strac
         .with_context(|| format!("starting {}", strace.display()))?;
     // Wait until it is attached (its "Process N attached" line).
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().expect("piped stderr");
+    let stderr = child.stderr.take().context("strace's stderr")?;
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);

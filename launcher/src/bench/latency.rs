@@ -302,7 +302,7 @@ pub fn run(plan: &LatencyPlan) -> anyhow::Result<LatencyResult> {
                             Err(_) => continue,
                         };
                         let at = sh.now_ns();
-                        // Address confirmation (issue 13): answered at
+                        // An address-confirmation request: answered at
                         // once, not a delivery nor an odd line.
                         if let Some(token) = client::confirm_token(&buf[..n]) {
                             let _ = sock.send(&client::confirm_reply(token));

@@ -57,7 +57,7 @@ pub struct StressReport {
     pub garbled: u64,
     pub garbled_examples: Vec<String>,
     pub server_problems: Vec<String>,
-    /// Address-confirmation requests answered (issue 13).
+    /// Address-confirmation requests answered.
     pub confirmations: u64,
     pub flood: Option<FloodSummary>,
     /// Peak RSS (VmHWM) of each server this run started, in KiB; empty
