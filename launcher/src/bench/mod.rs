@@ -40,10 +40,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     if !(a.scale > 0.0 && a.scale.is_finite()) {
         anyhow::bail!("--scale must be a positive number");
     }
-    let chatserver = match &a.chatserver {
-        Some(p) => p.clone(),
-        None => crate::cluster::chatserver_next_to_launcher()?,
-    };
+    let chatserver = crate::cluster::chatserver(a.chatserver.as_deref())?;
     if !chatserver.exists() {
         anyhow::bail!(
             "chatserver binary {} not found (build it: cargo build --release -p node)",

@@ -46,13 +46,13 @@ impl Env {
 }
 
 /// A cluster started for a benchmark, with its servers' pids.
-pub struct Running {
+pub struct BenchCluster {
     pub cluster: LocalCluster,
     pub binds: Vec<SocketAddr>,
     pub pids: Vec<Option<i32>>,
 }
 
-impl Running {
+impl BenchCluster {
     /// Stops the servers gracefully (SIGKILL after `grace`) and returns the
     /// counters each printed when it stopped, and the servers that had
     /// exited before.
@@ -73,7 +73,7 @@ pub fn start_cluster(
     rooms: u32,
     chatserver: Option<&Path>,
     ready_timeout: Duration,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<BenchCluster> {
     let cfg = loopback_config(servers)?;
     let mut extra_args = Vec::new();
     if let Some(p) = &env.secret_file {
@@ -95,7 +95,7 @@ pub fn start_cluster(
     let mut cluster = LocalCluster::start(&spec)?;
     let binds = cluster.binds.clone();
     let pids = cluster.pids();
-    Ok(Running {
+    Ok(BenchCluster {
         cluster,
         binds,
         pids,

@@ -17,9 +17,13 @@ pub mod state;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
-/// The `chatserver` next to the running launcher binary: `cargo build`
-/// puts both in the same directory, so that is the default everywhere.
-pub fn chatserver_next_to_launcher() -> anyhow::Result<PathBuf> {
+/// The `chatserver` to run: the one chosen (by a flag or the cluster
+/// file), else the one next to the running launcher binary (`cargo build`
+/// puts both in the same directory).
+pub fn chatserver(chosen: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = chosen {
+        return Ok(p.to_path_buf());
+    }
     let me = std::env::current_exe().context("cannot find the launcher's own executable")?;
     let dir = me
         .parent()

@@ -122,10 +122,7 @@ impl Plan {
             (None, Some(o)) => (o.clone(), OrderingSource::File),
             (None, None) => ("unordered".to_string(), OrderingSource::Default),
         };
-        let chatserver = match &cfg.chatserver {
-            Some(p) => absolute(p)?,
-            None => super::chatserver_next_to_launcher()?,
-        };
+        let chatserver = absolute(&super::chatserver(cfg.chatserver.as_deref())?)?;
         if !super::is_executable(&chatserver) {
             let hint = if cfg.chatserver.is_some() {
                 "check `chatserver` in [cluster]"

@@ -159,13 +159,8 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         };
-        let chatserver = match &a.chatserver {
-            Some(p) => p.clone(),
-            None => match &cfg.chatserver {
-                Some(p) => p.clone(),
-                None => crate::cluster::chatserver_next_to_launcher()?,
-            },
-        };
+        let chatserver =
+            crate::cluster::chatserver(a.chatserver.as_deref().or(cfg.chatserver.as_deref()))?;
         // Never the file's ports: a cluster may be running there (then
         // our servers could not bind and our clients would chat into it).
         let cfg = on_fresh_ports(&cfg)?;
