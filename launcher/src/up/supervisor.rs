@@ -18,6 +18,7 @@ use crate::cluster::process::{self, describe_exit, is_ready_line};
 use crate::cluster::procfs;
 use crate::cluster::restart::{Decision, Restarts};
 use crate::cluster::state::{self, NodeState, NodeStatus, StateFile};
+use nix::sys::signal::Signal;
 use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -407,21 +408,20 @@ async fn stop_child(
 ) -> std::io::Result<ExitStatus> {
     sh.update(i, |n| n.status = NodeStatus::Stopping);
     let timeout = Duration::from_millis(sh.plan.cfg.supervise.stop_timeout_ms);
-    let grace = if *stop.borrow() == Stop::Kill {
-        Duration::ZERO
-    } else {
-        timeout
-    };
-    process::stop_child_gracefully(child, grace, kill_requested(stop), || {
-        if !grace.is_zero() {
-            sh.out.event(
-                i,
-                &format!(
-                    "still running {} ms after SIGTERM; sending SIGKILL",
-                    timeout.as_millis()
-                ),
-            );
+    if *stop.borrow() == Stop::Kill {
+        if let Some(pid) = child.id() {
+            process::signal_group(pid, Signal::SIGKILL);
         }
+        return child.wait().await;
+    }
+    process::stop_child_gracefully(child, timeout, kill_requested(stop), || {
+        sh.out.event(
+            i,
+            &format!(
+                "still running {} ms after SIGTERM; sending SIGKILL",
+                timeout.as_millis()
+            ),
+        );
     })
     .await
 }
