@@ -124,6 +124,19 @@ fn reap(child: &mut Child, wait: Duration) {
     }
 }
 
+/// `tool ARGS -o OUT -p PID`: a measuring tool attached to a running
+/// server, writing its figures to `out`; the caller chooses stderr.
+fn attach(tool: &Path, args: &[&str], out: &Path, pid: i32) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .arg("-o")
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
+}
+
 /// True once process `pid` holds a perf event open (perf stat is counting).
 fn has_perf_event(pid: u32) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -186,15 +199,15 @@ fn native(env: &Env, spec: &LoadSpec) -> anyhow::Result<NativeRun> {
     let pids = running.pids.clone();
     let perf_out = env.scratch().join("perf-syscalls.txt");
     let mut perf = match (which("perf"), pids[0]) {
-        (Some(perf), Some(pid)) => Command::new(perf)
-            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-o"])
-            .arg(&perf_out)
-            .args(["-p", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting perf: {e}")),
+        (Some(perf), Some(pid)) => attach(
+            &perf,
+            &["stat", "-x", ",", "-e", "raw_syscalls:sys_enter"],
+            &perf_out,
+            pid,
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting perf: {e}")),
         (None, _) => Err("perf is not installed (apt-get install -y linux-perf)".to_string()),
         (_, None) => Err("server 1 is not running".to_string()),
     };
@@ -242,12 +255,7 @@ fn strace_run(env: &Env, spec: &LoadSpec, strace: &Path) -> anyhow::Result<Strac
     let running = start_cluster(env, 3, "total", 10, None, Duration::from_secs(20))?;
     let pid = running.pids[0].context("server 1 is not running")?;
     let out = env.scratch().join("strace.txt");
-    let mut child = Command::new(strace)
-        .args(["-c", "-f", "-o"])
-        .arg(&out)
-        .args(["-p", &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let mut child = attach(strace, &["-c", "-f"], &out, pid)
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", strace.display()))?;
