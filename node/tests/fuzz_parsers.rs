@@ -547,13 +547,11 @@ fn seeds_are_valid_and_the_guard_works() {
     ));
 }
 
-/// `[nodes] count` accepts up to 65535 nodes, and the duplicate-address
-/// checks (`config::validate`, `config_toml::check_duplicates`) compare every
-/// address with every earlier one: about 2 * 10^9 comparisons, about 30 s in
-/// a debug build (a `HashSet` makes it milliseconds). A hostile or mistyped
-/// count should not stall `chatserver` or `launcher` at start. Since issue
-/// 13 the default cap is 1,024 servers; the hard cap (the 16-bit id space)
-/// still parses quickly when a larger cap is asked for.
+/// A hostile or mistyped `[nodes] count` must not stall `chatserver` or
+/// `launcher` at start: over the default cap (1,024) it is refused, and up to
+/// the hard cap (the 16-bit id space) it parses quickly. A pairwise
+/// duplicate-address check (`config::finish`) would make about 2 * 10^9
+/// comparisons there, about 30 s in a debug build.
 #[test]
 fn largest_node_count_parses_quickly() {
     let text = "[nodes]\ncount = 65535\nbase_port = 1\n";

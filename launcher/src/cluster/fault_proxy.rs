@@ -22,9 +22,10 @@
 //! `launcher stress`) and [`serve`] (an async function for a caller's
 //! runtime, as `launcher proxy` uses).
 
+use super::settings::FaultConfig;
 use anyhow::{Context, bail};
 use clap::Args;
-use node::config::{ClusterConfig, FaultConfig};
+use node::config::ClusterConfig;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -71,8 +72,8 @@ impl FaultArgs {
     }
 
     /// These options over the file's `[faults]` (or none).
-    pub fn over(&self, cfg: &ClusterConfig) -> FaultConfig {
-        let mut f = cfg.faults.clone().unwrap_or_default();
+    pub fn over(&self, file: Option<&FaultConfig>) -> FaultConfig {
+        let mut f = file.cloned().unwrap_or_default();
         if let Some((lo, hi)) = self.delay {
             f.delay_min_ms = lo;
             f.delay_max_ms = hi;
@@ -601,13 +602,6 @@ impl Drop for ProxyHandle {
 pub fn spawn(cfg: &ClusterConfig, faults: &FaultConfig) -> anyhow::Result<ProxyHandle> {
     let plan = ProxyPlan::from_config(cfg)?;
     spawn_plan(plan, faults)
-}
-
-/// [`spawn`] for `launcher up`: starts the proxy with the file's `[faults]`
-/// (none: a plain pass-through). Keep the handle alive while the nodes run;
-/// dropping it (or [`ProxyHandle::stop`]) stops the proxy.
-pub fn spawn_for_up(cfg: &ClusterConfig) -> anyhow::Result<ProxyHandle> {
-    spawn(cfg, &cfg.faults.clone().unwrap_or_default())
 }
 
 /// [`spawn`] from an explicit plan.

@@ -8,10 +8,11 @@
 
 use super::fault_proxy::{self, ProxyCounts, ProxyHandle, ProxyPlan};
 use super::process::{self, is_ready_line};
+use super::settings::FaultConfig;
 use super::{ScratchDir, procfs};
 use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
-use node::config::{ClusterConfig, FaultConfig};
+use node::config::ClusterConfig;
 use node::stats::ServerCounters;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader};

@@ -1,4 +1,5 @@
-//! The cluster layer every subcommand builds on: what to run ([`plan`]),
+//! The cluster layer every subcommand builds on: the launcher's own keys
+//! of the cluster file ([`settings`]), what to run ([`plan`]),
 //! how to run one server ([`process`]: spawn, readiness, graceful stop),
 //! when to restart it ([`restart`], pure), what a running `launcher up`
 //! records ([`state`]), what /proc says about a known pid ([`procfs`]), a
@@ -12,6 +13,7 @@ pub mod plan;
 pub mod process;
 pub mod procfs;
 pub mod restart;
+pub mod settings;
 pub mod state;
 
 use anyhow::Context;

@@ -2,7 +2,7 @@
 //! as a pure function of the exits so far and the clock, so that it can be
 //! tested without processes or timers.
 
-use node::config::{RestartPolicy, SuperviseConfig};
+use super::settings::{RestartPolicy, SuperviseConfig};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

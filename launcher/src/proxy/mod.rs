@@ -3,6 +3,7 @@
 //! until SIGINT or SIGTERM.
 
 use crate::cluster::fault_proxy::{self, BoundProxy, FaultArgs, ProxyCounters, ProxyPlan};
+use crate::cluster::settings::{self, ClusterFile};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -20,8 +21,8 @@ pub struct ProxyArgs {
 
 /// Runs until SIGINT or SIGTERM, then prints the counts and exits 0.
 pub fn run(a: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let cfg = node::config::load(&a.file)?;
-    let faults = a.faults.over(&cfg);
+    let ClusterFile { cfg, settings } = settings::load(&a.file)?;
+    let faults = a.faults.over(settings.faults.as_ref());
     let plan = ProxyPlan::from_config(&cfg)?;
     let bound = BoundProxy::bind(plan.clone())?;
     let counters = Arc::new(ProxyCounters::default());

@@ -13,11 +13,11 @@ mod report;
 
 use crate::cluster::fault_proxy::{self, FaultArgs, faults_active};
 use crate::cluster::local::{ClusterSpec, LocalCluster, on_fresh_ports};
+use crate::cluster::settings::{self, ClusterFile, FaultConfig};
 use crate::load::{LoadPlan, run_load};
 use crate::net::kernel_rcvbuf_errors;
 use anyhow::{Context, bail};
 use clap::Args;
-use node::config::FaultConfig;
 use orderings::check::Properties;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,7 +87,7 @@ pub struct StressArgs {
 }
 
 pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
-    let cfg = node::config::load(&a.file)?;
+    let ClusterFile { cfg, settings } = settings::load(&a.file)?;
     let mode = a
         .ordering
         .clone()
@@ -154,13 +154,13 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         }
         cfg.servers.iter().map(|s| s.bind).collect::<Vec<_>>()
     } else {
-        let faults = if fault_given || cfg.faults.is_some() {
-            Some(a.faults.over(&cfg))
+        let faults = if fault_given || settings.faults.is_some() {
+            Some(a.faults.over(settings.faults.as_ref()))
         } else {
             None
         };
         let chatserver =
-            crate::cluster::chatserver(a.chatserver.as_deref().or(cfg.chatserver.as_deref()))?;
+            crate::cluster::chatserver(a.chatserver.as_deref().or(settings.chatserver.as_deref()))?;
         // Never the file's ports: a cluster may be running there (then
         // our servers could not bind and our clients would chat into it).
         let cfg = on_fresh_ports(&cfg)?;

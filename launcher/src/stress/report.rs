@@ -3,8 +3,8 @@
 
 use super::StressArgs;
 use crate::cluster::fault_proxy::ProxyCounts;
+use crate::cluster::settings::FaultConfig;
 use crate::load::LoadResult;
-use node::config::FaultConfig;
 use orderings::check::{Properties, Report};
 use serde::Serialize;
 

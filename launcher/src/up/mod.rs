@@ -86,7 +86,7 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create log files in {}", plan.log_dir().display()))?;
     out.global(&format!(
         "cluster {}: {} node{} from {}; {}",
-        plan.cfg.name,
+        plan.settings.name,
         plan.nodes.len(),
         if plan.nodes.len() == 1 { "" } else { "s" },
         plan.config_path.display(),
@@ -102,7 +102,7 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     // With [faults], the proxy sits on the forwarding addresses for the
     // whole life of the cluster.
-    let proxy = match &plan.cfg.faults {
+    let proxy = match &plan.settings.faults {
         Some(f) => {
             if plan.cfg.servers.iter().any(|s| s.forward == s.bind) {
                 anyhow::bail!(
@@ -110,8 +110,8 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
                     plan.cfg.source.display()
                 );
             }
-            let handle = fault_proxy::spawn_for_up(&plan.cfg)
-                .context("starting the fault-injecting proxy")?;
+            let handle =
+                fault_proxy::spawn(&plan.cfg, f).context("starting the fault-injecting proxy")?;
             out.global(&format!(
                 "proxy on the forwarding addresses: delay {}..{} ms, loss {}, duplicate {}, seed {}",
                 f.delay_min_ms, f.delay_max_ms, f.loss, f.duplicate, f.seed
@@ -196,12 +196,12 @@ pub fn run_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let cfg = plan::load_config(&a.file)?;
-    let path = plan::state_file(&cfg)?;
+    let settings = plan::load_config(&a.file)?.settings;
+    let path = plan::state_file(&settings)?;
     let Some(st) = state::read(&path)? else {
         crate::outln!(
             "cluster {}: not running (no state file {})",
-            cfg.name,
+            settings.name,
             path.display()
         );
         return Ok(ExitCode::from(NOT_RUNNING));
@@ -263,13 +263,13 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
-    let cfg = plan::load_config(&a.file)?;
-    let path = plan::state_file(&cfg)?;
+    let settings = plan::load_config(&a.file)?.settings;
+    let path = plan::state_file(&settings)?;
     let Some(st) = state::read(&path)? else {
-        crate::outln!("cluster {}: not running", cfg.name);
+        crate::outln!("cluster {}: not running", settings.name);
         return Ok(ExitCode::SUCCESS);
     };
-    let stop_timeout = Duration::from_millis(cfg.supervise.stop_timeout_ms);
+    let stop_timeout = Duration::from_millis(settings.supervise.stop_timeout_ms);
     // The launcher gives each node stop_timeout, then SIGKILLs it.
     let deadline = Instant::now() + stop_timeout + Duration::from_secs(5);
     if live_launcher(&st) {

@@ -115,7 +115,7 @@ async fn main_loop(plan: Plan, out: Output) -> anyhow::Result<ExitCode> {
     let initial = StateFile {
         launcher_pid,
         launcher_start_time,
-        cluster: plan.cfg.name.clone(),
+        cluster: plan.settings.name.clone(),
         config: plan.config_path.clone(),
         ordering: plan.ordering.clone(),
         nodes: plan
@@ -175,7 +175,7 @@ async fn main_loop(plan: Plan, out: Output) -> anyhow::Result<ExitCode> {
             stopping = true;
             sh.out.global(&format!(
                 "{sig}: stopping all nodes (SIGTERM, SIGKILL after {} ms)",
-                sh.plan.cfg.supervise.stop_timeout_ms
+                sh.plan.settings.supervise.stop_timeout_ms
             ));
             let _ = tx.send(Stop::Term);
         } else {
@@ -329,7 +329,7 @@ async fn run_once(sh: &Arc<Shared>, i: usize, stop: &mut watch::Receiver<Stop>) 
 
 /// Runs one node until it is stopped, exits for good or fails.
 async fn node_task(sh: Arc<Shared>, i: usize, mut stop: watch::Receiver<Stop>) -> Outcome {
-    let mut restarts = Restarts::new(&sh.plan.cfg.supervise);
+    let mut restarts = Restarts::new(&sh.plan.settings.supervise);
     loop {
         if *stop.borrow() != Stop::Run {
             sh.update(i, |n| n.status = NodeStatus::Stopped);
@@ -382,7 +382,7 @@ async fn node_task(sh: Arc<Shared>, i: usize, mut stop: watch::Receiver<Stop>) -
                     format!(
                         "gave up after {restarts} restart{} within {} s: failed",
                         if restarts == 1 { "" } else { "s" },
-                        sh.plan.cfg.supervise.restart_window_s
+                        sh.plan.settings.supervise.restart_window_s
                     ),
                 ),
             }
@@ -407,7 +407,7 @@ async fn stop_child(
     stop: &mut watch::Receiver<Stop>,
 ) -> std::io::Result<ExitStatus> {
     sh.update(i, |n| n.status = NodeStatus::Stopping);
-    let timeout = Duration::from_millis(sh.plan.cfg.supervise.stop_timeout_ms);
+    let timeout = Duration::from_millis(sh.plan.settings.supervise.stop_timeout_ms);
     if *stop.borrow() == Stop::Kill {
         if let Some(pid) = child.id() {
             process::signal_group(pid, Signal::SIGKILL);
