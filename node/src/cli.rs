@@ -202,7 +202,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             },
         };
         let stats = server::run(socket, setup, shutdown).await?;
-        eprintln!("{me} stopped: {}", stats.summary());
+        eprintln!(
+            "{}",
+            crate::stats::ServerCounters::from(&stats).stopped_line(&me.to_string())
+        );
         Ok(())
     })
 }

@@ -52,5 +52,6 @@ pub mod config_toml;
 pub mod guard;
 pub mod server;
 pub mod session;
+pub mod stats;
 mod udp;
 mod verbose;

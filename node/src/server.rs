@@ -48,7 +48,8 @@ pub struct ServerSetup {
     pub error_limits: ErrorLimits,
 }
 
-/// Counters reported when a server stops.
+/// Counters reported when a server stops (encoded as
+/// [`crate::stats::ServerCounters`]).
 #[derive(Debug, Clone, Default)]
 pub struct ServerStats {
     pub client_datagrams: u64,
@@ -78,75 +79,6 @@ pub struct ServerStats {
     pub icmp_other: u64,
     pub sessions: SessionStats,
     pub replica: ReplicaStats,
-}
-
-impl ServerStats {
-    /// One line of `key=value` counters (printed when a server stops).
-    pub fn summary(&self) -> String {
-        let r = &self.replica;
-        let links = r
-            .links
-            .iter()
-            .fold(orderings::LinkStats::default(), |mut a, l| {
-                a.datagrams_sent += l.datagrams_sent;
-                a.datagrams_received += l.datagrams_received;
-                a.retransmissions += l.retransmissions;
-                a.duplicates += l.duplicates;
-                a.stale += l.stale;
-                a.peer_restarts += l.peer_restarts;
-                a.future_incarnations += l.future_incarnations;
-                a.unproven_claims += l.unproven_claims;
-                a.probes_sent += l.probes_sent;
-                a
-            });
-        format!(
-            "client_datagrams={} peer_datagrams={} bad_peer_datagrams={} refused_posts={} posts={} deliveries={} \
-             bad_payloads={} link_datagrams_sent={} link_datagrams_received={} retransmissions={} duplicates={} \
-             stale={} peer_restarts={} held_back={} in_flight={} refused_by_holdback_limit={} \
-             future_incarnations={} unproven_incarnation_claims={} probes_sent={} outstanding={} \
-             peak_outstanding={} admission_window={} \
-             dropped_from_server_addresses={} dropped_bad_source={} suppressed_error_replies={} \
-             silenced_server_output={} expired_sessions={} unreachable_sessions={} unreachable_peers={} \
-             icmp_other={} dropped_over_allowance={} confirm_notices={} confirmed_addresses={} \
-             bad_confirmations={} dropped_sends={} unanswered_refusals={}",
-            self.client_datagrams,
-            self.peer_datagrams,
-            self.bad_peer_datagrams,
-            self.refused_posts,
-            r.posts,
-            r.deliveries,
-            r.bad_payloads,
-            links.datagrams_sent,
-            links.datagrams_received,
-            links.retransmissions,
-            links.duplicates,
-            links.stale,
-            links.peer_restarts,
-            r.strategy.held_back,
-            r.strategy.in_flight,
-            r.strategy.refused,
-            links.future_incarnations,
-            links.unproven_claims,
-            links.probes_sent,
-            r.outstanding,
-            r.peak_outstanding,
-            r.window,
-            self.dropped_from_server_addresses,
-            self.dropped_bad_source,
-            self.suppressed_error_replies,
-            self.sessions.silenced,
-            self.sessions.expired,
-            self.sessions.unreachable,
-            self.unreachable_peers,
-            self.icmp_other,
-            self.sessions.over_allowance,
-            self.sessions.notices,
-            self.sessions.confirmed,
-            self.sessions.bad_confirmations,
-            self.dropped_sends,
-            self.unanswered_refusals,
-        )
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! state lives. Shared by `launcher check` (prints it) and `launcher up`
 //! (runs it).
 
-use crate::cluster::settings::{self, ClusterFile, RestartPolicy, SecretSetting, Settings};
+use super::settings::{self, ClusterFile, RestartPolicy, SecretSetting, Settings};
 use anyhow::Context;
 use node::config::{self, ClusterConfig, ConfigFormat};
 use std::fmt::Write as _;
@@ -108,21 +108,7 @@ pub fn state_dir(s: &Settings) -> anyhow::Result<PathBuf> {
 }
 
 pub fn state_file(s: &Settings) -> anyhow::Result<PathBuf> {
-    Ok(state_dir(s)?.join(crate::state::STATE_FILE))
-}
-
-/// The chatserver next to the running launcher binary.
-fn default_chatserver() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("cannot find the launcher's own executable")?;
-    let dir = me
-        .parent()
-        .with_context(|| format!("{} has no parent directory", me.display()))?;
-    Ok(dir.join("chatserver"))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    Ok(state_dir(s)?.join(super::state::STATE_FILE))
 }
 
 impl Plan {
@@ -138,11 +124,8 @@ impl Plan {
             (None, Some(o)) => (o.clone(), OrderingSource::File),
             (None, None) => ("unordered".to_string(), OrderingSource::Default),
         };
-        let chatserver = match &settings.chatserver {
-            Some(p) => absolute(p)?,
-            None => default_chatserver()?,
-        };
-        if !is_executable(&chatserver) {
+        let chatserver = absolute(&super::chatserver(settings.chatserver.as_deref())?)?;
+        if !super::is_executable(&chatserver) {
             let hint = if settings.chatserver.is_some() {
                 "check `chatserver` in [cluster]"
             } else {
@@ -210,7 +193,7 @@ impl Plan {
     }
 
     pub fn state_file(&self) -> PathBuf {
-        self.state_dir.join(crate::state::STATE_FILE)
+        self.state_dir.join(super::state::STATE_FILE)
     }
 
     pub fn log_dir(&self) -> PathBuf {
