@@ -90,6 +90,9 @@ pub struct LocalCluster {
     proxy: Option<ProxyHandle>,
     dir: ScratchDir,
     stopped: bool,
+    /// Servers killed on purpose (`launcher stress --kill-server`): dying
+    /// of SIGKILL is what they were meant to do, not a problem.
+    killed: Vec<usize>,
 }
 
 /// The cluster of `cfg` moved to free ports of its own: each server's bind
@@ -216,6 +219,7 @@ impl LocalCluster {
             proxy: None,
             dir,
             stopped: false,
+            killed: Vec::new(),
         };
         if use_proxy {
             let faults = spec.faults.clone().unwrap_or_default();
@@ -331,11 +335,24 @@ impl LocalCluster {
             .collect()
     }
 
-    /// Servers that have exited, with their status and last output.
+    /// Server `index` (1-based) is to be killed on purpose: its SIGKILL
+    /// exit is not reported by [`LocalCluster::dead_servers`].
+    pub fn expect_killed(&mut self, index: usize) {
+        self.killed.push(index);
+    }
+
+    /// Servers that have exited (except of the SIGKILL expected by
+    /// [`LocalCluster::expect_killed`]), with their status and last output.
     pub fn dead_servers(&mut self) -> Vec<String> {
+        use std::os::unix::process::ExitStatusExt;
         let mut out = Vec::new();
         for s in &mut self.servers {
             if s.has_exited() {
+                let killed_as_planned = self.killed.contains(&s.index)
+                    && s.exited.and_then(|st| st.signal()) == Some(Signal::SIGKILL as i32);
+                if killed_as_planned {
+                    continue;
+                }
                 out.push(format!(
                     "server {} exited early ({}); last output: {}",
                     s.index,
@@ -375,6 +392,11 @@ impl LocalCluster {
             .iter_mut()
             .filter_map(|s| (!s.has_exited()).then(|| s.child.id()))
             .collect();
+        // A server stopped by `launcher stress --stop-server` would not act
+        // on SIGTERM: continue everything first (harmless for the others).
+        for &pid in &pids {
+            process::signal_group(pid, Signal::SIGCONT);
+        }
         let servers = &mut self.servers;
         process::stop_gracefully(
             Signal::SIGTERM,
