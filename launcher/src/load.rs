@@ -53,6 +53,34 @@ pub struct LoadPlan {
     /// others send (`--flood-clients`): the server must stay fair to the
     /// others.
     pub flood_clients: usize,
+    /// Per server (index into `servers`): its clients are exempt (a fault
+    /// hits that server during the run): checked as partial with optional
+    /// sends, and left out of what the run waits for. Empty: nobody is.
+    pub excused: Vec<bool>,
+    /// What a fault schedule running beside the load needs (`None`: none).
+    pub hooks: Option<LoadHooks>,
+}
+
+/// What a fault schedule beside the load hears about it.
+#[derive(Debug, Clone, Copy)]
+pub enum LoadEvent {
+    /// The sending starts now (the origin of the schedule's times).
+    Started(std::time::Instant),
+    /// The load is over (sent by the caller once [`run_load`] returned).
+    Ended,
+}
+
+/// The load's side of a fault schedule (`launcher stress --kill-server`).
+#[derive(Debug, Clone)]
+pub struct LoadHooks {
+    /// Gets [`LoadEvent::Started`].
+    pub events: std::sync::mpsc::Sender<LoadEvent>,
+    /// Per server (index into `servers`), set once that server is gone for
+    /// good: its clients stop sending, so the run can still complete.
+    pub gone: Arc<Vec<AtomicBool>>,
+    /// No stop for quiet before this long after the sending started: a
+    /// server stopped until then may hold every delivery back meanwhile.
+    pub quiet_not_before: Duration,
 }
 
 /// Most messages one flooding client sends (with the run's deadline and
@@ -185,6 +213,14 @@ struct Shared {
     garbled_examples: RefCell<Vec<String>>,
     latency: RefCell<Histogram<u64>>,
     expected_so_far: Cell<u64>,
+    /// Like `expected_so_far` and `distinct`, among clients of servers that
+    /// are not excused only: what the run waits for.
+    required_expected: Cell<u64>,
+    required_distinct: Cell<u64>,
+    /// Room -> members on servers that are not excused.
+    required_room_size: Vec<u64>,
+    /// When the sending started (µs since `start`).
+    load_start: Cell<Option<u64>>,
     /// Address-confirmation requests answered (the server asks a new
     /// address to confirm before it sends it much).
     confirmations: Cell<u64>,
@@ -197,6 +233,19 @@ struct Shared {
 impl Shared {
     fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
+    }
+
+    fn excused(&self, server: usize) -> bool {
+        self.plan.excused.get(server).copied().unwrap_or(false)
+    }
+
+    /// Whether `server` is gone for good (its clients stop sending).
+    fn gone(&self, server: usize) -> bool {
+        self.plan
+            .hooks
+            .as_ref()
+            .and_then(|h| h.gone.get(server))
+            .is_some_and(|g| g.load(Ordering::Relaxed))
     }
 
     fn on_datagram(&self, c: usize, data: &[u8]) {
@@ -264,6 +313,9 @@ impl Shared {
         let key = (u64::from(sender) << 32) | u64::from(seq);
         if clients[c].seen.insert(key) {
             self.distinct.set(self.distinct.get() + 1);
+            if !self.excused(clients[c].server) && !self.excused(clients[sender as usize].server) {
+                self.required_distinct.set(self.required_distinct.get() + 1);
+            }
             self.last_delivery.set(at);
             if let Some(&t) = clients[sender as usize].sent_at.get(seq as usize - 1) {
                 let _ = self
@@ -309,6 +361,11 @@ pub struct LoadResult {
     pub flood_delivered: u64,
     pub flood_deliveries: u64,
     pub flood_refused: u64,
+    /// When the sending started (µs since the origin of the history's time
+    /// stamps); 0 when it never did.
+    pub load_start_us: u64,
+    /// When the collection stopped (µs, same origin).
+    pub end_us: u64,
 }
 
 /// Runs the workload on a fresh single-threaded runtime.
@@ -329,6 +386,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
     let hard_deadline = start + plan.deadline;
     let mut clients = Vec::with_capacity(plan.clients);
     let mut room_size = vec![0u64; plan.rooms as usize + 1];
+    let mut required_room_size = vec![0u64; plan.rooms as usize + 1];
     let mut per_server = vec![0usize; plan.servers.len()];
     for c in 0..plan.clients + plan.flood_clients {
         let flood = c >= plan.clients;
@@ -361,6 +419,9 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
             .context("connecting a client socket")?;
         if !flood {
             room_size[room as usize] += 1;
+            if !plan.excused.get(server).copied().unwrap_or(false) {
+                required_room_size[room as usize] += 1;
+            }
             per_server[server] += 1;
         }
         clients.push(ClientSt {
@@ -398,6 +459,10 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         garbled_examples: RefCell::new(Vec::new()),
         latency: RefCell::new(latency),
         expected_so_far: Cell::new(0),
+        required_expected: Cell::new(0),
+        required_distinct: Cell::new(0),
+        required_room_size,
+        load_start: Cell::new(None),
         confirmations: Cell::new(0),
         flood_deliveries: Cell::new(0),
         flood_refused: Cell::new(0),
@@ -483,6 +548,20 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
     } else {
         None
     };
+    // The origin of a fault schedule: taken (and handed over) just before
+    // the first send.
+    let load_start = Instant::now();
+    sh.load_start
+        .set(Some(load_start.duration_since(start).as_micros() as u64));
+    if let Some(h) = &plan.hooks {
+        // The schedule may be gone already (it failed); the load goes on.
+        let _ = h.events.send(LoadEvent::Started(load_start.into_std()));
+    }
+    let quiet_from = load_start
+        + plan
+            .hooks
+            .as_ref()
+            .map_or(Duration::ZERO, |h| h.quiet_not_before);
     tasks.push(tokio::task::spawn_local(sender(sh.clone())));
 
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
@@ -501,10 +580,12 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         if all_sent {
             flood_stop.store(true, Ordering::Relaxed);
         }
-        if all_sent && sh.distinct.get() >= sh.expected_so_far.get() {
+        if all_sent && sh.required_distinct.get() >= sh.required_expected.get() {
             break "complete";
         }
-        if now.duration_since(sh.last_progress.get()) > plan.quiet {
+        // Quiet counts from the last scheduled fault action at the earliest:
+        // a stopped server may hold everything back until it resumes.
+        if now.duration_since(sh.last_progress.get().max(quiet_from)) > plan.quiet {
             break "quiet";
         }
         if now >= hard_deadline {
@@ -538,6 +619,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    let end_us = sh.now_us();
     sh.stop.set(true);
     for t in &tasks {
         t.abort();
@@ -555,9 +637,12 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
     for (c, st) in clients.iter().enumerate() {
         // A flooding client's own receive path is not under test (its
         // socket overflows): it is checked on what it got only.
+        // A client of a server a fault hits may miss deliveries from then
+        // on, and its own messages may never get out.
+        let excused = !st.flood && sh.excused(st.server);
         let opts = testkit::check::MemberOpts {
-            partial: st.flood,
-            optional_sends: false,
+            partial: st.flood || excused,
+            optional_sends: excused,
         };
         let id = history.add_member_with(nick(c), st.room, opts);
         debug_assert_eq!(id as usize, c);
@@ -643,6 +728,8 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         flood_delivered,
         flood_deliveries: sh.flood_deliveries.get(),
         flood_refused: sh.flood_refused.get(),
+        load_start_us: sh.load_start.get().unwrap_or(0),
+        end_us,
     })
 }
 
@@ -775,10 +862,13 @@ async fn sender(sh: Rc<Shared>) {
         }
         let (pick, all_sent) = {
             let cl = sh.clients.borrow();
+            // A client whose server is gone for good has nobody to send to:
+            // it counts as done.
+            let done = |c: &ClientSt| c.sent >= plan.messages || sh.gone(c.server);
             let pick = (0..n)
                 .map(|d| (rr + d) % n)
-                .find(|&c| cl[c].sent < plan.messages && cl[c].outstanding < plan.window);
-            let all_sent = pick.is_none() && cl.iter().all(|c| c.sent >= plan.messages);
+                .find(|&c| !done(&cl[c]) && cl[c].outstanding < plan.window);
+            let all_sent = pick.is_none() && cl.iter().all(done);
             (pick, all_sent)
         };
         let Some(c) = pick else {
@@ -818,6 +908,10 @@ async fn sender(sh: Rc<Shared>) {
             sh.sent.set(sh.sent.get() + 1);
             sh.expected_so_far
                 .set(sh.expected_so_far.get() + sh.room_size[st.room as usize]);
+            if !sh.excused(st.server) {
+                sh.required_expected
+                    .set(sh.required_expected.get() + sh.required_room_size[st.room as usize]);
+            }
             (
                 st.sock.clone(),
                 body(c, st.server, st.room, seq, plan.size),

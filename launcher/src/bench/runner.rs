@@ -208,6 +208,8 @@ pub fn drive(
         linger: Duration::from_millis(100),
         progress: env.progress,
         flood_clients: 0,
+        excused: Vec::new(),
+        hooks: None,
     };
     let before = kernel_rcvbuf_errors();
     let load = run_load(&plan)?;

@@ -228,6 +228,8 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         linger: Duration::from_millis(200),
         progress: !a.quiet,
         flood_clients: a.flood_clients,
+        excused: Vec::new(),
+        hooks: None,
     };
     let drops_before = kernel_rcvbuf_errors();
     let load = run_load(&plan);
