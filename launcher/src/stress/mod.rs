@@ -8,13 +8,19 @@
 //! mode claims (plus `--check`), and reports throughput, latency, kernel
 //! receive-buffer drops and violations. Exit code 0 only when every check
 //! passed.
+//!
+//! `--kill-server`/`--stop-server` ([`faults`]) signal servers of that
+//! cluster during the load; their clients are then checked as partial, and
+//! the report says how long deliveries paused ([`pause`]).
 
+mod faults;
+mod pause;
 mod report;
 
 use crate::cluster::fault_proxy::{self, FaultArgs, faults_active};
 use crate::cluster::local::{ClusterSpec, LocalCluster, on_fresh_ports};
 use crate::cluster::settings::{self, ClusterFile, FaultConfig};
-use crate::load::{LoadPlan, run_load};
+use crate::load::{LoadEvent, LoadHooks, LoadPlan, run_load};
 use crate::net::kernel_rcvbuf_errors;
 use anyhow::{Context, bail};
 use clap::Args;
@@ -51,6 +57,8 @@ pub struct StressArgs {
     pub size: usize,
     #[command(flatten)]
     pub faults: FaultArgs,
+    #[command(flatten)]
+    pub server_faults: faults::ServerFaultArgs,
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -67,6 +75,8 @@ pub struct StressArgs {
     pub quiet_ms: u64,
     /// Put clients only on these servers (1-based, comma list), e.g. to
     /// crash another server during the run and check the survivors.
+    /// Default: every server, except those --kill-server or --stop-server
+    /// (without --for) take away for good.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub client_servers: Vec<usize>,
     /// Upper bound on the whole run, setup included (s).
@@ -134,6 +144,19 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         bail!("--rate must be a number >= 0");
     }
     let fault_given = a.faults.any();
+    let server_faults = &a.server_faults.faults;
+    if !server_faults.is_empty() {
+        if a.attach {
+            // A running `launcher up` would restart a killed server (this is
+            // no kill without restart), and a pid read from its state file
+            // could belong to another process by now.
+            bail!(
+                "--attach uses the running cluster as it is: --kill-server/--stop-server \
+                 only apply to servers this run starts (drop --attach)"
+            );
+        }
+        faults::validate(server_faults, cfg.servers.len()).map_err(anyhow::Error::msg)?;
+    }
     let deadline = Duration::from_secs(a.timeout.max(1));
     let started = std::time::Instant::now();
 
@@ -198,11 +221,29 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         binds
     };
 
-    let servers: Vec<std::net::SocketAddr> = if a.client_servers.is_empty() {
-        servers
+    // Which servers (1-based) get clients.
+    let mut client_note = None;
+    let client_servers: Vec<usize> = if !a.client_servers.is_empty() {
+        a.client_servers.clone()
     } else {
+        let lost: Vec<usize> = (1..=servers.len())
+            .filter(|s| server_faults.iter().any(|f| f.server == *s && f.for_good()))
+            .collect();
+        if !lost.is_empty() {
+            // Clients of a server that never comes back could only show
+            // that their messages are lost: check the survivors instead.
+            client_note = Some(format!(
+                "no clients on server{} {} (killed or stopped for good during the run; \
+                 --client-servers places clients anywhere)",
+                if lost.len() == 1 { "" } else { "s" },
+                join(&lost)
+            ));
+        }
+        (1..=servers.len()).filter(|s| !lost.contains(s)).collect()
+    };
+    let servers: Vec<std::net::SocketAddr> = {
         let mut chosen = Vec::new();
-        for &i in &a.client_servers {
+        for &i in &client_servers {
             let addr = servers.get(i.wrapping_sub(1)).with_context(|| {
                 format!(
                     "--client-servers: no server {i} (the cluster has {})",
@@ -213,6 +254,33 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         }
         chosen
     };
+    if let Some(note) = &client_note
+        && !a.quiet
+    {
+        eprintln!("stress: {note}");
+    }
+    // A client of a server a fault hits is checked as partial, with
+    // optional sends; the run waits only for everybody else.
+    let excused: Vec<bool> = client_servers
+        .iter()
+        .map(|s| server_faults.iter().any(|f| f.server == *s))
+        .collect();
+    let (events_tx, events_rx) = std::sync::mpsc::channel::<LoadEvent>();
+    let gone: std::sync::Arc<Vec<std::sync::atomic::AtomicBool>> = std::sync::Arc::new(
+        client_servers
+            .iter()
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect(),
+    );
+    let hooks = (!server_faults.is_empty()).then(|| LoadHooks {
+        events: events_tx.clone(),
+        gone: gone.clone(),
+        quiet_not_before: server_faults
+            .iter()
+            .map(faults::ServerFault::last_action)
+            .max()
+            .unwrap_or_default(),
+    });
     let plan = LoadPlan {
         servers: servers.clone(),
         clients: a.clients,
@@ -228,11 +296,55 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         linger: Duration::from_millis(200),
         progress: !a.quiet,
         flood_clients: a.flood_clients,
-        excused: Vec::new(),
-        hooks: None,
+        excused,
+        hooks,
     };
+    let mut schedule = None;
+    if let Some(c) = cluster.as_mut()
+        && !server_faults.is_empty()
+    {
+        for f in server_faults {
+            if f.kind == faults::FaultKind::Kill {
+                c.expect_killed(f.server);
+            }
+        }
+        let pids = c
+            .pids()
+            .into_iter()
+            .map(|p| p.and_then(|p| u32::try_from(p).ok()))
+            .collect();
+        let gone_slots = (1..=cfg.servers.len())
+            .map(|s| {
+                (0..client_servers.len())
+                    .filter(|&slot| client_servers[slot] == s)
+                    .collect()
+            })
+            .collect();
+        schedule = Some(faults::Schedule {
+            faults: server_faults,
+            pids,
+            gone,
+            gone_slots,
+        });
+    }
     let drops_before = kernel_rcvbuf_errors();
-    let load = run_load(&plan);
+    // The schedule runs beside the load and is over (every server it
+    // stopped continued) before anything below reaps or stops a server.
+    // Moved in: should the load panic, its copies of the event sender are
+    // dropped while unwinding, so the schedule ends instead of waiting.
+    let (load, outcomes) = std::thread::scope(move |scope| {
+        let runner = schedule.map(|s| scope.spawn(move || faults::run(s, events_rx)));
+        let load = run_load(&plan);
+        let _ = events_tx.send(LoadEvent::Ended);
+        let outcomes = match runner {
+            Some(r) => r
+                .join()
+                .map_err(|_| anyhow::anyhow!("the fault schedule panicked")),
+            None => Ok(Vec::new()),
+        };
+        (load, outcomes)
+    });
+    let outcomes = outcomes?;
     let drops_after = kernel_rcvbuf_errors();
     let mut server_problems = Vec::new();
     let mut proxy_counts = None;
@@ -248,11 +360,20 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
     let check_started = std::time::Instant::now();
     let check = load.history.check(props);
     let check_s = check_started.elapsed().as_secs_f64();
+    let pauses = pause::analyse(&load.history, load.end_us);
+    let fault_part = report::fault_part(
+        server_faults,
+        &outcomes,
+        &pauses,
+        load.load_start_us,
+        client_servers,
+        client_note,
+    );
     let report = report::build(
         &a,
         &mode,
         props,
-        servers.len(),
+        cfg.servers.len(),
         faults_used.as_ref(),
         load,
         check,
@@ -264,6 +385,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         server_problems,
         check_s,
         peak_rss,
+        fault_part,
     );
     report::print(&report);
     if let Some(path) = &a.json {
@@ -275,4 +397,13 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `1, 2 and 3`.
+fn join(v: &[usize]) -> String {
+    let s: Vec<String> = v.iter().map(ToString::to_string).collect();
+    match s.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => s.join(""),
+    }
 }

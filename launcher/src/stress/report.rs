@@ -2,6 +2,8 @@
 //! printed.
 
 use super::StressArgs;
+use super::faults::{FaultOutcome, ServerFault};
+use super::pause::Pauses;
 use crate::cluster::fault_proxy::ProxyCounts;
 use crate::cluster::settings::FaultConfig;
 use crate::load::LoadResult;
@@ -25,6 +27,7 @@ pub struct StressReport {
     pub ok: bool,
     pub mode: String,
     pub properties: Properties,
+    /// Servers in the cluster (`client_servers` says which got clients).
     pub servers: usize,
     pub clients: usize,
     pub rooms: u32,
@@ -65,7 +68,111 @@ pub struct StressReport {
     pub server_peak_rss_kib: Vec<Option<u64>>,
     /// How long the checker took.
     pub check_s: f64,
+    /// The servers (1-based) that got clients.
+    pub client_servers: Vec<usize>,
+    /// Why some servers got no clients (`--kill-server` without
+    /// `--client-servers`).
+    pub client_note: Option<String>,
+    /// `--kill-server`/`--stop-server`, in the order given.
+    pub server_faults: Vec<ServerFaultReport>,
+    /// Faults that could not be done as asked (the run fails).
+    pub fault_problems: Vec<String>,
+    /// The longest stretch with no delivery at any client of an unaffected
+    /// server while a message was still due to one of them (ms).
+    pub longest_pause_ms: f64,
+    /// When it started, after the sending started (ms); `None` when nothing
+    /// was ever due.
+    pub longest_pause_start_ms: Option<f64>,
+    /// It lasted until the run stopped: deliveries never resumed.
+    pub longest_pause_open: bool,
     pub check: Report,
+}
+
+/// One `--kill-server`/`--stop-server` and what came of it. Times are
+/// after the sending started, in ms.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerFaultReport {
+    /// `kill` or `stop`.
+    pub kind: &'static str,
+    /// 1-based.
+    pub server: usize,
+    /// As asked.
+    pub at_ms: u64,
+    /// As asked (stop only); `None`: not resumed during the run.
+    pub for_ms: Option<u64>,
+    /// When the signal went out; `None`: it did not.
+    pub done_at_ms: Option<f64>,
+    /// When SIGCONT went out as asked.
+    pub resumed_at_ms: Option<f64>,
+    /// Still stopped when the load ended, continued then.
+    pub continued_at_end: bool,
+    /// From the signal to the next delivery at a client of an unaffected
+    /// server; `None`: none came.
+    pub first_delivery_after_ms: Option<f64>,
+    pub problem: Option<String>,
+}
+
+/// The fault-related part of the report.
+pub(super) struct FaultPart {
+    client_servers: Vec<usize>,
+    client_note: Option<String>,
+    server_faults: Vec<ServerFaultReport>,
+    fault_problems: Vec<String>,
+    longest_pause_ms: f64,
+    longest_pause_start_ms: Option<f64>,
+    longest_pause_open: bool,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// `load_start_us`: when the sending started, on the history's clock.
+pub(super) fn fault_part(
+    faults: &[ServerFault],
+    outcomes: &[FaultOutcome],
+    pauses: &Pauses,
+    load_start_us: u64,
+    client_servers: Vec<usize>,
+    client_note: Option<String>,
+) -> FaultPart {
+    let mut problems = Vec::new();
+    let server_faults = faults
+        .iter()
+        .zip(outcomes)
+        .map(|(f, o)| {
+            if let Some(p) = &o.problem {
+                problems.push(format!("{}: {p}", f.describe()));
+            }
+            let us = |d: std::time::Duration| d.as_micros() as u64;
+            ServerFaultReport {
+                kind: f.kind.as_str(),
+                server: f.server,
+                at_ms: f.at.as_millis() as u64,
+                for_ms: f.for_.map(|d| d.as_millis() as u64),
+                done_at_ms: o.done_at.map(|d| ms(us(d))),
+                resumed_at_ms: o.resumed_at.map(|d| ms(us(d))),
+                continued_at_end: o.continued_at_end,
+                first_delivery_after_ms: o
+                    .done_at
+                    .and_then(|d| pauses.first_delivery_after(load_start_us + us(d)))
+                    .map(ms),
+                problem: o.problem.clone(),
+            }
+        })
+        .collect();
+    let longest = pauses.longest.unwrap_or_default();
+    FaultPart {
+        client_servers,
+        client_note,
+        server_faults,
+        fault_problems: problems,
+        longest_pause_ms: ms(longest.len_us),
+        longest_pause_start_ms: pauses
+            .longest
+            .map(|p| ms(p.start_us.saturating_sub(load_start_us))),
+        longest_pause_open: longest.open,
+    }
 }
 
 /// What the flooding clients did.
@@ -117,6 +224,7 @@ pub(super) fn build(
     server_problems: Vec<String>,
     check_s: f64,
     server_peak_rss_kib: Vec<Option<u64>>,
+    faults_part: FaultPart,
 ) -> StressReport {
     let h = &load.latency;
     let latency = Latency {
@@ -129,7 +237,10 @@ pub(super) fn build(
     };
     let secs = load.run_duration.as_secs_f64();
     let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    let ok = check.ok() && load.garbled == 0 && server_problems.is_empty();
+    let ok = check.ok()
+        && load.garbled == 0
+        && server_problems.is_empty()
+        && faults_part.fault_problems.is_empty();
     StressReport {
         ok,
         mode: mode.to_string(),
@@ -173,6 +284,13 @@ pub(super) fn build(
         }),
         server_peak_rss_kib,
         check_s,
+        client_servers: faults_part.client_servers,
+        client_note: faults_part.client_note,
+        server_faults: faults_part.server_faults,
+        fault_problems: faults_part.fault_problems,
+        longest_pause_ms: faults_part.longest_pause_ms,
+        longest_pause_start_ms: faults_part.longest_pause_start_ms,
+        longest_pause_open: faults_part.longest_pause_open,
         check,
     }
 }
@@ -326,7 +444,58 @@ pub(super) fn print(r: &StressReport) {
     for p in &r.server_problems {
         crate::outln!("  {p}");
     }
+    print_faults(r);
     crate::outln!("  {}", check_text(&r.check).replace('\n', "\n  "));
     crate::outln!("  checker took {:.3}s", r.check_s);
     crate::outln!("  result: {}", if r.ok { "PASS" } else { "FAIL" });
+}
+
+/// The server faults and the pauses (nothing without `--kill-server` or
+/// `--stop-server`).
+fn print_faults(r: &StressReport) {
+    if r.server_faults.is_empty() {
+        return;
+    }
+    if let Some(note) = &r.client_note {
+        crate::outln!("  {note}");
+    }
+    for f in &r.server_faults {
+        let what = match (f.kind, f.for_ms) {
+            ("stop", Some(d)) => format!("stop server {} at {} ms for {d} ms", f.server, f.at_ms),
+            ("stop", None) => format!("stop server {} at {} ms (no --for)", f.server, f.at_ms),
+            (k, _) => format!("{k} server {} at {} ms", f.server, f.at_ms),
+        };
+        let mut line = match f.done_at_ms {
+            Some(t) => format!("  {what}: signalled at {t:.1} ms"),
+            None => format!("  {what}: NOT DONE"),
+        };
+        if let Some(t) = f.resumed_at_ms {
+            line.push_str(&format!(", resumed at {t:.1} ms"));
+        }
+        if f.continued_at_end {
+            line.push_str(", continued when the load ended");
+        }
+        if f.done_at_ms.is_some() {
+            match f.first_delivery_after_ms {
+                Some(d) => line.push_str(&format!("; next delivery {d:.1} ms later")),
+                None => line.push_str("; no delivery after it"),
+            }
+        }
+        if let Some(p) = &f.problem {
+            line.push_str(&format!(" ({p})"));
+        }
+        crate::outln!("{line}");
+    }
+    match r.longest_pause_start_ms {
+        Some(start) => crate::outln!(
+            "  longest pause in deliveries (clients of unaffected servers, while messages were due): {:.1} ms, from {start:.1} ms after the sending started{}",
+            r.longest_pause_ms,
+            if r.longest_pause_open {
+                " until the run stopped (deliveries never resumed)"
+            } else {
+                ""
+            }
+        ),
+        None => crate::outln!("  longest pause in deliveries: none (nothing was due)"),
+    }
 }
