@@ -446,3 +446,205 @@ fn stress_clients_confirm_their_address() {
     assert_eq!(report["garbled"], 0, "{report:#}");
     assert_eq!(report["servers"], 1);
 }
+
+/// Runs `launcher stress` on three fresh servers with a small rate-limited
+/// load (6 clients × 50 messages at 300 msg/s: about a second of sending)
+/// plus `extra`, and returns the outcome and its JSON report.
+fn stress_with_fault(tag: &str, mode: &str, extra: &[&str]) -> (Outcome, serde_json::Value) {
+    let (dir, cfg) = three_servers(tag);
+    let json = dir.path().join("report.json");
+    let mut args = vec![
+        "--ordering",
+        mode,
+        "--clients",
+        "6",
+        "--rooms",
+        "2",
+        "--messages",
+        "50",
+        "--rate",
+        "300",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = stress(&cfg, &args);
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{}", out.text()));
+    let report = serde_json::from_str(&text).expect("the JSON report parses");
+    (out, report)
+}
+
+fn ms(v: &serde_json::Value) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("expected a number of ms, got {v}"))
+}
+
+/// Issue 15: `kill -9` of server 3 in the middle of the sending, no
+/// restart, clients on servers 1 and 2: they go on and get everything, and
+/// the report carries the fault and the pause figures.
+fn survives_a_killed_server(mode: &str) {
+    let (out, r) = stress_with_fault(
+        &format!("stress-kill-{mode}"),
+        mode,
+        &[
+            "--client-servers",
+            "1,2",
+            "--kill-server",
+            "3",
+            "--at",
+            "500ms",
+        ],
+    );
+    let text = out.text();
+    assert!(out.status.success(), "{mode}:\n{text}");
+    assert!(text.contains("result: PASS"), "{text}");
+    assert!(
+        text.contains("kill server 3 at 500 ms: signalled at "),
+        "{text}"
+    );
+    assert!(text.contains("longest pause in deliveries"), "{text}");
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["servers"], 3, "{r:#}");
+    assert_eq!(r["client_servers"], serde_json::json!([1, 2]), "{r:#}");
+    // The kill came while the clients were still sending, and they got
+    // everything all the same.
+    assert!(ms(&r["send_duration_s"]) > 0.5, "{r:#}");
+    assert_eq!(r["sent"], 300, "{r:#}");
+    assert_eq!(r["distinct_deliveries"], r["expected_deliveries"], "{r:#}");
+    assert_eq!(r["stop_reason"], "complete", "{r:#}");
+    let faults = r["server_faults"].as_array().expect("server_faults");
+    assert_eq!(faults.len(), 1, "{r:#}");
+    let f = &faults[0];
+    assert_eq!(f["kind"], "kill", "{r:#}");
+    assert_eq!(f["server"], 3, "{r:#}");
+    assert_eq!(f["at_ms"], 500, "{r:#}");
+    assert!(f["for_ms"].is_null(), "{r:#}");
+    assert!(ms(&f["done_at_ms"]) >= 500.0, "{r:#}");
+    // Deliveries went on after the kill.
+    assert!(ms(&f["first_delivery_after_ms"]) >= 0.0, "{r:#}");
+    assert!(ms(&r["longest_pause_ms"]) >= 0.0, "{r:#}");
+    assert_eq!(r["longest_pause_open"], false, "{r:#}");
+    // Server 3 is really gone (its memory could not be read at the end),
+    // and died of the SIGKILL (another death would be a server problem).
+    let rss = r["server_peak_rss_kib"].as_array().expect("peak RSS");
+    assert!(rss[2].is_null(), "{r:#}");
+    assert!(
+        rss[0].as_u64().is_some() && rss[1].as_u64().is_some(),
+        "{r:#}"
+    );
+    assert_eq!(r["server_problems"], serde_json::json!([]), "{r:#}");
+}
+
+#[test]
+fn unordered_survives_a_killed_server() {
+    survives_a_killed_server("unordered");
+}
+
+#[test]
+fn fifo_survives_a_killed_server() {
+    survives_a_killed_server("fifo");
+}
+
+/// Issue 15: SIGSTOP of server 2 for a second in `total`. Total order
+/// needs every server, so deliveries stop everywhere while it is stopped
+/// and resume after SIGCONT: the run passes, every message reaches every
+/// member (server 2's clients too), and the longest pause shows the stop.
+#[test]
+fn total_pauses_while_a_server_is_stopped() {
+    let (out, r) = stress_with_fault(
+        "stress-stop-total",
+        "total",
+        &["--stop-server", "2", "--at", "500ms", "--for", "1s"],
+    );
+    let text = out.text();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("result: PASS"), "{text}");
+    assert_eq!(r["ok"], true, "{r:#}");
+    // Clients on every server by default: a stopped server comes back.
+    assert_eq!(r["client_servers"], serde_json::json!([1, 2, 3]), "{r:#}");
+    assert_eq!(r["sent"], 300, "{r:#}");
+    assert_eq!(r["distinct_deliveries"], r["expected_deliveries"], "{r:#}");
+    let f = &r["server_faults"][0];
+    assert_eq!(f["kind"], "stop", "{r:#}");
+    assert_eq!(f["server"], 2, "{r:#}");
+    assert_eq!(f["for_ms"], 1000, "{r:#}");
+    let stopped = ms(&f["done_at_ms"]);
+    let resumed = ms(&f["resumed_at_ms"]);
+    assert!(stopped >= 500.0 && resumed >= stopped + 1000.0, "{r:#}");
+    assert_eq!(f["continued_at_end"], false, "{r:#}");
+    // Nothing was delivered while server 2 was stopped.
+    let pause = ms(&r["longest_pause_ms"]);
+    assert!(pause >= 800.0, "longest pause {pause} ms\n{text}");
+    assert!(ms(&f["first_delivery_after_ms"]) >= 800.0, "{r:#}");
+    let start = ms(&r["longest_pause_start_ms"]);
+    assert!(
+        (stopped - 100.0..resumed).contains(&start),
+        "the pause began at {start} ms, not at the stop\n{text}"
+    );
+    assert_eq!(r["longest_pause_open"], false, "{r:#}");
+}
+
+/// A server stopped without `--for` stays stopped for the rest of the load,
+/// gets no clients by default (said in the output), and is continued when
+/// the load ends so that nothing is left stopped.
+#[test]
+fn a_server_stopped_for_good_is_continued_at_the_end() {
+    let (out, r) = stress_with_fault(
+        "stress-stop-forever",
+        "unordered",
+        &["--stop-server", "3", "--at", "300ms"],
+    );
+    let text = out.text();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("no clients on server 3"), "{text}");
+    assert_eq!(r["client_servers"], serde_json::json!([1, 2]), "{r:#}");
+    let f = &r["server_faults"][0];
+    assert!(f["resumed_at_ms"].is_null(), "{r:#}");
+    assert_eq!(f["continued_at_end"], true, "{r:#}");
+    assert_eq!(r["distinct_deliveries"], r["expected_deliveries"], "{r:#}");
+    assert_eq!(r["server_problems"], serde_json::json!([]), "{r:#}");
+}
+
+#[test]
+fn bad_server_fault_options_are_refused() {
+    let (_dir, cfg) = three_servers("stress-fault-options");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--kill-server", "3", "--at", "x"],
+            "'x' is not a duration",
+        ),
+        (&["--kill-server", "0", "--at", "1s"], "numbered from 1"),
+        (
+            &["--stop-server", "4", "--at", "1s"],
+            "no server 4 (the cluster has 3)",
+        ),
+        (&["--kill-server", "3"], "--kill-server 3 needs --at"),
+        (
+            &["--kill-server", "3", "--at", "1s", "--for", "1s"],
+            "--for 1s must follow --stop-server",
+        ),
+        (
+            &["--attach", "--kill-server", "3", "--at", "1s"],
+            "--attach",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(bin("launcher"))
+            .arg("stress")
+            .arg(&cfg)
+            .args(["--ordering", "fifo"])
+            .args(*args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must be refused");
+        assert!(err.contains(want), "{args:?}: {err}");
+        // Refused before anything ran.
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
