@@ -90,11 +90,10 @@ impl ServerFault {
 
 /// `1500ms`, `2s`.
 pub fn show_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
     } else {
-        format!("{ms}ms")
+        format!("{}ms", d.as_millis())
     }
 }
 
