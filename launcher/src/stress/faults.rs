@@ -410,15 +410,14 @@ fn signal(pid: Option<u32>, sig: Signal) -> Result<(), String> {
 /// Returns what happened to each fault, in `faults` order.
 pub fn run(s: Schedule<'_>, events: Receiver<LoadEvent>) -> Vec<FaultOutcome> {
     let mut outcomes = vec![FaultOutcome::default(); s.faults.len()];
-    let mut actions: Vec<(Duration, Action)> = Vec::new();
-    for (i, f) in s.faults.iter().enumerate() {
-        actions.push((f.at, Action::Signal(i)));
-        if let Some(end) = f.ends() {
-            actions.push((end, Action::Resume(i)));
-        }
-    }
-    // Stable: at one instant, a fault's own SIGSTOP comes before its SIGCONT.
-    actions.sort_by_key(|(t, _)| *t);
+    // A resume is added once its SIGSTOP went out: `--for` counts from
+    // the actual stop, which may come a little late on a busy machine.
+    let mut actions: Vec<(Duration, Action)> = s
+        .faults
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.at, Action::Signal(i)))
+        .collect();
     // Which faults hold a server stopped right now.
     let mut stopped: Vec<bool> = vec![false; s.faults.len()];
     // The start, or the end of a load that never started (setup failed).
@@ -428,7 +427,14 @@ pub fn run(s: Schedule<'_>, events: Receiver<LoadEvent>) -> Vec<FaultOutcome> {
     };
     if let Some(origin) = origin {
         let mut ended = false;
-        for (t, action) in actions {
+        // The earliest action next (the first given, at equal times).
+        while let Some(next) = actions
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (t, _))| *t)
+            .map(|(k, _)| k)
+        {
+            let (t, action) = actions.remove(next);
             let when = origin + t;
             // The fault's time is a scenario parameter: wait for it, but
             // leave at once when the load ends.
@@ -442,17 +448,40 @@ pub fn run(s: Schedule<'_>, events: Receiver<LoadEvent>) -> Vec<FaultOutcome> {
                     break;
                 }
             }
+            // SIGCONT for fault `i`, as scheduled.
+            let resume = |i: usize, stopped: &mut [bool], outcome: &mut FaultOutcome| match signal(
+                s.pids[s.faults[i].server - 1],
+                Signal::SIGCONT,
+            ) {
+                Ok(()) => {
+                    outcome.resumed_at = Some(origin.elapsed());
+                    stopped[i] = false;
+                }
+                Err(e) => outcome.problem = Some(e),
+            };
             match action {
                 Action::Signal(i) => {
                     let f = &s.faults[i];
+                    // The stop before it on this server is due to end now
+                    // (`validate`) but its resume, counted from its actual
+                    // stop, may be a moment later: end it first.
+                    for j in 0..s.faults.len() {
+                        if j != i && s.faults[j].server == f.server && stopped[j] {
+                            resume(j, &mut stopped, &mut outcomes[j]);
+                        }
+                    }
                     let sig = match f.kind {
                         FaultKind::Kill => Signal::SIGKILL,
                         FaultKind::Stop => Signal::SIGSTOP,
                     };
                     match signal(s.pids[f.server - 1], sig) {
                         Ok(()) => {
-                            outcomes[i].done_at = Some(origin.elapsed());
+                            let now = origin.elapsed();
+                            outcomes[i].done_at = Some(now);
                             stopped[i] = f.kind == FaultKind::Stop;
+                            if let (FaultKind::Stop, Some(d)) = (f.kind, f.for_) {
+                                actions.push((now + d, Action::Resume(i)));
+                            }
                             if f.for_good() {
                                 for &slot in &s.gone_slots[f.server - 1] {
                                     if let Some(g) = s.gone.get(slot) {
@@ -464,16 +493,7 @@ pub fn run(s: Schedule<'_>, events: Receiver<LoadEvent>) -> Vec<FaultOutcome> {
                         Err(e) => outcomes[i].problem = Some(e),
                     }
                 }
-                Action::Resume(i) if stopped[i] => {
-                    let f = &s.faults[i];
-                    match signal(s.pids[f.server - 1], Signal::SIGCONT) {
-                        Ok(()) => {
-                            outcomes[i].resumed_at = Some(origin.elapsed());
-                            stopped[i] = false;
-                        }
-                        Err(e) => outcomes[i].problem = Some(e),
-                    }
-                }
+                Action::Resume(i) if stopped[i] => resume(i, &mut stopped, &mut outcomes[i]),
                 Action::Resume(_) => {}
             }
         }
@@ -611,6 +631,78 @@ mod tests {
         }
     }
 
+    /// A `sleep` standing in for a server (own process group, like one),
+    /// and the schedule of one stop of it running on a thread.
+    struct Rig {
+        child: std::process::Child,
+        pid: u32,
+        tx: std::sync::mpsc::Sender<LoadEvent>,
+        returned: std::sync::mpsc::Receiver<()>,
+        runner: std::thread::JoinHandle<Vec<FaultOutcome>>,
+    }
+
+    fn rig(for_: Duration) -> Rig {
+        let child = crate::cluster::process::server_command(
+            std::path::Path::new("/bin/sleep"),
+            &["30".into()],
+        )
+        .spawn()
+        .expect("spawn sleep");
+        let pid = child.id();
+        let faults = vec![ServerFault {
+            kind: FaultKind::Stop,
+            server: 1,
+            at: Duration::ZERO,
+            for_: Some(for_),
+        }];
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, returned) = std::sync::mpsc::channel();
+        let runner = std::thread::spawn(move || {
+            let s = Schedule {
+                faults: &faults,
+                pids: vec![Some(pid)],
+                gone: Arc::new(vec![AtomicBool::new(false)]),
+                gone_slots: vec![vec![0]],
+            };
+            let out = run(s, rx);
+            let _ = done_tx.send(());
+            out
+        });
+        tx.send(LoadEvent::Started(Instant::now())).unwrap();
+        Rig {
+            child,
+            pid,
+            tx,
+            returned,
+            runner,
+        }
+    }
+
+    impl Rig {
+        /// Waits (bounded) until the child is stopped (`true`) or not.
+        fn becomes(&self, stopped: bool) -> bool {
+            crate::cluster::process::wait_until(Instant::now() + Duration::from_secs(10), || {
+                (state(self.pid) == Some('T')) == stopped
+            })
+        }
+
+        /// Ends the load; returns whether the schedule returned in time,
+        /// the child's state it left, and the outcome. The child is
+        /// continued and ended whatever happened.
+        fn end(mut self) -> (bool, Option<char>, Vec<FaultOutcome>) {
+            // The schedule may be over already (nothing left to do).
+            let _ = self.tx.send(LoadEvent::Ended);
+            let returned = self.returned.recv_timeout(Duration::from_secs(10)).is_ok();
+            let st = state(self.pid);
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGCONT);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            drop(self.tx);
+            let out = self.runner.join().expect("schedule thread");
+            (returned, st, out)
+        }
+    }
+
     /// The state of `pid` from /proc (`T` when stopped).
     fn state(pid: u32) -> Option<char> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -622,58 +714,33 @@ mod tests {
     /// past the end): the schedule returns at once and continues it.
     #[test]
     fn the_load_ending_during_a_stop_continues_the_server() {
-        let mut child = crate::cluster::process::server_command(
-            std::path::Path::new("/bin/sleep"),
-            &["30".into()],
-        )
-        .spawn()
-        .expect("spawn sleep");
-        let pid = child.id();
-        let faults = vec![ServerFault {
-            kind: FaultKind::Stop,
-            server: 1,
-            at: Duration::ZERO,
-            for_: Some(Duration::from_secs(3600)),
-        }];
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let runner = {
-            let faults = faults.clone();
-            std::thread::spawn(move || {
-                let s = Schedule {
-                    faults: &faults,
-                    pids: vec![Some(pid)],
-                    gone: Arc::new(vec![AtomicBool::new(false)]),
-                    gone_slots: vec![vec![0]],
-                };
-                let out = run(s, rx);
-                let _ = done_tx.send(());
-                out
-            })
-        };
-        tx.send(LoadEvent::Started(Instant::now())).unwrap();
-        let stopped =
-            crate::cluster::process::wait_until(Instant::now() + Duration::from_secs(10), || {
-                state(pid) == Some('T')
-            });
-        tx.send(LoadEvent::Ended).unwrap();
-        let returned = done_rx.recv_timeout(Duration::from_secs(10));
-        // What the schedule left behind, before this test continues and
-        // ends the child whatever happened.
-        let st = state(pid);
-        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGCONT);
-        let _ = child.kill();
-        let _ = child.wait();
+        let r = rig(Duration::from_secs(3600));
+        let stopped = r.becomes(true);
+        let (returned, st, out) = r.end();
         assert!(stopped, "the schedule never stopped it");
-        assert!(
-            returned.is_ok(),
-            "the schedule did not return after the load ended"
-        );
-        let out = runner.join().expect("schedule thread");
+        assert!(returned, "the schedule did not return after the load ended");
         assert!(out[0].done_at.is_some(), "{out:?}");
         assert!(out[0].resumed_at.is_none(), "{out:?}");
         assert!(out[0].continued_at_end, "{out:?}");
         assert_ne!(st, Some('T'), "left stopped");
+    }
+
+    /// `--for` counts from the SIGSTOP actually sent.
+    #[test]
+    fn a_stop_lasts_for_its_duration() {
+        let r = rig(Duration::from_millis(100));
+        let stopped = r.becomes(true);
+        let resumed = r.becomes(false);
+        let (returned, _, out) = r.end();
+        assert!(
+            stopped && resumed && returned,
+            "{stopped} {resumed} {returned}"
+        );
+        let (Some(s), Some(c)) = (out[0].done_at, out[0].resumed_at) else {
+            panic!("{out:?}");
+        };
+        assert!(c >= s + Duration::from_millis(100), "{out:?}");
+        assert!(!out[0].continued_at_end, "{out:?}");
     }
 
     #[test]
