@@ -27,6 +27,7 @@ pub mod bench;
 pub mod bench_cpu;
 pub mod bench_latency;
 pub mod bench_proc;
+pub mod export;
 pub mod output;
 pub mod plan;
 pub mod proxy;
@@ -67,6 +68,8 @@ pub enum Command {
     Stress(stress::StressArgs),
     /// Run a named benchmark (W1..W4, latency, memory, cpu).
     Bench(bench::BenchArgs),
+    /// Write what systemd, Kubernetes or compose need to run the cluster.
+    Export(export::ExportArgs),
 }
 
 pub fn init_tracing() {
@@ -88,5 +91,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proxy(a) => proxy::run(a),
         Command::Stress(a) => stress::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
