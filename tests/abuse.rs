@@ -16,7 +16,7 @@ mod support;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::collections::HashMap;
+use node::stats::ServerCounters;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -45,7 +45,7 @@ fn server(config: &Path, index: usize, args: &[&str]) -> Proc {
 
 /// Stops the server on `bind` (SIGTERM, after a round trip so its handler
 /// is installed); returns the counters of its `stopped:` line.
-fn stop(p: &mut Proc, bind: SocketAddr) -> HashMap<String, u64> {
+fn stop(p: &mut Proc, bind: SocketAddr) -> ServerCounters {
     Client::new(bind).expect_reply_prefix("/part", "-ERR ");
     kill(Pid::from_raw(p.pid()), Signal::SIGTERM).expect("SIGTERM");
     let lines = p.wait_stderr(" stopped: ");
@@ -53,13 +53,7 @@ fn stop(p: &mut Proc, bind: SocketAddr) -> HashMap<String, u64> {
     assert!(status.success(), "{} exited with {status}", p.name);
     let last = lines.last().expect("stopped line");
     eprintln!("{}: {last}", p.name);
-    last.split(" stopped: ")
-        .nth(1)
-        .expect("counters")
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().expect("counter value")))
-        .collect()
+    ServerCounters::from_stopped_line(last).expect("counters")
 }
 
 /// CPU time (utime + stime) of a process, in seconds.
@@ -373,13 +367,13 @@ fn case2_forged_datagrams_from_server_addresses_do_not_loop() {
 
     let c1 = stop(&mut s1, binds[0]);
     let c2 = stop(&mut s2, binds[1]);
-    assert_eq!(c1["dropped_from_server_addresses"], 4, "{c1:?}");
-    assert_eq!(c2["dropped_from_server_addresses"], 2, "{c2:?}");
+    assert_eq!(c1.dropped_from_server_addresses, 4, "{c1:?}");
+    assert_eq!(c2.dropped_from_server_addresses, 2, "{c2:?}");
     // member /join, "still here", stop's /part: nothing else was a client.
-    assert_eq!(c1["client_datagrams"], 3, "{c1:?}");
-    assert_eq!(c2["client_datagrams"], 2, "{c2:?}");
-    assert_eq!(c1["posts"], 1, "{c1:?}");
-    assert_eq!(c2["posts"], 0, "{c2:?}");
+    assert_eq!(c1.client_datagrams, 3, "{c1:?}");
+    assert_eq!(c2.client_datagrams, 2, "{c2:?}");
+    assert_eq!(c1.posts, 1, "{c1:?}");
+    assert_eq!(c2.posts, 0, "{c2:?}");
 }
 
 /// Error replies are rate-limited per address; server output from a
@@ -417,9 +411,9 @@ fn case2_error_replies_are_rate_limited_and_server_output_is_not_answered() {
     // Another address is unaffected.
     Client::new(binds[0]).expect_reply("/bogus", "-ERR Unknown command '/bogus'");
     let counters = stop(&mut s, binds[0]);
-    assert_eq!(counters["silenced_server_output"], 3, "{counters:?}");
+    assert_eq!(counters.silenced_server_output, 3, "{counters:?}");
     assert_eq!(
-        counters["suppressed_error_replies"],
+        counters.suppressed_error_replies,
         200 - got.len() as u64,
         "{counters:?}"
     );
@@ -546,10 +540,10 @@ fn case5_departed_clients_expire_and_their_ports_inherit_nothing() {
     eprintln!("server CPU for the whole test: {cpu:.2} s");
     assert!(cpu < 5.0, "CPU {cpu} s");
     let counters = stop(&mut s, binds[0]);
-    assert_eq!(counters["expired_sessions"], CLIENTS as u64, "{counters:?}");
+    assert_eq!(counters.expired_sessions, CLIENTS as u64, "{counters:?}");
     // Datagrams: joins, the newcomer's polls, the reused port's four, /part.
     assert!(
-        counters["client_datagrams"] < CLIENTS as u64 + 200,
+        counters.client_datagrams < CLIENTS as u64 + 200,
         "{counters:?}"
     );
 }
@@ -623,12 +617,9 @@ fn case6_a_room_of_dead_members_costs_nothing() {
     c.expect_reply("hi", EXPIRED);
     live.expect_silence(QUIET);
     let counters = stop(&mut s, binds[0]);
-    assert_eq!(
-        counters["unreachable_sessions"], DEAD as u64,
-        "{counters:?}"
-    );
-    assert_eq!(counters["deliveries"], MESSAGES as u64, "{counters:?}");
-    assert_eq!(counters["dropped_sends"], 0, "{counters:?}");
+    assert_eq!(counters.unreachable_sessions, DEAD as u64, "{counters:?}");
+    assert_eq!(counters.deliveries, MESSAGES as u64, "{counters:?}");
+    assert_eq!(counters.dropped_sends, 0, "{counters:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -664,7 +655,7 @@ fn case7_forged_join_from_a_closed_port_gets_one_datagram() {
     assert_eq!(n, 1, "datagrams to the victim ({bytes} bytes)");
     assert_eq!(bytes, "+OK You are now in chat room #1".len() as u64);
     let counters = stop(&mut s, binds[0]);
-    assert_eq!(counters["unreachable_sessions"], 1, "{counters:?}");
+    assert_eq!(counters.unreachable_sessions, 1, "{counters:?}");
 }
 
 /// A forged `/join 1` from an open socket that never speaks: it gets at
@@ -722,8 +713,8 @@ fn case7_forged_join_from_an_open_socket_gets_at_most_the_allowance() {
     );
     assert!(cpu_s(pid) - cpu0 < 5.0);
     let counters = stop(&mut s, binds[0]);
-    assert!(counters["dropped_over_allowance"] > 0, "{counters:?}");
-    assert_eq!(counters["confirm_notices"], 1, "{counters:?}");
+    assert!(counters.dropped_over_allowance > 0, "{counters:?}");
+    assert_eq!(counters.confirm_notices, 1, "{counters:?}");
 }
 
 /// The confirmation flow, byte for byte.
@@ -788,9 +779,9 @@ fn case7_confirm_flow() {
         "-ERR Invalid confirmation token",
     );
     let counters = stop(&mut s, binds[0]);
-    assert_eq!(counters["confirmed_addresses"], 1, "{counters:?}");
-    assert_eq!(counters["bad_confirmations"], 3, "{counters:?}");
-    assert_eq!(counters["confirm_notices"], 1, "{counters:?}");
+    assert_eq!(counters.confirmed_addresses, 1, "{counters:?}");
+    assert_eq!(counters.bad_confirmations, 3, "{counters:?}");
+    assert_eq!(counters.confirm_notices, 1, "{counters:?}");
 }
 
 // ---------------------------------------------------------------------------

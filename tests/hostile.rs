@@ -22,9 +22,9 @@ mod support;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orderings::link::{self, Datagram};
-use orderings::wire::Writer;
-use std::collections::{BTreeSet, HashMap};
+use node::stats::ServerCounters;
+use orderings::{Datagram, Writer, open_datagram, seal_datagram};
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,7 +56,7 @@ fn server(config: &Path, index: usize, args: &[&str]) -> (Proc, Vec<String>) {
 /// A round trip first: `chatserver` installs its SIGTERM handler only once
 /// its event loop runs, which is after it prints `ready`; a SIGTERM in
 /// between kills it without the `stopped:` line (see the report).
-fn stop(p: &mut Proc, bind: SocketAddr) -> (HashMap<String, u64>, Vec<String>) {
+fn stop(p: &mut Proc, bind: SocketAddr) -> (ServerCounters, Vec<String>) {
     Client::new(bind).expect_reply_prefix("/part", "-ERR ");
     kill(Pid::from_raw(p.pid()), Signal::SIGTERM).expect("SIGTERM");
     let lines = p.wait_stderr(" stopped: ");
@@ -64,14 +64,7 @@ fn stop(p: &mut Proc, bind: SocketAddr) -> (HashMap<String, u64>, Vec<String>) {
     assert!(status.success(), "{} exited with {status}", p.name);
     eprintln!("{}: {}", p.name, lines.last().unwrap());
     let last = lines.last().expect("stopped line");
-    let stats = last
-        .split(" stopped: ")
-        .nth(1)
-        .expect("counters")
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().expect("counter value")))
-        .collect();
+    let stats = ServerCounters::from_stopped_line(last).expect("counters");
     (stats, lines)
 }
 
@@ -254,8 +247,8 @@ fn replayed_damaged_and_forged_peer_packets_are_dropped_and_counted() {
     let with_frames: Vec<&Packet> = captured
         .iter()
         .filter(|(_, _, w)| {
-            let raw =
-                link::open(w, Some(&key)).expect("a real peer packet opens with the cluster key");
+            let raw = open_datagram(w, Some(&key))
+                .expect("a real peer packet opens with the cluster key");
             !Datagram::decode_raw(&raw)
                 .expect("decodes")
                 .0
@@ -276,7 +269,7 @@ fn replayed_damaged_and_forged_peer_packets_are_dropped_and_counted() {
     post_round("during", &mut expected);
     for (n, (from, to, wire)) in captured.iter().take(60).enumerate() {
         let (from, to) = (*from, *to);
-        let raw = link::open(wire, Some(&key)).unwrap();
+        let raw = open_datagram(wire, Some(&key)).unwrap();
         let (d, _) = Datagram::decode_raw(&raw).unwrap();
         // Replays: accepted as authentic, their frames are old.
         relay.inject(from, to, wire);
@@ -309,9 +302,9 @@ fn replayed_damaged_and_forged_peer_packets_are_dropped_and_counted() {
         relay.inject(
             from,
             to,
-            &link::seal(&forged.encode_raw(true), Some(&wrong_key)),
+            &seal_datagram(&forged.encode_raw(true), Some(&wrong_key)),
         );
-        relay.inject(from, to, &link::seal(&forged.encode_raw(false), None));
+        relay.inject(from, to, &seal_datagram(&forged.encode_raw(false), None));
         // Garbage and a packet that claims a MAC but carries none.
         relay.inject(from, to, &[0xC5, 1, 1, 2, 3]);
         relay.inject(from, to, b"hello, I am a server");
@@ -334,27 +327,26 @@ fn replayed_damaged_and_forged_peer_packets_are_dropped_and_counted() {
     drop(relay);
     for (j, p) in servers.iter_mut().enumerate() {
         let (stats, _) = stop(p, binds[j]);
-        let s = |k: &str| stats[k];
         assert_eq!(
-            s("bad_peer_datagrams"),
+            stats.bad_peer_datagrams,
             bad[j],
             "server {}: {stats:?}",
             j + 1
         );
         assert!(
-            s("duplicates") + s("stale") >= replayed_frames[j],
+            stats.duplicates + stats.stale >= replayed_frames[j],
             "server {}: {} replayed frames, duplicates+stale {}: {stats:?}",
             j + 1,
             replayed_frames[j],
-            s("duplicates") + s("stale")
+            stats.duplicates + stats.stale
         );
         // Every message was delivered once on every server: no replay, no forgery.
-        assert_eq!(s("deliveries"), posted, "server {}: {stats:?}", j + 1);
-        assert_eq!(s("posts"), posted / 3, "server {}: {stats:?}", j + 1);
-        assert_eq!(s("bad_payloads"), 0, "server {}: {stats:?}", j + 1);
-        assert_eq!(s("peer_restarts"), 0, "server {}: {stats:?}", j + 1);
+        assert_eq!(stats.deliveries, posted, "server {}: {stats:?}", j + 1);
+        assert_eq!(stats.posts, posted / 3, "server {}: {stats:?}", j + 1);
+        assert_eq!(stats.bad_payloads, 0, "server {}: {stats:?}", j + 1);
+        assert_eq!(stats.peer_restarts, 0, "server {}: {stats:?}", j + 1);
         assert_eq!(
-            s("held_back") + s("in_flight"),
+            stats.held_back + stats.in_flight,
             0,
             "server {}: {stats:?}",
             j + 1
@@ -507,7 +499,7 @@ fn flood(target: SocketAddr, senders: usize, seed: u64, max: usize, halt: &Atomi
     let mut rng = Rng(seed | 1);
     // Something that looks exactly like a server packet (valid encoding).
     let payload = total_msg_payload(1, 1, 1, b"<evil> from a client socket");
-    let server_packet = link::seal(
+    let server_packet = seal_datagram(
         &Datagram {
             src_incarnation: 1,
             dst_incarnation: 1,
@@ -594,7 +586,7 @@ fn garbage_flood_does_not_disturb_chatting_clients() {
     };
 
     let payload = total_msg_payload(7, 2, 1, b"<imp> not really from a server");
-    let fake = link::seal(
+    let fake = seal_datagram(
         &Datagram {
             src_incarnation: 5,
             dst_incarnation: 6,
@@ -643,13 +635,13 @@ fn garbage_flood_does_not_disturb_chatting_clients() {
 
     let (s1, _) = stop(&mut servers[0], binds[0]);
     assert_eq!(
-        s1["bad_peer_datagrams"], 0,
+        s1.bad_peer_datagrams, 0,
         "client garbage is never peer traffic: {s1:?}"
     );
-    assert!(s1["client_datagrams"] >= sent as u64, "{s1:?}");
+    assert!(s1.client_datagrams >= sent as u64, "{s1:?}");
     for (p, &bind) in servers[1..].iter_mut().zip(&binds[1..]) {
         let (s, _) = stop(p, bind);
-        assert_eq!(s["bad_peer_datagrams"], 0, "{s:?}");
+        assert_eq!(s.bad_peer_datagrams, 0, "{s:?}");
     }
 }
 
@@ -705,8 +697,8 @@ fn garbage_flood_during_a_stress_run() {
     assert!(sent >= 3 * 40, "the flood sent {sent} datagrams");
     for (p, &bind) in servers.iter_mut().zip(&binds) {
         let (s, _) = stop(p, bind);
-        assert_eq!(s["bad_peer_datagrams"], 0, "{s:?}");
-        assert_eq!(s["held_back"] + s["in_flight"], 0, "{s:?}");
+        assert_eq!(s.bad_peer_datagrams, 0, "{s:?}");
+        assert_eq!(s.held_back + s.in_flight, 0, "{s:?}");
     }
 }
 
@@ -866,14 +858,14 @@ fn missing_secret_is_noted_once_and_mismatched_secrets_do_not_talk() {
     );
     for (n, st) in [(1, &st1), (2, &st2), (3, &st3)] {
         assert!(
-            st["bad_peer_datagrams"] > 0,
+            st.bad_peer_datagrams > 0,
             "server {n} counted no bad peer packets: {st:?}"
         );
         assert_eq!(
-            st["link_datagrams_received"], 0,
+            st.link_datagrams_received, 0,
             "server {n} accepted a peer packet: {st:?}"
         );
-        assert_eq!(st["deliveries"], 1, "server {n}: {st:?}");
+        assert_eq!(st.deliveries, 1, "server {n}: {st:?}");
     }
 }
 
@@ -893,6 +885,6 @@ fn sigterm_right_after_ready_still_prints_the_counters() {
         kill(Pid::from_raw(p.pid()), Signal::SIGTERM).expect("SIGTERM");
         let lines = p.wait_stderr(" stopped: ");
         assert!(p.wait_exit().success());
-        assert!(lines.last().unwrap().contains("client_datagrams="));
+        assert!(ServerCounters::from_stopped_line(lines.last().unwrap()).is_some());
     }
 }

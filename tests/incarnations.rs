@@ -16,8 +16,8 @@ mod support;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orderings::link::{self, Datagram};
-use std::collections::HashMap;
+use node::stats::ServerCounters;
+use orderings::{Datagram, seal_datagram};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 use support::{Client, Proc, Scratch, legacy_config, start_server};
@@ -98,11 +98,11 @@ fn heartbeat(src_incarnation: u64, dst_incarnation: u64) -> Vec<u8> {
         gaps: vec![],
         frames: vec![],
     };
-    link::seal(&d.encode_raw(false), None)
+    seal_datagram(&d.encode_raw(false), None)
 }
 
 /// SIGTERM, then the counters of the `stopped:` line.
-fn stop(p: &mut Proc, bind: SocketAddr) -> HashMap<String, u64> {
+fn stop(p: &mut Proc, bind: SocketAddr) -> ServerCounters {
     // A round trip first: the handler is installed once the loop runs.
     Client::new(bind).expect_reply_prefix("/part", "-ERR ");
     kill(Pid::from_raw(p.pid()), Signal::SIGTERM).expect("SIGTERM");
@@ -110,12 +110,8 @@ fn stop(p: &mut Proc, bind: SocketAddr) -> HashMap<String, u64> {
     assert!(p.wait_exit().success());
     lines
         .last()
-        .and_then(|l| l.split(" stopped: ").nth(1))
+        .and_then(|l| ServerCounters::from_stopped_line(l))
         .expect("counters")
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        .collect()
 }
 
 /// Both clients get `lines` in one identical order.
@@ -176,10 +172,10 @@ fn forged_incarnations_neither_stop_total_order_nor_cut_links() {
     chat_round(&a, &b, "later");
 
     let c1 = stop(&mut servers[0], binds[0]);
-    assert!(c1["future_incarnations"] >= 1, "{c1:?}");
-    assert!(c1["unproven_incarnation_claims"] >= 1, "{c1:?}");
-    assert_eq!(c1["peer_restarts"], 0, "no restart was believed: {c1:?}");
+    assert!(c1.future_incarnations >= 1, "{c1:?}");
+    assert!(c1.unproven_incarnation_claims >= 1, "{c1:?}");
+    assert_eq!(c1.peer_restarts, 0, "no restart was believed: {c1:?}");
     let c3 = stop(&mut servers[2], binds[2]);
-    assert!(c3["future_incarnations"] >= 1, "{c3:?}");
-    assert_eq!(c3["peer_restarts"], 0, "{c3:?}");
+    assert!(c3.future_incarnations >= 1, "{c3:?}");
+    assert_eq!(c3.peer_restarts, 0, "{c3:?}");
 }

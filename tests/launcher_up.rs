@@ -65,8 +65,8 @@ fn state_path(dir: &Scratch) -> PathBuf {
     dir.path().join("state").join("launcher.json")
 }
 
-fn read_state(dir: &Scratch) -> launcher::state::StateFile {
-    launcher::state::read(&state_path(dir))
+fn read_state(dir: &Scratch) -> launcher::cluster::state::StateFile {
+    launcher::cluster::state::read(&state_path(dir))
         .expect("read state file")
         .expect("state file exists")
 }
@@ -86,7 +86,7 @@ fn node_pids(dir: &Scratch) -> Vec<(i32, u64)> {
 }
 
 fn is_alive(pid: i32, start: u64) -> bool {
-    launcher::state::is_same_process(pid, start)
+    launcher::cluster::procfs::is_same_process(pid, start)
 }
 
 /// Polls `cond` until it holds; panics after `within`.
@@ -187,7 +187,7 @@ fn killed_node_is_restarted_and_serves_again() {
     let st = read_state(&dir);
     assert_eq!(st.nodes[1].pid, Some(new_pid));
     assert_eq!(st.nodes[1].restarts, 1);
-    assert_eq!(st.nodes[1].status, launcher::state::NodeStatus::Up);
+    assert_eq!(st.nodes[1].status, launcher::cluster::state::NodeStatus::Up);
 
     // The new s2 forgot its clients: join again, then chat both ways.
     clients[1].expect_reply("/join 1", "+OK You are now in chat room #1");

@@ -17,8 +17,6 @@ mod lamport;
 
 use bytes::Bytes;
 use lamport::Lamport;
-use orderings::rng::SimRng;
-use orderings::sim::{self, Crash, Network, SimConfig};
 use orderings::{Dest, MsgId, Ordering, Outbox, Post, ServerId, StrategyContext, Time};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -27,6 +25,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use support::{Client, Proc, Scratch, WAIT, legacy_config};
+use testkit::SimRng;
+use testkit::sim::{self, Crash, Network, SimConfig};
 
 fn seeds(default: u64) -> Vec<u64> {
     if let Ok(s) = std::env::var("SIM_SEED") {
@@ -49,10 +49,7 @@ fn lamport_is_registered_once_next_to_the_builtins() {
     for want in ["lamport", "unordered", "fifo", "total", "causal"] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
-    assert!(
-        orderings::registry::duplicate_names().is_empty(),
-        "{names:?}"
-    );
+    assert!(orderings::duplicate_names().is_empty(), "{names:?}");
     let g = spec().guarantees;
     assert!(g.fifo && g.total && g.causal, "{g}");
 }

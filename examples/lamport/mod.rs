@@ -30,7 +30,7 @@
 //!
 //! # What it relies on
 //!
-//! Per-peer FIFO, exactly-once links: the [`orderings::replica::Replica`]
+//! Per-peer FIFO, exactly-once links: the [`orderings::Replica`]
 //! provides them. It does **not** work over a reordering network without the
 //! links (the simulator's `Network::Raw`): a stamp arriving below one already
 //! received from the same peer is rejected as a protocol error.
@@ -57,10 +57,9 @@
 //! acknowledged are not re-sent to the new one, which had no clients yet.
 
 use bytes::Bytes;
-use orderings::wire::{Reader, WireError, Writer};
 use orderings::{
-    Dest, Guarantees, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext,
-    StrategySpec, StrategyStats, Time,
+    Dest, Guarantees, MsgId, Ordering, Outbox, Post, Reader, RoomId, ServerId, StrategyContext,
+    StrategySpec, StrategyStats, Time, WireError, Writer,
 };
 use std::collections::{BTreeMap, VecDeque};
 

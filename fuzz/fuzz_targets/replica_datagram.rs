@@ -5,9 +5,10 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use orderings::link::{self, Datagram};
-use orderings::replica::{Replica, ReplicaConfig};
-use orderings::{ServerId, StrategyContext, Time, registered};
+use orderings::{
+    Datagram, Replica, ReplicaConfig, ServerId, StrategyContext, Time, open_datagram, registered,
+    seal_datagram,
+};
 
 const SERVERS: usize = 3;
 const KEY: [u8; 32] = [0x5a; 32];
@@ -60,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
                     gaps: vec![],
                     frames,
                 };
-                let wire = link::seal(&d.encode_raw(key.is_some()), key.as_ref());
+                let wire = seal_datagram(&d.encode_raw(key.is_some()), key.as_ref());
                 r.handle_datagram(now, ServerId(from as u16), &wire)
             }
             _ => {
@@ -76,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
         bad += u64::from(result.is_err());
         while let Some(t) = r.poll_transmit(now) {
             assert!(!t.payload.contains(&0));
-            assert!(link::open(&t.payload, key.as_ref()).is_ok());
+            assert!(open_datagram(&t.payload, key.as_ref()).is_ok());
         }
         while r.poll_delivery().is_some() {}
     }

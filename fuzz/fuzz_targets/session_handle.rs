@@ -23,15 +23,15 @@ fuzz_target!(|data: &[u8]| {
         rest = next;
         let from = SocketAddr::from(([127, 0, 0, 1], 40000 + u16::from(*who & 3)));
         let o = s.handle(from, d);
-        if let Some(r) = &o.reply {
+        if let Some(r) = o.reply() {
             assert!(r.starts_with(b"+OK") || r.starts_with(b"-ERR"));
-            assert!(o.post.is_none());
+            assert!(o.post().is_none());
         }
-        if let Some((room, line)) = &o.post {
-            assert!(*room >= 1 && *room <= limits.rooms);
+        if let Some((room, line)) = o.post() {
+            assert!(room >= 1 && room <= limits.rooms);
             assert!(line.starts_with(b"<"));
             assert!(line.ends_with(d));
-            assert!(s.members(*room).contains(&from));
+            assert!(s.members(room).contains(&from));
         }
         assert!(s.len() <= limits.max_clients);
         for room in 0..=limits.rooms + 1 {

@@ -1,5 +1,23 @@
-//! The launcher library: every subcommand is a module with its own clap
-//! `Args` struct and a `run` function; `main.rs` only dispatches.
+//! The launcher: run, supervise, fault-inject, stress and benchmark a
+//! cluster of `chatserver`s.
+//!
+//! Layout (`main.rs` only parses the command line and dispatches here):
+//!
+//! - `cluster/`: the shared layer. `plan` (a cluster file resolved into
+//!   command lines), `process` (spawn one server with the parent-death
+//!   signal, its ready line, graceful stop), `restart` (the pure restart
+//!   policy), `state` (the state file of a running `launcher up`), `procfs`
+//!   (start time, memory, CPU of a known pid), `local` (a throw-away cluster
+//!   on free ports) and `fault_proxy` (the delaying, dropping, duplicating
+//!   proxy between servers).
+//! - `net`: UDP sockets with large buffers, free ports, kernel drop counts.
+//! - `load`: the client workload (many UDP clients, delivery logs for the
+//!   checker) that `stress` and `bench` drive.
+//! - One folder per subcommand: `up/` (`up`, `check`, `status`, `down`, the
+//!   supervisor and its output), `proxy/`, `stress/`, `bench/`.
+//!
+//! A subcommand may use `cluster`, `net` and `load`, never another
+//! subcommand; `cluster` uses only `net`; `load` uses only `net`.
 
 /// `println!` that never panics: a closed stdout (`launcher ... | head`)
 /// is ignored, the program goes on quietly (a stress run still stops the
@@ -24,18 +42,12 @@ macro_rules! out {
 }
 
 pub mod bench;
-pub mod bench_cpu;
-pub mod bench_latency;
-pub mod bench_proc;
+pub mod cluster;
 pub mod export;
-pub mod output;
-pub mod plan;
+pub mod load;
+pub mod net;
 pub mod proxy;
-pub mod state;
 pub mod stress;
-pub mod stress_cluster;
-pub mod stress_load;
-pub mod supervise;
 pub mod up;
 
 use clap::{Parser, Subcommand};

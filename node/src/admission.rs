@@ -26,17 +26,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 /// A client with this many messages in flight counts as heavy.
-pub const LIGHT_IN_FLIGHT: u32 = 8;
+pub(crate) const LIGHT_IN_FLIGHT: u32 = 8;
 /// While the socket is backed up, a client with this many in flight waits.
 /// A client that waits for its own echoes before sending more (a window of
 /// up to this many, as benchmark and stress clients do) is never refused:
 /// it cannot be what floods the socket.
-pub const BACKED_UP_IN_FLIGHT: u32 = 512;
+pub(crate) const BACKED_UP_IN_FLIGHT: u32 = 512;
 /// A refused client is told so at most this often (a flood of refusals
 /// must not become a flood of replies).
-pub const REFUSAL_REPLY_EVERY_US: u64 = 250_000;
+pub(crate) const REFUSAL_REPLY_EVERY_US: u64 = 250_000;
 /// A client refused this recently still counts as pushing past its share.
-pub const PUSHY_FOR_US: u64 = 1_000_000;
+pub(crate) const PUSHY_FOR_US: u64 = 1_000_000;
 
 /// The last refusals of a client with messages in flight.
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,7 +48,7 @@ struct Refused {
 
 /// Why a post was refused at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error(
         "Slow down: you are sending faster than the cluster orders messages (message not sent)"
     )]
@@ -57,7 +57,7 @@ pub enum Refusal {
 
 /// Messages in flight per client; see the module docs.
 #[derive(Debug, Default)]
-pub struct FairAdmission {
+pub(crate) struct FairAdmission {
     in_flight: HashMap<SocketAddr, u32>,
     owner: HashMap<MsgId, SocketAddr>,
     heavy: usize,
@@ -65,7 +65,7 @@ pub struct FairAdmission {
     /// their last delivery.
     refused: HashMap<SocketAddr, Refused>,
     /// Refusals not answered (rate limit).
-    pub silent_refusals: u64,
+    pub(crate) silent_refusals: u64,
 }
 
 impl FairAdmission {
@@ -73,7 +73,7 @@ impl FairAdmission {
     /// not yet delivered everywhere and an admission window of `window`?
     /// (The replica itself refuses anything beyond the window; `outstanding`
     /// is asked only for heavy clients.)
-    pub fn check(
+    pub(crate) fn check(
         &self,
         client: SocketAddr,
         outstanding: impl FnOnce() -> usize,
@@ -102,7 +102,7 @@ impl FairAdmission {
     }
 
     /// `client`'s post was admitted as `id`.
-    pub fn admitted(&mut self, client: SocketAddr, id: MsgId) {
+    pub(crate) fn admitted(&mut self, client: SocketAddr, id: MsgId) {
         let n = self.in_flight.entry(client).or_insert(0);
         *n += 1;
         if *n == LIGHT_IN_FLIGHT {
@@ -112,7 +112,7 @@ impl FairAdmission {
     }
 
     /// Message `id` of this server was delivered here.
-    pub fn delivered(&mut self, id: MsgId) {
+    pub(crate) fn delivered(&mut self, id: MsgId) {
         let Some(client) = self.owner.remove(&id) else {
             return;
         };
@@ -132,7 +132,7 @@ impl FairAdmission {
     /// per [`REFUSAL_REPLY_EVERY_US`] while it has messages in flight; a
     /// client with none is left to the server's general `-ERR` limits, so
     /// that nothing is remembered of it here).
-    pub fn tell_refused(&mut self, client: SocketAddr, now_us: u64) -> bool {
+    pub(crate) fn tell_refused(&mut self, client: SocketAddr, now_us: u64) -> bool {
         if !self.in_flight.contains_key(&client) {
             return true;
         }
@@ -149,7 +149,8 @@ impl FairAdmission {
     }
 
     /// Messages in flight, all clients together.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.owner.len()
     }
 }

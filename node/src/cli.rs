@@ -65,15 +65,14 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = config::DEFAULT_MAX_SERVERS, value_parser = parse_max_servers, value_name = "N")]
     pub max_servers: usize,
     /// After traffic, keep polling the socket this long (yielding the CPU)
-    /// before sleeping in epoll: the next hop of an agreement round usually
-    /// arrives within tens of microseconds, and a wake-up costs more on a VM.
-    /// Lowers latency at the cost of some CPU after traffic. 0 = off.
+    /// before sleeping in epoll: lower latency at the cost of some CPU
+    /// after traffic. 0 = off.
     #[arg(long, default_value_t = 20, value_name = "US")]
     pub busy_poll_us: u64,
     /// Admission window: this server accepts a post only while every server
     /// has fewer than N of its messages not yet delivered (flow control; a
     /// flooding client is refused at the edge, fairly).
-    #[arg(long, default_value_t = orderings::replica::DEFAULT_WINDOW as u32, value_name = "N",
+    #[arg(long, default_value_t = orderings::DEFAULT_WINDOW as u32, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub admission_window: u32,
     /// Clock-skew bound: a peer's incarnation (its start time) further in
@@ -85,7 +84,7 @@ pub struct ServerArgs {
 /// Parses the command line (with the registered modes in `--help`), runs the
 /// server until SIGINT or SIGTERM.
 pub fn main() -> ExitCode {
-    let cmd = ServerArgs::command().after_help(orderings::registry::help_text());
+    let cmd = ServerArgs::command().after_help(orderings::help_text());
     let matches = cmd.get_matches();
     let args = match ServerArgs::from_arg_matches(&matches) {
         Ok(a) => a,
@@ -165,7 +164,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let (std_sock, granted) =
-            server::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
+            crate::udp::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
         let socket = tokio::net::UdpSocket::from_std(std_sock)?;
         if key.is_none() && cluster.servers.len() > 1 {
             eprintln!("{me} note: no cluster secret; server-to-server packets are not authenticated");
@@ -203,7 +202,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             },
         };
         let stats = server::run(socket, setup, shutdown).await?;
-        eprintln!("{me} stopped: {}", stats.summary());
+        eprintln!(
+            "{}",
+            crate::stats::ServerCounters::from(&stats).stopped_line(&me.to_string())
+        );
         Ok(())
     })
 }

@@ -1,5 +1,6 @@
 //! The one cluster model, [`ClusterConfig`], parsed from the spec's legacy
-//! line format or from TOML. Used by `chatserver` and by the launcher.
+//! line format or from TOML (`config_toml`). Used by `chatserver` and by the
+//! launcher, which reads its own settings from the same files.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,92 +60,17 @@ pub enum ConfigFormat {
     Toml,
 }
 
-/// Restart policy of a supervised node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RestartPolicy {
-    Never,
-    #[default]
-    OnFailure,
-    Always,
-}
-
-/// How the launcher supervises nodes (TOML `[supervise]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SuperviseConfig {
-    pub restart: RestartPolicy,
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
-    /// Give up after this many restarts within `restart_window_s`.
-    pub max_restarts: u32,
-    pub restart_window_s: u64,
-    pub stop_timeout_ms: u64,
-}
-
-impl Default for SuperviseConfig {
-    fn default() -> Self {
-        Self {
-            restart: RestartPolicy::OnFailure,
-            backoff_initial_ms: 200,
-            backoff_max_ms: 5_000,
-            max_restarts: 5,
-            restart_window_s: 60,
-            stop_timeout_ms: 3_000,
-        }
-    }
-}
-
-/// Faults the launcher's proxy injects between servers (TOML `[faults]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FaultConfig {
-    pub delay_min_ms: f64,
-    pub delay_max_ms: f64,
-    pub loss: f64,
-    pub duplicate: f64,
-    pub seed: u64,
-}
-
-impl Default for FaultConfig {
-    fn default() -> Self {
-        Self {
-            delay_min_ms: 0.0,
-            delay_max_ms: 0.0,
-            loss: 0.0,
-            duplicate: 0.0,
-            seed: 1,
-        }
-    }
-}
-
-/// Where the cluster secret comes from (TOML `secret`, `secret_file`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSetting {
-    /// `launcher up` generates one per cluster (the default for TOML).
-    Generate,
-    /// Explicitly off: servers are unauthenticated, as in the spec.
-    Off,
-    Inline(String),
-    File(PathBuf),
-}
-
-/// A whole cluster: the servers and everything the launcher needs.
+/// A whole cluster as `chatserver` needs it: the servers, the ordering mode
+/// and the number of rooms. The launcher reads its own tables of the same
+/// TOML file (`launcher::cluster::settings`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub source: PathBuf,
     pub format: ConfigFormat,
-    pub name: String,
     /// Ordering mode from the file (TOML); `None` for legacy files.
     pub ordering: Option<String>,
     pub rooms: u32,
     pub servers: Vec<ServerEntry>,
-    pub supervise: SuperviseConfig,
-    pub faults: Option<FaultConfig>,
-    pub secret: SecretSetting,
-    /// The `chatserver` binary the launcher runs (default: next to it).
-    pub chatserver: Option<PathBuf>,
-    /// Where the launcher keeps logs, pid files and the secret.
-    pub state_dir: Option<PathBuf>,
-    /// Extra arguments the launcher passes to every node.
-    pub node_args: Vec<String>,
 }
 
 /// A configuration error, naming the file, the line and what is wrong.
@@ -319,22 +245,20 @@ pub fn parse_legacy_with(
             line: line_no,
         });
     }
-    let cfg = ClusterConfig {
-        source: path.to_path_buf(),
-        format: ConfigFormat::Legacy,
-        name: default_name(path),
-        ordering: None,
-        rooms: DEFAULT_ROOMS,
-        servers,
-        supervise: SuperviseConfig::default(),
-        faults: None,
-        secret: SecretSetting::Off,
-        chatserver: None,
-        state_dir: None,
-        node_args: Vec::new(),
-    };
-    validate(&cfg)?;
-    Ok(cfg)
+    let origins: Vec<Origin> = servers
+        .iter()
+        .map(|s| Origin::same_line(s.line, ""))
+        .collect();
+    finish(
+        ClusterConfig {
+            source: path.to_path_buf(),
+            format: ConfigFormat::Legacy,
+            ordering: None,
+            rooms: DEFAULT_ROOMS,
+            servers,
+        },
+        &origins,
+    )
 }
 
 /// The error for a file that lists more servers than `limits` allow.
@@ -391,12 +315,6 @@ pub fn check_usable(
     }
 }
 
-fn default_name(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "cluster".to_string())
-}
-
 /// Resolves `host:port` (hostnames allowed; IPv4 preferred).
 pub fn resolve(path: &Path, line: usize, text: &str) -> Result<SocketAddr, ConfigError> {
     use std::net::ToSocketAddrs;
@@ -446,8 +364,27 @@ pub fn resolve(path: &Path, line: usize, text: &str) -> Result<SocketAddr, Confi
     check_usable(path, line, text, a)
 }
 
-/// Checks what both formats share: at least one server, no address used twice.
-pub fn validate(cfg: &ClusterConfig) -> Result<(), ConfigError> {
+/// Where a server's two addresses were written: the line of each and, in
+/// TOML, the key (`node[2].forward`), so that a duplicate names both places.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    pub(crate) bind: (usize, String),
+    pub(crate) forward: (usize, String),
+}
+
+impl Origin {
+    pub(crate) fn same_line(line: usize, key: &str) -> Origin {
+        Origin {
+            bind: (line, key.to_string()),
+            forward: (line, key.to_string()),
+        }
+    }
+}
+
+/// Checks what both formats share (at least one server, at most the id
+/// space, at least one room, no address used twice) and returns the config.
+/// `origins[i]` tells where server i's addresses were written.
+pub(crate) fn finish(cfg: ClusterConfig, origins: &[Origin]) -> Result<ClusterConfig, ConfigError> {
     if cfg.servers.is_empty() {
         return Err(ConfigError::new(
             &cfg.source,
@@ -473,32 +410,37 @@ pub fn validate(cfg: &ClusterConfig) -> Result<(), ConfigError> {
             "rooms must be at least 1",
         ));
     }
-    let mut seen: std::collections::HashMap<SocketAddr, (usize, &str)> =
+    // A hash map, not a pairwise scan: 65,535 servers stay fast.
+    let mut seen: std::collections::HashMap<SocketAddr, (&str, &str, usize)> =
         std::collections::HashMap::new();
-    for s in &cfg.servers {
-        let mut mine = vec![(s.bind, "bind")];
+    for (s, origin) in cfg.servers.iter().zip(origins) {
+        let mut mine = vec![(s.bind, "bind", &origin.bind)];
         if s.forward != s.bind {
-            mine.push((s.forward, "forwarding"));
+            mine.push((s.forward, "forwarding", &origin.forward));
         }
-        for (addr, what) in mine {
-            if let Some((line, other)) = seen.get(&addr) {
+        for (addr, what, (line, key)) in mine {
+            if let Some((other, other_what, other_line)) = seen.get(&addr) {
+                let key = if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{key}: ")
+                };
                 return Err(ConfigError::new(
                     &cfg.source,
-                    Some(s.line),
+                    Some(*line),
                     format!(
-                        "duplicate address {addr}: {what} address of {} is already the {other} address on line {line}",
+                        "{key}duplicate address {addr}: the {what} address of {} is already the {other_what} address of {other} (line {other_line})",
                         s.name
                     ),
                 ));
             }
-            seen.insert(addr, (s.line, what));
+            seen.insert(addr, (&s.name, what, *line));
         }
     }
-    Ok(())
+    Ok(cfg)
 }
 
-/// TOML: `[cluster]` plus `[[node]]` entries (or a `nodes` shorthand).
-/// Filled in by the launcher issue; see `parse_toml_impl`.
+/// TOML: `[cluster]` plus `[[node]]` entries (or a `[nodes]` shorthand).
 pub fn parse_toml(path: &Path, text: &str) -> Result<ClusterConfig, ConfigError> {
-    crate::config_toml::parse_toml_impl(path, text)
+    crate::config_toml::parse_toml_with(path, text, ConfigLimits::default())
 }

@@ -4,13 +4,15 @@
 //! anything is flushed, so server-to-server packets get batched under load.
 
 use crate::admission::FairAdmission;
+use crate::command::{ClientCommand, CommandError, MAX_LINE};
 use crate::config::ClusterConfig;
 use crate::guard::{ErrorLimiter, ErrorLimits};
-use crate::session::{MAX_LINE, Outcome, SessionLimits, SessionPolicy, SessionStats, Sessions};
+use crate::session::{Outcome, SessionLimits, SessionPolicy, SessionStats, Sessions};
 use crate::udp::{RECV_BATCH, RecvBatch, SendQueue};
 use bytes::Bytes;
-use orderings::replica::{Replica, ReplicaConfig, ReplicaStats};
-use orderings::{ServerId, StrategyContext, StrategySpec, Time};
+use orderings::{
+    Replica, ReplicaConfig, ReplicaStats, RoomId, ServerId, StrategyContext, StrategySpec, Time,
+};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
@@ -19,9 +21,6 @@ use std::time::Instant;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// Receive buffer we ask the kernel for: bursts must not be dropped.
-pub const RECV_BUFFER: usize = 8 * 1024 * 1024;
-pub const SEND_BUFFER: usize = 4 * 1024 * 1024;
 /// `recvmmsg` calls per wake-up before flushing (bounds latency under load).
 const BATCHES_PER_WAKE: usize = 4;
 
@@ -49,7 +48,8 @@ pub struct ServerSetup {
     pub error_limits: ErrorLimits,
 }
 
-/// Counters reported when a server stops.
+/// Counters reported when a server stops (encoded as
+/// [`crate::stats::ServerCounters`]).
 #[derive(Debug, Clone, Default)]
 pub struct ServerStats {
     pub client_datagrams: u64,
@@ -81,117 +81,25 @@ pub struct ServerStats {
     pub replica: ReplicaStats,
 }
 
-impl ServerStats {
-    /// One line of `key=value` counters (printed when a server stops).
-    pub fn summary(&self) -> String {
-        let r = &self.replica;
-        let links = r
-            .links
-            .iter()
-            .fold(orderings::link::LinkStats::default(), |mut a, l| {
-                a.datagrams_sent += l.datagrams_sent;
-                a.datagrams_received += l.datagrams_received;
-                a.retransmissions += l.retransmissions;
-                a.duplicates += l.duplicates;
-                a.stale += l.stale;
-                a.peer_restarts += l.peer_restarts;
-                a.future_incarnations += l.future_incarnations;
-                a.unproven_claims += l.unproven_claims;
-                a.probes_sent += l.probes_sent;
-                a
-            });
-        format!(
-            "client_datagrams={} peer_datagrams={} bad_peer_datagrams={} refused_posts={} posts={} deliveries={} \
-             bad_payloads={} link_datagrams_sent={} link_datagrams_received={} retransmissions={} duplicates={} \
-             stale={} peer_restarts={} held_back={} in_flight={} refused_by_holdback_limit={} \
-             future_incarnations={} unproven_incarnation_claims={} probes_sent={} outstanding={} \
-             peak_outstanding={} admission_window={} \
-             dropped_from_server_addresses={} dropped_bad_source={} suppressed_error_replies={} \
-             silenced_server_output={} expired_sessions={} unreachable_sessions={} unreachable_peers={} \
-             icmp_other={} dropped_over_allowance={} confirm_notices={} confirmed_addresses={} \
-             bad_confirmations={} dropped_sends={} unanswered_refusals={}",
-            self.client_datagrams,
-            self.peer_datagrams,
-            self.bad_peer_datagrams,
-            self.refused_posts,
-            r.posts,
-            r.deliveries,
-            r.bad_payloads,
-            links.datagrams_sent,
-            links.datagrams_received,
-            links.retransmissions,
-            links.duplicates,
-            links.stale,
-            links.peer_restarts,
-            r.strategy.held_back,
-            r.strategy.in_flight,
-            r.strategy.refused,
-            links.future_incarnations,
-            links.unproven_claims,
-            links.probes_sent,
-            r.outstanding,
-            r.peak_outstanding,
-            r.window,
-            self.dropped_from_server_addresses,
-            self.dropped_bad_source,
-            self.suppressed_error_replies,
-            self.sessions.silenced,
-            self.sessions.expired,
-            self.sessions.unreachable,
-            self.unreachable_peers,
-            self.icmp_other,
-            self.sessions.over_allowance,
-            self.sessions.notices,
-            self.sessions.confirmed,
-            self.sessions.bad_confirmations,
-            self.dropped_sends,
-            self.unanswered_refusals,
-        )
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
 }
 
-/// Binds a UDP socket with large kernel buffers. Returns the socket and the
-/// receive buffer size the kernel granted.
-pub fn bind_socket(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, usize)> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    grow_buffer(&sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, RECV_BUFFER);
-    grow_buffer(&sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, SEND_BUFFER);
-    sock.set_nonblocking(true)?;
-    // ICMP port/host unreachable for clients end their sessions (see
-    // `Server::handle_icmp`).
-    crate::udp::enable_recverr(&sock, addr.is_ipv6())?;
-    sock.bind(&addr.into())?;
-    let granted = sock.recv_buffer_size().unwrap_or(0);
-    Ok((sock.into(), granted))
-}
-
-/// Asks for `size`; when the system limit caps it and we are privileged, the
-/// FORCE variant gets past the cap.
-fn grow_buffer(sock: &socket2::Socket, opt: libc::c_int, force: libc::c_int, size: usize) {
-    use std::os::fd::AsRawFd;
-    let set = |o: libc::c_int| {
-        let v = size as libc::c_int;
-        // SAFETY: setsockopt on a valid fd with a pointer to a live c_int.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                o,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    if set(force) != 0 {
-        let _ = set(opt);
-    }
+/// Where a datagram comes from, decided once by its source address.
+enum Source {
+    /// A peer's forwarding address: server-to-server traffic.
+    Peer(ServerId),
+    /// Any other plausible address: a client.
+    Client,
+    /// A configured server address that is no peer's forwarding address
+    /// (ours, or a bind address): a forged source or a server's reply, never
+    /// a client. Dropped.
+    ServerAddress,
+    /// A source no client can have (unspecified address, port 0, multicast,
+    /// broadcast). Dropped.
+    Implausible,
 }
 
 struct Server {
@@ -218,57 +126,82 @@ impl Server {
     }
 
     /// Handles one datagram of `len` bytes (`data` may be cut short when
-    /// `len` exceeds what a receive slot keeps).
+    /// `len` exceeds what a receive slot keeps), by its source.
     fn handle(&mut self, from: SocketAddr, data: &[u8], len: usize) {
+        match self.source(from) {
+            Source::Peer(peer) => self.handle_peer(peer, from, data, len),
+            Source::Client => self.handle_client(from, data, len),
+            Source::ServerAddress => {
+                self.stats.dropped_from_server_addresses += 1;
+                tracing::debug!("dropped a datagram from server address {from}");
+            }
+            Source::Implausible => self.stats.dropped_bad_source += 1,
+        }
+    }
+
+    fn source(&self, from: SocketAddr) -> Source {
         if let Some(&peer) = self.peers.get(&from) {
-            self.stats.peer_datagrams += 1;
-            if tracing::enabled!(tracing::Level::INFO) {
-                match crate::verbose::payloads_in(data) {
-                    Some(0) => tracing::debug!(
-                        "Received {len} bytes from {peer} (no payload: heartbeat or acknowledgement)"
-                    ),
-                    Some(n) => tracing::info!("Received {len} bytes from {peer} ({n} payload(s))"),
-                    None => tracing::debug!("Received {len} bytes from {peer} (undecodable)"),
-                }
+            Source::Peer(peer)
+        } else if self.server_addrs.contains(&from) {
+            Source::ServerAddress
+        } else if !plausible_client(from) {
+            Source::Implausible
+        } else {
+            Source::Client
+        }
+    }
+
+    /// A datagram from `peer` (at its forwarding address `from`) goes to the
+    /// replica.
+    fn handle_peer(&mut self, peer: ServerId, from: SocketAddr, data: &[u8], len: usize) {
+        self.stats.peer_datagrams += 1;
+        if tracing::enabled!(tracing::Level::INFO) {
+            match crate::verbose::payloads_in(data) {
+                Some(0) => tracing::debug!(
+                    "Received {len} bytes from {peer} (no payload: heartbeat or acknowledgement)"
+                ),
+                Some(n) => tracing::info!("Received {len} bytes from {peer} ({n} payload(s))"),
+                None => tracing::debug!("Received {len} bytes from {peer} (undecodable)"),
             }
-            let now = self.now();
-            let result = if len > data.len() {
-                Err(orderings::WireError::OutOfRange("datagram length"))
-            } else {
-                self.replica.handle_datagram(now, peer, data)
-            };
-            if let Err(e) = result {
-                self.stats.bad_peer_datagrams += 1;
-                tracing::debug!("dropped a bad datagram from {peer} ({from}): {e}");
-            }
-            return;
         }
-        // Never a client: our own address, any server's address (a forged
-        // source, or a server's reply), or a source no client can have.
-        if self.server_addrs.contains(&from) {
-            self.stats.dropped_from_server_addresses += 1;
-            tracing::debug!("dropped a datagram from server address {from}");
-            return;
+        let now = self.now();
+        let result = if len > data.len() {
+            Err(orderings::WireError::OutOfRange("datagram length"))
+        } else {
+            self.replica.handle_datagram(now, peer, data)
+        };
+        if let Err(e) = result {
+            self.stats.bad_peer_datagrams += 1;
+            tracing::debug!("dropped a bad datagram from {peer} ({from}): {e}");
         }
-        if !plausible_client(from) {
-            self.stats.dropped_bad_source += 1;
-            return;
-        }
+    }
+
+    /// A datagram from a client: parsed, checked against the client's fair
+    /// share when it is a chat line, applied to its session; then the reply
+    /// is sent or the post ordered.
+    fn handle_client(&mut self, from: SocketAddr, data: &[u8], len: usize) {
         self.stats.client_datagrams += 1;
+        let now = self.now();
+        if len > MAX_LINE {
+            // Possibly cut short: answered from its length alone.
+            self.sessions.advance(now.0);
+            self.sessions.touch(from, len, data);
+            self.reply_to_client(None, from, CommandError::TooLong(len).reply());
+            return;
+        }
+        let command = ClientCommand::parse(data, self.sessions.rooms());
         // A chat line from a client over its fair share is refused before
         // anything is formatted or ordered: a flood costs a lookup each.
-        if len <= MAX_LINE
-            && data.first() != Some(&b'/')
+        if let Ok(ClientCommand::Chat(_)) = command
             && self.sessions.room_of(from).is_some()
             && let Err(refusal) = self.admission.check(
                 from,
                 || self.replica.outstanding(),
                 self.replica.window(),
                 self.backed_up,
-                self.now().as_micros(),
+                now.as_micros(),
             )
         {
-            let now = self.now();
             self.stats.refused_posts += 1;
             // Heavy clients wait from half the window on; a lost delivery
             // report may keep it there: ask for one (rate-limited by the
@@ -279,51 +212,45 @@ impl Server {
             }
             return;
         }
-        let now = self.now();
-        let outcome = if len > MAX_LINE {
-            self.sessions.advance(now.0);
-            self.sessions.touch(from, len, data);
-            Outcome {
-                reply: Some(
-                    format!("-ERR Message too long ({len} bytes; at most {MAX_LINE})").into_bytes(),
-                ),
-                client: None,
-                ..Outcome::default()
+        match self.sessions.apply(now.0, from, data, command) {
+            Outcome::Reply { client, reply } => self.reply_to_client(client, from, reply),
+            Outcome::Post { client, room, line } => {
+                tracing::info!(
+                    "Client {client} posts \"{}\" to chat room #{room}",
+                    crate::verbose::shown(data)
+                );
+                self.post(now, from, room, line);
             }
-        } else {
-            self.sessions.handle_at(now.0, from, data)
-        };
-        if outcome.reply.is_none()
-            && outcome.post.is_none()
-            && !outcome.silenced
-            && let Some(client) = outcome.client
-        {
-            tracing::info!("Client {client} ({from}) quits");
+            Outcome::Quit {
+                client: Some(client),
+            } => tracing::info!("Client {client} ({from}) quits"),
+            Outcome::Quit { client: None } | Outcome::Silenced { .. } => {}
         }
-        if let Some((room, line)) = outcome.post {
-            let client = outcome.client.unwrap_or(0);
-            tracing::info!(
-                "Client {client} posts \"{}\" to chat room #{room}",
-                crate::verbose::shown(data)
-            );
-            match self.replica.post(now, room, line) {
-                Ok(id) => self.admission.admitted(from, id),
-                Err(e) => {
-                    self.stats.refused_posts += 1;
-                    if self.admission.tell_refused(from, now.as_micros()) {
-                        self.reply(from, Bytes::from(format!("-ERR {e}")));
-                    }
+    }
+
+    /// Hands a client's chat line to the replica; a refusal is answered
+    /// (rate-limited per client).
+    fn post(&mut self, now: Time, from: SocketAddr, room: RoomId, line: Bytes) {
+        match self.replica.post(now, room, line) {
+            Ok(id) => self.admission.admitted(from, id),
+            Err(e) => {
+                self.stats.refused_posts += 1;
+                if self.admission.tell_refused(from, now.as_micros()) {
+                    self.reply(from, Bytes::from(format!("-ERR {e}")));
                 }
             }
         }
-        if let Some(reply) = outcome.reply {
-            tracing::info!(
-                "Client {} <- \"{}\"",
-                outcome.client.unwrap_or(0),
-                crate::verbose::shown(&reply)
-            );
-            self.reply(from, Bytes::from(reply));
-        }
+    }
+
+    /// Logs a reply to a command (`client` is the session's number, 0 when
+    /// there is none) and sends it.
+    fn reply_to_client(&mut self, client: Option<u64>, to: SocketAddr, reply: Bytes) {
+        tracing::info!(
+            "Client {} <- \"{}\"",
+            client.unwrap_or(0),
+            crate::verbose::shown(&reply)
+        );
+        self.reply(to, reply);
     }
 
     /// Queues a reply to a client datagram. `-ERR` replies pass the rate

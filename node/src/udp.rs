@@ -10,22 +10,22 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Datagrams read per `recvmmsg`.
-pub const RECV_BATCH: usize = 64;
+pub(crate) const RECV_BATCH: usize = 64;
 /// Bytes kept of each received datagram. Longer ones are still reported
 /// with their full length (`MSG_TRUNC`), which is all a server needs to
 /// refuse them: no valid client line or server packet is this long.
-pub const RECV_SLOT: usize = 4096;
+pub(crate) const RECV_SLOT: usize = 4096;
 /// Datagrams written per `sendmmsg`.
 const SEND_BATCH: usize = 64;
 
 /// Reusable buffers for [`RecvBatch::recv`].
-pub struct RecvBatch {
+pub(crate) struct RecvBatch {
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     /// `(source, full length)` of each datagram of the last batch.
-    pub got: Vec<(SocketAddr, usize)>,
+    pub(crate) got: Vec<(SocketAddr, usize)>,
 }
 
 impl Default for RecvBatch {
@@ -35,7 +35,7 @@ impl Default for RecvBatch {
 }
 
 impl RecvBatch {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
         let zero_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
@@ -49,14 +49,14 @@ impl RecvBatch {
     }
 
     /// The bytes kept of datagram `i` of the last batch.
-    pub fn data(&self, i: usize) -> &[u8] {
+    pub(crate) fn data(&self, i: usize) -> &[u8] {
         let len = self.got[i].1.min(RECV_SLOT);
         &self.bufs[i * RECV_SLOT..i * RECV_SLOT + len]
     }
 
     /// Reads up to [`RECV_BATCH`] datagrams without blocking. `Ok(0)` never
     /// happens: an empty socket is `WouldBlock`.
-    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         self.got.clear();
         let base = self.bufs.as_mut_ptr();
         self.iovs.clear();
@@ -91,11 +91,8 @@ impl RecvBatch {
                     std::ptr::null_mut(),
                 )
             };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
+            // A negative count is an error, in errno.
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
         })?;
         for i in 0..n {
             let len = self.hdrs[i].msg_len as usize;
@@ -132,50 +129,86 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// Receive buffer asked of the kernel: bursts must not be dropped.
+const RECV_BUFFER: usize = 8 * 1024 * 1024;
+/// Send buffer asked of the kernel.
+const SEND_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Binds the server's UDP socket, non-blocking, with large kernel buffers
+/// and ICMP errors queued (port/host unreachable for a client ends its
+/// session). Returns the socket and the receive buffer size the kernel
+/// granted.
+pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    grow_buffer(&sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, RECV_BUFFER);
+    grow_buffer(&sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, SEND_BUFFER);
+    sock.set_nonblocking(true)?;
+    enable_recverr(&sock, addr.is_ipv6())?;
+    sock.bind(&addr.into())?;
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    Ok((sock.into(), granted))
+}
+
+/// Asks for `size`; the FORCE variant first, which gets past the system
+/// limit when we are privileged. Best effort.
+fn grow_buffer(sock: &impl AsRawFd, opt: libc::c_int, force: libc::c_int, size: usize) {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    if set_int_option(sock, libc::SOL_SOCKET, force, size).is_err() {
+        let _ = set_int_option(sock, libc::SOL_SOCKET, opt, size);
+    }
+}
+
+/// `setsockopt` with an `int` value.
+fn set_int_option(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt on a valid fd with a pointer to a live c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Asks the kernel to queue ICMP errors (port/host unreachable) for this
 /// unconnected socket (`IP_RECVERR`, and `IPV6_RECVERR` on an IPv6 socket),
 /// so that [`drain_errqueue`] can tell which destination failed.
-pub fn enable_recverr(fd: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
-    let set = |level: libc::c_int, opt: libc::c_int| -> io::Result<()> {
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt on a valid fd with a pointer to a live c_int.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                level,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
+pub(crate) fn enable_recverr(fd: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
     if ipv6 {
-        set(libc::SOL_IPV6, libc::IPV6_RECVERR)?;
+        set_int_option(fd, libc::SOL_IPV6, libc::IPV6_RECVERR, 1)?;
         // IPv4-mapped peers of a dual-stack socket report through IP_RECVERR.
-        let _ = set(libc::SOL_IP, libc::IP_RECVERR);
+        let _ = set_int_option(fd, libc::SOL_IP, libc::IP_RECVERR, 1);
         Ok(())
     } else {
-        set(libc::SOL_IP, libc::IP_RECVERR)
+        set_int_option(fd, libc::SOL_IP, libc::IP_RECVERR, 1)
     }
 }
 
 /// One ICMP error from the socket's error queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IcmpError {
+pub(crate) struct IcmpError {
     /// The destination of the datagram that failed.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// `ECONNREFUSED` (port unreachable), `EHOSTUNREACH`, `ENETUNREACH`, ...
-    pub errno: i32,
+    pub(crate) errno: i32,
 }
 
 impl IcmpError {
     /// Port, host or network unreachable: nobody receives at `addr`.
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(
             self.errno,
             libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN
@@ -186,7 +219,7 @@ impl IcmpError {
 /// Whether a send error is the socket's pending asynchronous error (an
 /// earlier ICMP error, reported by the next system call whatever its
 /// destination) rather than something about this datagram.
-pub fn is_async_icmp_error(e: &io::Error) -> bool {
+pub(crate) fn is_async_icmp_error(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN)
@@ -197,7 +230,11 @@ pub fn is_async_icmp_error(e: &io::Error) -> bool {
 /// `MSG_ERRQUEUE`, never blocking) and appends the ICMP errors to `out`.
 /// Returns how many entries were read (ICMP or not) and whether the queue
 /// was found empty.
-pub fn drain_errqueue(fd: &impl AsRawFd, out: &mut Vec<IcmpError>, max: usize) -> (usize, bool) {
+pub(crate) fn drain_errqueue(
+    fd: &impl AsRawFd,
+    out: &mut Vec<IcmpError>,
+    max: usize,
+) -> (usize, bool) {
     let fd = fd.as_raw_fd();
     let mut read = 0;
     let mut empty = false;
@@ -265,16 +302,16 @@ const MAX_ICMP_PER_FLUSH: usize = 65_536;
 /// ICMP error was pending on the socket.
 const ICMP_RETRIES: u32 = 8;
 /// How long a flush waits for a full send buffer before dropping the rest.
-pub const SEND_STALL: std::time::Duration = std::time::Duration::from_millis(50);
+pub(crate) const SEND_STALL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What a flush did besides sending.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct FlushReport {
+pub(crate) struct FlushReport {
     /// Datagrams the kernel refused for another reason than a full buffer.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Datagrams dropped because the send buffer stayed full for
     /// [`SEND_STALL`].
-    pub dropped: u64,
+    pub(crate) dropped: u64,
 }
 
 /// Datagrams waiting to be sent, in order. The server flushes it whenever
@@ -282,32 +319,32 @@ pub struct FlushReport {
 /// bound; a send buffer that stays full makes a flush drop (and count)
 /// what is left instead of waiting forever.
 #[derive(Default)]
-pub struct SendQueue {
+pub(crate) struct SendQueue {
     items: Vec<(SocketAddr, bytes::Bytes)>,
     sent: usize,
     /// ICMP errors seen while sending (taken by the server).
-    pub icmp: Vec<IcmpError>,
+    pub(crate) icmp: Vec<IcmpError>,
 }
 
 impl SendQueue {
     /// Queue length at which the server flushes before queueing more.
-    pub const FLUSH_AT: usize = 16_384;
+    pub(crate) const FLUSH_AT: usize = 16_384;
 
-    pub fn push(&mut self, to: SocketAddr, data: bytes::Bytes) {
+    pub(crate) fn push(&mut self, to: SocketAddr, data: bytes::Bytes) {
         self.items.push((to, data));
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.sent == self.items.len()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.items.len() - self.sent
     }
 
     /// Reads the socket's error queue into [`SendQueue::icmp`]; returns
     /// (entries read, whether the queue was found empty).
-    pub fn collect_icmp(&mut self, sock: &UdpSocket) -> (usize, bool) {
+    pub(crate) fn collect_icmp(&mut self, sock: &UdpSocket) -> (usize, bool) {
         let room = MAX_ICMP_PER_FLUSH.saturating_sub(self.icmp.len());
         drain_errqueue(sock, &mut self.icmp, room)
     }
@@ -316,7 +353,7 @@ impl SendQueue {
     /// send buffer. A send that fails because an ICMP error was pending on
     /// the socket is retried (the error belongs to an earlier datagram, and
     /// the error queue says which); other refusals are skipped and counted.
-    pub async fn flush(&mut self, sock: &UdpSocket) -> FlushReport {
+    pub(crate) async fn flush(&mut self, sock: &UdpSocket) -> FlushReport {
         let mut report = FlushReport::default();
         let mut retries = 0;
         while self.sent < self.items.len() {
@@ -384,11 +421,8 @@ impl SendQueue {
                     libc::MSG_DONTWAIT,
                 )
             };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
+            // A negative count is an error, in errno.
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
         })
     }
 }

@@ -13,12 +13,12 @@ use tracing_subscriber::fmt::time::FormatTime;
 
 /// UTC wall clock with microseconds, followed by the server tag.
 #[derive(Debug, Clone)]
-pub struct ServerClock {
-    pub tag: String,
+pub(crate) struct ServerClock {
+    pub(crate) tag: String,
 }
 
 /// `hh:mm:ss.uuuuuu` for a time since the Unix epoch.
-pub fn utc_hms_micros(t: SystemTime) -> String {
+pub(crate) fn utc_hms_micros(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() % 86_400;
     format!(
@@ -39,7 +39,7 @@ impl FormatTime for ServerClock {
 /// Client text as a `-v` line shows it: as typed (quotes and all), with
 /// invalid UTF-8 replaced and control characters escaped (`\n`, `\x1b`),
 /// so that one event stays one line.
-pub fn shown(data: &[u8]) -> String {
+pub(crate) fn shown(data: &[u8]) -> String {
     let text = String::from_utf8_lossy(data);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -55,19 +55,19 @@ pub fn shown(data: &[u8]) -> String {
 /// How many payloads (frames) a server datagram carries, when it can be
 /// decoded (MAC, if any, not checked: this is for the log only). Zero for
 /// a heartbeat or an acknowledgement-only packet.
-pub fn payloads_in(data: &[u8]) -> Option<usize> {
-    let mut raw = orderings::wire::unstuff(data).ok()?;
+pub(crate) fn payloads_in(data: &[u8]) -> Option<usize> {
+    let mut raw = orderings::unstuff(data).ok()?;
     if raw.len() >= 3 && raw[2] & 0x01 != 0 {
-        raw.truncate(raw.len().checked_sub(orderings::link::MAC_LEN)?);
+        raw.truncate(raw.len().checked_sub(orderings::MAC_LEN)?);
     }
-    let (d, _) = orderings::link::Datagram::decode_raw(&raw).ok()?;
+    let (d, _) = orderings::Datagram::decode_raw(&raw).ok()?;
     Some(d.frames.len())
 }
 
 /// Installs the subscriber for server `tag` (e.g. `S02`): `verbosity` 0 =
 /// warnings on stderr, 1 (`-v`) = events on stdout, 2+ (`-vv`) = also the
 /// per-packet chatter.
-pub fn init(tag: &str, verbosity: u8) {
+pub(crate) fn init(tag: &str, verbosity: u8) {
     let clock = ServerClock {
         tag: tag.to_string(),
     };
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn heartbeats_carry_no_payloads() {
-        use orderings::link::{Datagram, seal};
+        use orderings::{Datagram, seal_datagram};
         let hb = Datagram {
             src_incarnation: 7,
             dst_incarnation: 9,
@@ -126,10 +126,13 @@ mod tests {
             gaps: vec![],
             frames: vec![],
         };
-        assert_eq!(payloads_in(&seal(&hb.encode_raw(false), None)), Some(0));
+        assert_eq!(
+            payloads_in(&seal_datagram(&hb.encode_raw(false), None)),
+            Some(0)
+        );
         let key = [5u8; 32];
         assert_eq!(
-            payloads_in(&seal(&hb.encode_raw(true), Some(&key))),
+            payloads_in(&seal_datagram(&hb.encode_raw(true), Some(&key))),
             Some(0)
         );
         let data = Datagram {
@@ -137,7 +140,7 @@ mod tests {
             ..hb
         };
         assert_eq!(
-            payloads_in(&seal(&data.encode_raw(true), Some(&key))),
+            payloads_in(&seal_datagram(&data.encode_raw(true), Some(&key))),
             Some(2)
         );
         assert_eq!(payloads_in(b"hello"), None);

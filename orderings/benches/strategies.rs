@@ -27,9 +27,9 @@
 //! as a smoke test. Any lost or extra delivery aborts with an error.
 
 use bytes::Bytes;
-use orderings::replica::{Replica, ReplicaConfig};
 use orderings::{
-    Dest, MsgId, Ordering, Outbox, Post, ServerId, StrategyContext, StrategySpec, Time,
+    Dest, MsgId, Ordering, Outbox, Post, Replica, ReplicaConfig, ServerId, StrategyContext,
+    StrategySpec, Time,
 };
 use std::collections::VecDeque;
 use std::hint::black_box;

@@ -1,33 +1,55 @@
-//! Ordering strategies for the replicated chat server, sans-IO.
+//! Ordering strategies for the replicated chat server, sans-IO: the protocol
+//! the server links, and nothing else (the test tools live in `testkit`).
 //!
 //! A strategy ([`Ordering`]) is a state machine: it is fed `(now, event)` and
 //! writes what should happen (packets for peers, deliveries to local room
 //! members) into an [`Outbox`]. It never touches sockets, clocks, threads or
 //! global randomness, so the same code runs in the tokio server, in the
-//! deterministic simulator ([`sim`]) and in property tests.
+//! deterministic simulator and in property tests.
 //!
-//! Strategies talk to each other through [`replica::Replica`], which wraps
-//! them with one reliable, FIFO, batching link per peer ([`link`]): a strategy
-//! can rely on every payload it sends reaching each live peer exactly once and
-//! in order, so it only has to solve ordering, not loss.
+//! Layout (every module is private; this file re-exports the public API):
+//! - this file: the vocabulary shared by everything ([`Time`], [`ServerId`],
+//!   [`MsgId`], [`Post`], [`Outbox`]) and the [`Ordering`] trait.
+//! - `registry`: [`StrategySpec`], the `inventory` registry every strategy
+//!   submits to (built-in or plugin), and [`lookup`] by name.
+//! - `strategies`: the built-in strategies (`unordered`, `fifo`, `total`,
+//!   `causal`); only their peer message formats are public
+//!   ([`StreamMessage`], [`TotalMessage`], [`CausalMessage`]), for fuzzing.
+//! - `replica`: [`Replica`], a strategy plus one reliable link per peer: a
+//!   strategy can rely on every payload it sends reaching each live peer
+//!   exactly once and in order, so it only has to solve ordering, not loss.
+//! - `link`: the datagram codec and MAC ([`Datagram`], [`seal_datagram`],
+//!   [`open_datagram`]) apart from the per-peer link state machine.
+//! - `wire`: field encoding ([`Writer`], [`Reader`]), NUL stuffing, and
+//!   [`WireError`], the error of every decoder.
 //!
-//! Strategies register themselves with [`inventory`] through
-//! [`StrategySpec`]; see [`registry`].
+//! Users: `node` drives a [`Replica`]; plugin strategies (see `examples/`)
+//! implement [`Ordering`] with [`Writer`]/[`Reader`] and register a
+//! [`StrategySpec`]; `testkit` simulates replicas; the launcher looks
+//! strategies up for their [`Guarantees`]; the fuzz targets and the
+//! hostile-peer tests build and decode datagrams and strategy messages.
 
-pub mod check;
-pub mod link;
-pub mod registry;
-pub mod replica;
-pub mod rng;
-pub mod sim;
-pub mod strategies;
-pub mod wire;
+mod link;
+mod registry;
+mod replica;
+mod strategies;
+mod wire;
 
 use bytes::Bytes;
 use std::fmt;
 
-pub use registry::{Guarantees, StrategySpec, UnknownStrategy, lookup, strategies as registered};
-pub use wire::WireError;
+pub use link::{
+    Datagram, LinkConfig, LinkStats, MAC_LEN, MAGIC, VERSION, open_datagram, seal_datagram,
+};
+pub use registry::{
+    Guarantees, StrategySpec, UnknownStrategy, duplicate_names, help_text, lookup, registered,
+};
+pub use replica::{DEFAULT_WINDOW, PostError, Replica, ReplicaConfig, ReplicaStats, Transmit};
+pub use strategies::{
+    CausalMessage, ChatMessage, ClockEntry, MAX_PRIORITY, Priority, StreamMessage, StreamStart,
+    TotalMessage,
+};
+pub use wire::{Reader, WireError, Writer, stuff_into, unstuff};
 
 /// Virtual or real time in microseconds since an arbitrary origin (the
 /// node's start, or the simulation's start).
@@ -35,19 +57,25 @@ pub use wire::WireError;
 pub struct Time(pub u64);
 
 impl Time {
+    /// The origin.
     pub const ZERO: Time = Time(0);
+    /// `us` microseconds after the origin.
     pub fn from_micros(us: u64) -> Self {
         Time(us)
     }
+    /// `ms` milliseconds after the origin.
     pub fn from_millis(ms: u64) -> Self {
         Time(ms * 1000)
     }
+    /// Microseconds since the origin.
     pub fn as_micros(self) -> u64 {
         self.0
     }
+    /// `us` microseconds later (saturating).
     pub fn plus_micros(self, us: u64) -> Self {
         Time(self.0.saturating_add(us))
     }
+    /// Microseconds from `earlier` to `self`; 0 if `earlier` is later.
     pub fn saturating_since(self, earlier: Time) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
@@ -59,11 +87,12 @@ impl Time {
 pub struct ServerId(pub u16);
 
 impl ServerId {
+    /// The zero-based index, for per-server tables.
     pub fn index(self) -> usize {
         usize::from(self.0)
     }
     /// The spec's one-based server number.
-    pub fn number(self) -> usize {
+    fn number(self) -> usize {
         self.index() + 1
     }
 }
@@ -81,7 +110,9 @@ pub type RoomId = u32;
 /// server's counter. Never the text: the same text may be sent twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MsgId {
+    /// The server the message was posted to.
     pub origin: ServerId,
+    /// That server's counter (starts at its incarnation, grows by one).
     pub counter: u64,
 }
 
@@ -94,7 +125,9 @@ impl fmt::Display for MsgId {
 /// A chat message posted by a local client, as handed to the strategy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Post {
+    /// The message's identity.
     pub id: MsgId,
+    /// The room it was posted to.
     pub room: RoomId,
     /// The exact line every member receives: `<nick> text`.
     pub line: Bytes,
@@ -107,14 +140,18 @@ pub type Delivery = Post;
 /// Where a strategy packet goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dest {
+    /// One peer.
     Peer(ServerId),
+    /// Every other server of the cluster.
     AllPeers,
 }
 
 /// What a strategy wants done, written by its handlers.
 #[derive(Debug, Default)]
 pub struct Outbox {
+    /// Payloads for peers, in the order written.
     pub sends: Vec<(Dest, Bytes)>,
+    /// Messages for the local members, in delivery order.
     pub deliveries: Vec<Delivery>,
     /// "Server X runs incarnation N or later", learned from a third party:
     /// the replica then treats X's older incarnation as dead at once.
@@ -122,15 +159,19 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Sends `payload` to `dest` (reliably, in order per peer).
     pub fn send(&mut self, dest: Dest, payload: Bytes) {
         self.sends.push((dest, payload));
     }
+    /// Hands `d` to the local members of its room.
     pub fn deliver(&mut self, d: Delivery) {
         self.deliveries.push(d);
     }
+    /// Reports that `peer` runs `incarnation` or later.
     pub fn hint_incarnation(&mut self, peer: ServerId, incarnation: u64) {
         self.incarnation_hints.push((peer, incarnation));
     }
+    /// Nothing written.
     pub fn is_empty(&self) -> bool {
         self.sends.is_empty() && self.deliveries.is_empty() && self.incarnation_hints.is_empty()
     }
@@ -139,7 +180,9 @@ impl Outbox {
 /// What a strategy knows about the cluster when it is built.
 #[derive(Debug, Clone)]
 pub struct StrategyContext {
+    /// This server.
     pub me: ServerId,
+    /// Servers in the cluster, this one included.
     pub servers: usize,
     /// This start's incarnation (grows across restarts; message counters
     /// start here, so ids never repeat across restarts).
@@ -201,5 +244,6 @@ pub trait Ordering: Send {
         None
     }
 
+    /// Current counters.
     fn stats(&self) -> StrategyStats;
 }

@@ -22,6 +22,7 @@ pub struct Guarantees {
 }
 
 impl Guarantees {
+    /// No ordering at all.
     pub const NONE: Guarantees = Guarantees {
         fifo: false,
         total: false,
@@ -61,7 +62,9 @@ pub struct StrategySpec {
     pub name: &'static str,
     /// One line for `--help`.
     pub summary: &'static str,
+    /// What the strategy promises (checked by the simulator and `stress`).
     pub guarantees: Guarantees,
+    /// Builds one server's instance.
     pub build: fn(&StrategyContext) -> Box<dyn Ordering>,
 }
 
@@ -77,7 +80,7 @@ impl fmt::Debug for StrategySpec {
 inventory::collect!(StrategySpec);
 
 /// Every registered strategy, sorted by name.
-pub fn strategies() -> Vec<&'static StrategySpec> {
+pub fn registered() -> Vec<&'static StrategySpec> {
     let mut v: Vec<&'static StrategySpec> = inventory::iter::<StrategySpec>.into_iter().collect();
     v.sort_by_key(|s| s.name);
     v
@@ -87,13 +90,15 @@ pub fn strategies() -> Vec<&'static StrategySpec> {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("unknown ordering mode '{name}' (known: {})", known.join(", "))]
 pub struct UnknownStrategy {
+    /// The name asked for.
     pub name: String,
+    /// The registered names.
     pub known: Vec<&'static str>,
 }
 
 /// Finds a strategy by name.
 pub fn lookup(name: &str) -> Result<&'static StrategySpec, UnknownStrategy> {
-    let all = strategies();
+    let all = registered();
     // Mode names are case-insensitive (`-o Total`): the exact name first,
     // then one that differs only in ASCII case.
     all.iter()
@@ -108,7 +113,7 @@ pub fn lookup(name: &str) -> Result<&'static StrategySpec, UnknownStrategy> {
 
 /// Names registered more than once (a registry bug; tests assert it is empty).
 pub fn duplicate_names() -> Vec<&'static str> {
-    let all = strategies();
+    let all = registered();
     let mut dups: Vec<&'static str> = all
         .windows(2)
         .filter(|w| w[0].name == w[1].name)
@@ -121,7 +126,7 @@ pub fn duplicate_names() -> Vec<&'static str> {
 /// A `--help` paragraph listing the modes.
 pub fn help_text() -> String {
     let mut s = String::from("Ordering modes:\n");
-    for spec in strategies() {
+    for spec in registered() {
         s.push_str(&format!(
             "  {:<12} {} [guarantees: {}]\n",
             spec.name, spec.summary, spec.guarantees

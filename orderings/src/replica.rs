@@ -22,10 +22,14 @@ use std::collections::VecDeque;
 /// How a replica is set up.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
+    /// This server.
     pub me: ServerId,
+    /// Servers in the cluster, this one included.
     pub servers: usize,
-    /// Grows with every start of this server (see [`crate::link`]).
+    /// Grows with every start of this server; datagrams name it
+    /// ([`Datagram::src_incarnation`]).
     pub incarnation: u64,
+    /// Tunables of every peer link.
     pub link: LinkConfig,
     /// Cluster secret: every datagram is authenticated with it when set.
     pub key: Option<[u8; 32]>,
@@ -42,6 +46,7 @@ pub struct ReplicaConfig {
 }
 
 impl ReplicaConfig {
+    /// The defaults for server `me` of `servers`, started as `incarnation`.
     pub fn new(me: ServerId, servers: usize, incarnation: u64) -> Self {
         Self {
             me,
@@ -64,15 +69,19 @@ pub const DEFAULT_WINDOW: usize = 8192;
 /// A datagram for a peer, ready for the socket (stuffed, sealed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// The peer.
     pub to: ServerId,
+    /// The datagram's bytes.
     pub payload: Vec<u8>,
 }
 
 /// Why a post was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PostError {
+    /// A peer link holds [`ReplicaConfig::max_backlog`] frames or more.
     #[error("the cluster is congested (a server is slow or down); message not sent")]
     Congested,
+    /// A server has [`ReplicaConfig::window`] of our messages or more undelivered.
     #[error("the cluster is busy ordering earlier messages; message not sent")]
     WindowFull,
 }
@@ -80,12 +89,19 @@ pub enum PostError {
 /// Counters of a replica.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplicaStats {
+    /// Posts admitted.
     pub posts: u64,
+    /// Messages delivered locally.
     pub deliveries: u64,
+    /// Datagrams refused: undecodable, unauthenticated, or not from a peer.
     pub bad_datagrams: u64,
+    /// Strategy payloads its decoder refused.
     pub bad_payloads: u64,
+    /// Per peer link, in server order (ours left out).
     pub links: Vec<LinkStats>,
+    /// The strategy's counters.
     pub strategy: StrategyStats,
+    /// The largest backlog of a peer link (frames not yet acknowledged).
     pub max_backlog: usize,
     /// Our messages not yet delivered by the slowest server.
     pub outstanding: usize,
@@ -124,6 +140,7 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// A replica running `strategy`, with a link to every peer.
     pub fn new(mut cfg: ReplicaConfig, strategy: Box<dyn Ordering>) -> Self {
         let next_counter = cfg.incarnation.max(1);
         let n = cfg.servers;
@@ -134,8 +151,7 @@ impl Replica {
             .min((cfg.window as u64 / 4).max(1));
         let links = (0..cfg.servers)
             .map(|i| {
-                (i != cfg.me.index())
-                    .then(|| PeerLink::new(ServerId(i as u16), cfg.incarnation, cfg.link.clone()))
+                (i != cfg.me.index()).then(|| PeerLink::new(cfg.incarnation, cfg.link.clone()))
             })
             .collect();
         Self {
@@ -161,17 +177,9 @@ impl Replica {
         }
     }
 
+    /// This server.
     pub fn me(&self) -> ServerId {
         self.cfg.me
-    }
-
-    pub fn incarnation(&self) -> u64 {
-        self.cfg.incarnation
-    }
-
-    /// Whether a new post would be accepted now.
-    pub fn accepts_posts(&self) -> bool {
-        self.admission().is_ok()
     }
 
     fn admission(&self) -> Result<(), PostError> {
@@ -298,7 +306,7 @@ impl Replica {
         let Some(Some(link)) = self.links.get_mut(from.index()) else {
             return Err(WireError::OutOfRange("sender"));
         };
-        let raw = link::open(wire, self.cfg.key.as_ref())?;
+        let raw = link::open_datagram(wire, self.cfg.key.as_ref())?;
         let (d, _) = Datagram::decode_raw(&raw)?;
         let received = link.receive(now, self.cfg.clock_at_zero, &d);
         if received.peer_restarted {
@@ -368,7 +376,7 @@ impl Replica {
                 self.next_peer = (i + 1) % n;
                 return Some(Transmit {
                     to: ServerId(i as u16),
-                    payload: link::seal(&raw, self.cfg.key.as_ref()),
+                    payload: link::seal_datagram(&raw, self.cfg.key.as_ref()),
                 });
             }
         }
@@ -380,6 +388,7 @@ impl Replica {
         self.deliveries.pop_front()
     }
 
+    /// Current counters.
     pub fn stats(&self) -> ReplicaStats {
         ReplicaStats {
             posts: self.posts,

@@ -11,22 +11,31 @@ use bytes::Bytes;
 /// panicking, so a garbage datagram is dropped and counted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// The packet ends inside a field.
     #[error("packet truncated")]
     Truncated,
+    /// A varint does not fit in 64 bits.
     #[error("varint too long")]
     VarintOverflow,
+    /// A NUL byte, or an escape byte not followed by 1 or 2.
     #[error("bad escape sequence")]
     BadEscape,
+    /// The first byte is not the datagram magic.
     #[error("not a server packet (bad magic)")]
     BadMagic,
+    /// A datagram of another wire version.
     #[error("unsupported wire version {0}")]
     Version(u8),
+    /// A kind byte the decoder does not know.
     #[error("unknown packet kind {0}")]
     UnknownKind(u8),
+    /// The named field holds a value no honest sender writes.
     #[error("value out of range: {0}")]
     OutOfRange(&'static str),
+    /// Bytes after the last field.
     #[error("trailing bytes after packet")]
     Trailing,
+    /// The MAC is missing, wrong, or present without a cluster secret.
     #[error("authentication failed")]
     BadMac,
 }
@@ -46,7 +55,7 @@ pub fn stuff_into(src: &[u8], dst: &mut Vec<u8>) {
 }
 
 /// Size of `src` once stuffed.
-pub fn stuffed_len(src: &[u8]) -> usize {
+pub(crate) fn stuffed_len(src: &[u8]) -> usize {
     src.len() + src.iter().filter(|&&b| b == 0 || b == ESC).count()
 }
 
@@ -75,18 +84,22 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// An empty buffer.
     pub fn new() -> Self {
         Self::default()
     }
+    /// An empty buffer with room for `n` bytes.
     pub fn with_capacity(n: usize) -> Self {
         Self {
             buf: Vec::with_capacity(n),
         }
     }
+    /// One byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
+    /// A LEB128 varint.
     pub fn varint(&mut self, mut v: u64) -> &mut Self {
         loop {
             let byte = (v & 0x7f) as u8;
@@ -98,24 +111,25 @@ impl Writer {
             self.buf.push(byte | 0x80);
         }
     }
+    /// A length-prefixed byte string.
     pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
         self.varint(b.len() as u64);
         self.buf.extend_from_slice(b);
         self
     }
-    pub fn raw(&mut self, b: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(b);
-        self
-    }
+    /// Bytes written so far.
     pub fn len(&self) -> usize {
         self.buf.len()
     }
+    /// Nothing written yet.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+    /// The bytes written.
     pub fn finish(self) -> Vec<u8> {
         self.buf
     }
+    /// The bytes written, as a payload.
     pub fn into_bytes(self) -> Bytes {
         Bytes::from(self.buf)
     }
@@ -128,14 +142,17 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// Reads `buf` from its start.
     pub fn new(buf: &'a [u8]) -> Self {
         Self { buf }
     }
+    /// One byte.
     pub fn u8(&mut self) -> Result<u8, WireError> {
         let (&b, rest) = self.buf.split_first().ok_or(WireError::Truncated)?;
         self.buf = rest;
         Ok(b)
     }
+    /// A LEB128 varint of at most 64 bits.
     pub fn varint(&mut self) -> Result<u64, WireError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
@@ -151,12 +168,15 @@ impl<'a> Reader<'a> {
         }
         Err(WireError::VarintOverflow)
     }
+    /// A varint that must fit in a `u32`; `what` names the field in the error.
     pub fn varint_u32(&mut self, what: &'static str) -> Result<u32, WireError> {
         u32::try_from(self.varint()?).map_err(|_| WireError::OutOfRange(what))
     }
+    /// A varint that must fit in a `u16`; `what` names the field in the error.
     pub fn varint_u16(&mut self, what: &'static str) -> Result<u16, WireError> {
         u16::try_from(self.varint()?).map_err(|_| WireError::OutOfRange(what))
     }
+    /// The next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if n > self.buf.len() {
             return Err(WireError::Truncated);
@@ -165,17 +185,21 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(head)
     }
+    /// A length-prefixed byte string.
     pub fn bytes(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.varint()?;
         let n = usize::try_from(n).map_err(|_| WireError::Truncated)?;
         self.take(n)
     }
+    /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
         self.buf.len()
     }
+    /// Everything not read yet; the reader is then empty.
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
+    /// Ok if everything was read, else [`WireError::Trailing`].
     pub fn finish(&self) -> Result<(), WireError> {
         if self.buf.is_empty() {
             Ok(())

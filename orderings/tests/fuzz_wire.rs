@@ -14,10 +14,11 @@
 //! `PROPTEST_CASES=N` overrides the number of cases of every property.
 
 use bytes::Bytes;
-use orderings::link::{self, Datagram, MAC_LEN, MAGIC, VERSION};
-use orderings::replica::{Replica, ReplicaConfig};
-use orderings::wire::{self, Reader, Writer};
-use orderings::{MsgId, Ordering, Outbox, Post, ServerId, StrategyContext, Time, registered};
+use orderings::{
+    Datagram, MAC_LEN, MAGIC, MsgId, Ordering, Outbox, Post, Reader, Replica, ReplicaConfig,
+    ServerId, StrategyContext, Time, VERSION, Writer, open_datagram, registered, seal_datagram,
+    stuff_into, unstuff,
+};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
@@ -315,8 +316,8 @@ proptest! {
 
     #[test]
     fn open_never_panics_on_arbitrary_bytes(data in prop_oneof![3 => stuffish_bytes(), 1 => vec(any::<u8>(), 0..1200)]) {
-        let _ = link::open(&data, None);
-        let _ = link::open(&data, Some(&KEY));
+        let _ = open_datagram(&data, None);
+        let _ = open_datagram(&data, Some(&KEY));
     }
 
     #[test]
@@ -324,7 +325,7 @@ proptest! {
         let mut data = vec![MAGIC, VERSION, flags];
         data.extend(rest);
         for key in [None, Some(&KEY)] {
-            if let Ok(raw) = link::open(&data, key) {
+            if let Ok(raw) = open_datagram(&data, key) {
                 // Whatever opens must at least start like a datagram.
                 prop_assert_eq!(raw[0], MAGIC);
                 let _ = Datagram::decode_raw(&raw);
@@ -355,9 +356,9 @@ proptest! {
 
     #[test]
     fn unstuff_never_panics_and_inverts_stuffing(data in prop_oneof![3 => stuffish_bytes(), 1 => vec(any::<u8>(), 0..1200)]) {
-        if let Ok(raw) = wire::unstuff(&data) {
+        if let Ok(raw) = unstuff(&data) {
             let mut again = Vec::new();
-            wire::stuff_into(&raw, &mut again);
+            stuff_into(&raw, &mut again);
             // Stuffing is a bijection onto the valid stuffed strings.
             prop_assert_eq!(again, data);
         }
@@ -444,36 +445,36 @@ proptest! {
         };
         // Keyed.
         let raw = d.encode_raw(true);
-        let wire_k = link::seal(&raw, Some(&KEY));
+        let wire_k = seal_datagram(&raw, Some(&KEY));
         prop_assert!(!wire_k.contains(&0), "sealed datagram contains NUL");
         prop_assert!(wire_k.len() >= raw.len() + MAC_LEN);
-        prop_assert_eq!(link::open(&wire_k, Some(&KEY)).expect("opens"), raw.clone());
-        prop_assert_eq!(link::open(&wire_k, Some(&OTHER_KEY)), Err(orderings::WireError::BadMac));
-        prop_assert_eq!(link::open(&wire_k, None), Err(orderings::WireError::BadMac));
+        prop_assert_eq!(open_datagram(&wire_k, Some(&KEY)).expect("opens"), raw.clone());
+        prop_assert_eq!(open_datagram(&wire_k, Some(&OTHER_KEY)), Err(orderings::WireError::BadMac));
+        prop_assert_eq!(open_datagram(&wire_k, None), Err(orderings::WireError::BadMac));
         // Any single bit flip or truncation is refused.
         let (pos, bit) = flip;
         let mut bad = wire_k.clone();
         let i = pos % bad.len();
         bad[i] ^= 1 << (bit % 8);
-        prop_assert!(link::open(&bad, Some(&KEY)).is_err(), "bit flip at {} accepted", i);
+        prop_assert!(open_datagram(&bad, Some(&KEY)).is_err(), "bit flip at {} accepted", i);
         let cut = pos % wire_k.len();
-        prop_assert!(link::open(&wire_k[..cut], Some(&KEY)).is_err(), "truncation to {} accepted", cut);
+        prop_assert!(open_datagram(&wire_k[..cut], Some(&KEY)).is_err(), "truncation to {} accepted", cut);
         // Unkeyed.
         let raw = d.encode_raw(false);
-        let wire_n = link::seal(&raw, None);
+        let wire_n = seal_datagram(&raw, None);
         prop_assert!(!wire_n.contains(&0));
-        prop_assert_eq!(link::open(&wire_n, None).expect("opens"), raw);
-        prop_assert_eq!(link::open(&wire_n, Some(&KEY)), Err(orderings::WireError::BadMac));
+        prop_assert_eq!(open_datagram(&wire_n, None).expect("opens"), raw);
+        prop_assert_eq!(open_datagram(&wire_n, Some(&KEY)), Err(orderings::WireError::BadMac));
     }
 
     #[test]
     fn seal_of_arbitrary_bytes_has_no_nul_and_opens(raw in vec(any::<u8>(), 0..1200)) {
         for key in [None, Some(&KEY)] {
-            let w = link::seal(&raw, key);
+            let w = seal_datagram(&raw, key);
             prop_assert!(!w.contains(&0));
             // It opens exactly when it looks like a datagram with the right flag.
             let looks = raw.len() >= 3 && raw[0] == MAGIC && (raw[2] & 1 == 1) == key.is_some();
-            match link::open(&w, key) {
+            match open_datagram(&w, key) {
                 Ok(back) => {
                     prop_assert!(looks);
                     prop_assert_eq!(back, raw.clone());
@@ -542,7 +543,7 @@ fn drain(r: &mut Replica, now: Time, key: Option<&[u8; 32]>) -> Result<usize, Te
         };
         prop_assert!(!t.payload.contains(&0), "transmit contains NUL");
         prop_assert!(t.to.index() < SERVERS && t.to != ServerId(0));
-        let raw = link::open(&t.payload, key).expect("own transmit opens");
+        let raw = open_datagram(&t.payload, key).expect("own transmit opens");
         prop_assert!(Datagram::decode_raw(&raw).is_ok());
         n += 1;
     }
@@ -630,11 +631,11 @@ impl Forged {
             frames: self.frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
         match (self.sealing, key) {
-            (0, k) => link::seal(&d.encode_raw(k.is_some()), k),
-            (1, _) => link::seal(&d.encode_raw(true), Some(&OTHER_KEY)),
-            (2, _) => link::seal(&d.encode_raw(false), None),
+            (0, k) => seal_datagram(&d.encode_raw(k.is_some()), k),
+            (1, _) => seal_datagram(&d.encode_raw(true), Some(&OTHER_KEY)),
+            (2, _) => seal_datagram(&d.encode_raw(false), None),
             (_, k) => {
-                let mut w = link::seal(&d.encode_raw(k.is_some()), k);
+                let mut w = seal_datagram(&d.encode_raw(k.is_some()), k);
                 let i = self.flip % w.len();
                 w[i] ^= 1 << (self.flip % 8);
                 w
@@ -803,7 +804,7 @@ proptest! {
             let mut frames_replayed = false;
             for (pick, times) in &replays {
                 let (from, to, wire) = &captured[pick % captured.len()];
-                let raw = link::open(wire, key.as_ref()).expect("captured opens");
+                let raw = open_datagram(wire, key.as_ref()).expect("captured opens");
                 if !Datagram::decode_raw(&raw).expect("decodes").0.frames.is_empty() {
                     frames_replayed = true;
                 }

@@ -65,7 +65,7 @@ pub(super) fn render(cx: &ExportContext<'_>) -> Vec<OutFile> {
             "compose.yaml",
             format!(
                 "# Chat cluster {}: {n} servers, written by `launcher export --to compose`.\n# docker compose up  (or podman compose up)\n{}",
-                cx.cfg.name,
+                cx.settings.name,
                 yaml::document(&doc)
             ),
         ),

@@ -41,7 +41,7 @@ pub(super) fn render(cx: &ExportContext<'_>) -> Vec<OutFile> {
         path: "cluster.yaml".into(),
         text: format!(
             "# Chat cluster {}: {n} servers, written by `launcher export --to kubernetes`.\n# kubectl apply -f cluster.yaml\n{}",
-            cx.cfg.name,
+            cx.settings.name,
             yaml::documents(&docs)
         ),
         // The Secret is inside.

@@ -12,9 +12,10 @@ mod kubernetes;
 mod systemd;
 mod yaml;
 
+use crate::cluster::settings::{ClusterFile, SecretSetting, Settings};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use node::config::{ClusterConfig, SecretSetting};
+use node::config::ClusterConfig;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -79,6 +80,8 @@ impl OutFile {
 /// What every target needs: the parsed cluster, its secret, the options.
 pub struct ExportContext<'a> {
     pub cfg: &'a ClusterConfig,
+    /// The launcher's settings of the same file (name, supervision, secret).
+    pub settings: &'a Settings,
     /// The cluster secret's text, `None` when the cluster runs without one.
     pub secret: Option<String>,
     pub args: &'a ExportArgs,
@@ -90,7 +93,7 @@ impl ExportContext<'_> {
     /// so that `<name>-<ordinal>` still fits.
     pub fn dns_name(&self) -> String {
         let mut s: String = self
-            .cfg
+            .settings
             .name
             .chars()
             .map(|c| {
@@ -113,7 +116,7 @@ impl ExportContext<'_> {
 
     /// The extra arguments of every node (`node_args`).
     pub fn node_args(&self) -> &[String] {
-        &self.cfg.node_args
+        &self.settings.node_args
     }
 
     /// A cluster file for `chatserver` listing `(name, bind, advertise)` per
@@ -123,9 +126,9 @@ impl ExportContext<'_> {
             "# Cluster {name}, written by `launcher export` from {src}.\n\
              # chatserver reads [cluster] and [[node]]; every server gets the same file.\n\n\
              [cluster]\nname = {name_q}\nordering = {ord}\nrooms = {rooms}\nsecret = \"off\"  # the secret is passed with --secret-file\n",
-            name = self.cfg.name,
+            name = self.settings.name,
             src = self.cfg.source.display(),
-            name_q = toml_str(&self.cfg.name),
+            name_q = toml_str(&self.settings.name),
             ord = toml_str(self.ordering()),
             rooms = self.cfg.rooms,
         );
@@ -164,8 +167,8 @@ pub fn render(cx: &ExportContext<'_>) -> anyhow::Result<Vec<OutFile>> {
 
 /// The secret's text for the export: the configured one, or a fresh one
 /// where the launcher would generate it at start-up.
-fn secret_text(cfg: &ClusterConfig) -> anyhow::Result<Option<String>> {
-    Ok(match &cfg.secret {
+fn secret_text(settings: &Settings) -> anyhow::Result<Option<String>> {
+    Ok(match &settings.secret {
         SecretSetting::Off => None,
         SecretSetting::Inline(s) => Some(s.clone()),
         SecretSetting::File(p) => {
@@ -178,10 +181,11 @@ fn secret_text(cfg: &ClusterConfig) -> anyhow::Result<Option<String>> {
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
-    let cfg = node::config::load(&a.file)?;
-    let secret = secret_text(&cfg)?;
+    let ClusterFile { cfg, settings } = crate::cluster::settings::load(&a.file)?;
+    let secret = secret_text(&settings)?;
     let cx = ExportContext {
         cfg: &cfg,
+        settings: &settings,
         secret,
         args: &a,
     };

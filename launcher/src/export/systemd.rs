@@ -4,7 +4,7 @@
 //! system, the secret handed over as a credential.
 
 use super::{ExportContext, OutFile};
-use node::config::RestartPolicy;
+use crate::cluster::settings::RestartPolicy;
 
 /// The unit's file name.
 pub(super) const UNIT: &str = "chatserver@.service";
@@ -33,7 +33,7 @@ pub(super) fn render(cx: &ExportContext<'_>) -> Vec<OutFile> {
 
 fn unit(cx: &ExportContext<'_>) -> String {
     let a = cx.args;
-    let sup = &cx.cfg.supervise;
+    let sup = &cx.settings.supervise;
     let bin = a.bin_dir.join("chatserver");
     let cluster = a.config_dir.join("cluster.toml");
     let mut exec = format!("{} {} %i", bin.display(), cluster.display());
@@ -101,7 +101,7 @@ fn unit(cx: &ExportContext<'_>) -> String {
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
-        name = cx.cfg.name,
+        name = cx.settings.name,
         burst = sup.max_restarts.max(1),
         window = sup.restart_window_s.max(1),
         backoff = sup.backoff_initial_ms,
@@ -153,7 +153,7 @@ fn readme(cx: &ExportContext<'_>) -> String {
          Open each server's UDP port to the other servers and to the clients.\n\
          `journalctl -u 'chatserver@*'` shows the servers' output;\n\
          `systemctl status chatserver@N` shows one.\n",
-        name = cx.cfg.name,
+        name = cx.settings.name,
         unit = UNIT,
     )
 }

@@ -14,7 +14,7 @@
 //! the crashed server's clients), and its undelivered messages are dropped.
 //! The restarted server has delivered nothing, while the survivors' counts
 //! go on: each survivor tells it where its count stands in every room
-//! ([`kind::CAUSAL_START`], the first payload on the fresh link), so that
+//! ([`CausalMessage::Start`], the first payload on the fresh link), so that
 //! what the survivors send from then on is deliverable there.
 
 use super::kind;
@@ -26,17 +26,116 @@ use crate::{
 use bytes::Bytes;
 use std::collections::HashMap;
 
-/// One clock entry: `count` messages of incarnation `incarnation`.
+/// One vector clock entry: `count` messages of incarnation `incarnation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    incarnation: u64,
-    count: u64,
+pub struct ClockEntry {
+    /// The server's incarnation the count is of; not on the wire when
+    /// `count` is 0, and then 0.
+    pub incarnation: u64,
+    /// Messages of that incarnation delivered, in the message's room.
+    pub count: u64,
+}
+
+/// The peer messages of `causal`: one kind byte, then fields. Every
+/// encoding and decoding of them is here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CausalMessage {
+    /// A chat message stamped with its origin's clock for the room.
+    Chat {
+        /// The origin's message counter.
+        counter: u64,
+        /// The room the message was posted to.
+        room: RoomId,
+        /// One entry per server (the receiver checks the length).
+        clock: Vec<ClockEntry>,
+        /// The line every member receives.
+        line: Bytes,
+    },
+    /// The sender's count of its own messages delivered in `room`: the
+    /// first payload to a restarted peer.
+    Start {
+        /// The room.
+        room: RoomId,
+        /// The sender's own messages it delivered in `room`.
+        count: u64,
+    },
+}
+
+impl CausalMessage {
+    /// The payload for a peer.
+    pub fn encode(&self) -> Bytes {
+        let mut w;
+        match self {
+            CausalMessage::Chat {
+                counter,
+                room,
+                clock,
+                line,
+            } => {
+                w = Writer::with_capacity(line.len() + 16 + 10 * clock.len());
+                w.u8(kind::CAUSAL_MSG)
+                    .varint(*counter)
+                    .varint(u64::from(*room))
+                    .varint(clock.len() as u64);
+                for e in clock {
+                    w.varint(e.count);
+                    if e.count > 0 {
+                        w.varint(e.incarnation);
+                    }
+                }
+                w.bytes(line);
+            }
+            CausalMessage::Start { room, count } => {
+                w = Writer::with_capacity(12);
+                w.u8(kind::CAUSAL_START)
+                    .varint(u64::from(*room))
+                    .varint(*count);
+            }
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes a whole payload; any malformed or trailing byte is an error.
+    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(payload);
+        let message = match r.u8()? {
+            kind::CAUSAL_START => CausalMessage::Start {
+                room: r.varint_u32("room")?,
+                count: r.varint()?,
+            },
+            kind::CAUSAL_MSG => {
+                let counter = r.varint()?;
+                let room = r.varint_u32("room")?;
+                let len = r.varint()?;
+                // Each entry takes a byte at least: bounds the allocation.
+                if len > r.remaining() as u64 {
+                    return Err(WireError::OutOfRange("clock length"));
+                }
+                let mut clock = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    let count = r.varint()?;
+                    let incarnation = if count > 0 { r.varint()? } else { 0 };
+                    clock.push(ClockEntry { incarnation, count });
+                }
+                let line = Bytes::copy_from_slice(r.bytes()?);
+                CausalMessage::Chat {
+                    counter,
+                    room,
+                    clock,
+                    line,
+                }
+            }
+            k => return Err(WireError::UnknownKind(k)),
+        };
+        r.finish()?;
+        Ok(message)
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Stamped {
     id: MsgId,
-    clock: Vec<Entry>,
+    clock: Vec<ClockEntry>,
     line: Bytes,
 }
 
@@ -50,9 +149,9 @@ struct CausalRoom {
 /// this far ahead of us: it refuses posts once its link to us holds 65,536
 /// unacknowledged payloads. Beyond it, a broken or hostile peer's messages
 /// are dropped and counted.
-pub const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
+pub(super) const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
 
-pub struct Causal {
+pub(super) struct Causal {
     /// Messages dropped by the holdback limit.
     pub refused: u64,
     me: ServerId,
@@ -63,7 +162,7 @@ pub struct Causal {
 }
 
 impl Causal {
-    pub fn new(ctx: &StrategyContext) -> Self {
+    pub(super) fn new(ctx: &StrategyContext) -> Self {
         let mut incarnations = vec![0; ctx.servers];
         incarnations[ctx.me.index()] = ctx.incarnation;
         Self {
@@ -126,19 +225,22 @@ impl Ordering for Causal {
         let me = self.me.index();
         let r = Self::room_entry(&mut self.rooms, self.servers, post.room);
         r.delivered[me] += 1;
-        let mut w = Writer::with_capacity(post.line.len() + 16 + 10 * r.delivered.len());
-        w.u8(kind::CAUSAL_MSG)
-            .varint(post.id.counter)
-            .varint(u64::from(post.room));
-        w.varint(r.delivered.len() as u64);
-        for (k, &c) in r.delivered.iter().enumerate() {
-            w.varint(c);
-            if c > 0 {
-                w.varint(self.incarnations[k]);
-            }
-        }
-        w.bytes(&post.line);
-        out.send(Dest::AllPeers, w.into_bytes());
+        let clock = r
+            .delivered
+            .iter()
+            .zip(&self.incarnations)
+            .map(|(&count, &incarnation)| ClockEntry {
+                incarnation: if count > 0 { incarnation } else { 0 },
+                count,
+            })
+            .collect();
+        let chat = CausalMessage::Chat {
+            counter: post.id.counter,
+            room: post.room,
+            clock,
+            line: post.line.clone(),
+        };
+        out.send(Dest::AllPeers, chat.encode());
         out.deliver(post);
     }
 
@@ -149,37 +251,26 @@ impl Ordering for Causal {
         payload: &[u8],
         out: &mut Outbox,
     ) -> Result<(), WireError> {
-        let mut r = Reader::new(payload);
-        let k = r.u8()?;
-        if k == kind::CAUSAL_START {
-            let room = r.varint_u32("room")?;
-            let count = r.varint()?;
-            r.finish()?;
-            let cr = Self::room_entry(&mut self.rooms, self.servers, room);
-            let o = from.index();
-            // Sent once, on a fresh link, before anything else: everything
-            // of `from` up to `count` went to our previous incarnation.
-            cr.delivered[o] = cr.delivered[o].max(count);
-            self.drain(room, out);
-            return Ok(());
-        }
-        if k != kind::CAUSAL_MSG {
-            return Err(WireError::UnknownKind(k));
-        }
-        let counter = r.varint()?;
-        let room = r.varint_u32("room")?;
-        let len = r.varint()?;
-        if len != self.servers as u64 {
+        let (counter, room, clock, line) = match CausalMessage::decode(payload)? {
+            CausalMessage::Start { room, count } => {
+                let cr = Self::room_entry(&mut self.rooms, self.servers, room);
+                let o = from.index();
+                // Sent once, on a fresh link, before anything else: everything
+                // of `from` up to `count` went to our previous incarnation.
+                cr.delivered[o] = cr.delivered[o].max(count);
+                self.drain(room, out);
+                return Ok(());
+            }
+            CausalMessage::Chat {
+                counter,
+                room,
+                clock,
+                line,
+            } => (counter, room, clock, line),
+        };
+        if clock.len() != self.servers {
             return Err(WireError::OutOfRange("clock length"));
         }
-        let mut clock = Vec::with_capacity(self.servers);
-        for _ in 0..len {
-            let count = r.varint()?;
-            let incarnation = if count > 0 { r.varint()? } else { 0 };
-            clock.push(Entry { incarnation, count });
-        }
-        let line = Bytes::copy_from_slice(r.bytes()?);
-        r.finish()?;
         for (k, e) in clock.iter().enumerate() {
             if e.count > 0 && e.incarnation > self.incarnations[k] {
                 // The sender knows a newer incarnation of k than we do.
@@ -225,11 +316,8 @@ impl Ordering for Causal {
                 .get(&room)
                 .map_or(0, |r| r.delivered[self.me.index()]);
             if restarted && mine > 0 {
-                let mut w = Writer::with_capacity(12);
-                w.u8(kind::CAUSAL_START)
-                    .varint(u64::from(room))
-                    .varint(mine);
-                out.send(Dest::Peer(peer), w.into_bytes());
+                let start = CausalMessage::Start { room, count: mine };
+                out.send(Dest::Peer(peer), start.encode());
             }
             if restarted && let Some(r) = self.rooms.get_mut(&room) {
                 r.delivered[k] = 0;

@@ -2,14 +2,13 @@
 //! deliver them in that order (a holdback queue per stream). Since a client
 //! talks to one server, this keeps every sender's order.
 
-use super::kind;
-use super::stream::{StreamCounters, StreamHoldback, StreamMsg, decode_stream_start};
+use super::stream::{StreamCounters, StreamHoldback, StreamMessage, StreamMsg};
 use crate::registry::{Guarantees, StrategySpec};
-use crate::wire::{Reader, WireError};
+use crate::wire::WireError;
 use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategyStats, Time};
 
 #[derive(Default)]
-pub struct Fifo {
+pub(super) struct Fifo {
     counters: StreamCounters,
     holdback: StreamHoldback,
 }
@@ -28,7 +27,7 @@ impl Ordering for Fifo {
             seq: self.counters.next(post.room),
             line: post.line.clone(),
         };
-        out.send(Dest::AllPeers, msg.encode(kind::CHAT));
+        out.send(Dest::AllPeers, StreamMessage::Chat(msg.to_chat()).encode());
         out.deliver(post);
     }
 
@@ -39,21 +38,11 @@ impl Ordering for Fifo {
         payload: &[u8],
         out: &mut Outbox,
     ) -> Result<(), WireError> {
-        let mut r = Reader::new(payload);
-        match r.u8()? {
-            kind::CHAT => {
-                let m = StreamMsg::decode(from, &mut r)?;
-                r.finish()?;
-                let ready = self.holdback.accept(m);
-                deliver(out, ready);
-            }
-            kind::STREAM_START => {
-                let (room, next) = decode_stream_start(&mut r)?;
-                let ready = self.holdback.restart_at(from, room, next);
-                deliver(out, ready);
-            }
-            k => return Err(WireError::UnknownKind(k)),
-        }
+        let ready = match StreamMessage::decode(payload)? {
+            StreamMessage::Chat(m) => self.holdback.accept(m.into_stream_msg(from)),
+            StreamMessage::Start(s) => self.holdback.restart_at(from, s.room, s.next),
+        };
+        deliver(out, ready);
         Ok(())
     }
 

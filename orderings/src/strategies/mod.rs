@@ -4,21 +4,26 @@
 //! them on a reordering network without the link layer as well), and rely on
 //! the replica's links for loss and duplication.
 
-pub mod causal;
-pub mod fifo;
-pub mod stream;
-pub mod total;
-pub mod unordered;
+mod causal;
+mod fifo;
+mod stream;
+mod total;
+mod unordered;
 
-/// Packet kinds; one byte at the start of every strategy payload.
+pub use causal::{CausalMessage, ClockEntry};
+pub use stream::{ChatMessage, StreamMessage, StreamStart};
+pub use total::{MAX_PRIORITY, Priority, TotalMessage};
+
+/// Packet kinds; one byte at the start of every strategy payload. Only the
+/// message enums' `encode` and `decode` use them.
 pub(crate) mod kind {
-    pub const CHAT: u8 = 1;
-    pub const STREAM_START: u8 = 2;
-    pub const TOTAL_MSG: u8 = 3;
-    pub const TOTAL_PROPOSE: u8 = 4;
-    pub const TOTAL_FINAL: u8 = 5;
-    pub const CAUSAL_MSG: u8 = 6;
-    pub const TOTAL_QUERY: u8 = 7;
-    pub const TOTAL_ANSWER: u8 = 8;
-    pub const CAUSAL_START: u8 = 9;
+    pub(crate) const CHAT: u8 = 1;
+    pub(crate) const STREAM_START: u8 = 2;
+    pub(crate) const TOTAL_MSG: u8 = 3;
+    pub(crate) const TOTAL_PROPOSE: u8 = 4;
+    pub(crate) const TOTAL_FINAL: u8 = 5;
+    pub(crate) const CAUSAL_MSG: u8 = 6;
+    pub(crate) const TOTAL_QUERY: u8 = 7;
+    pub(crate) const TOTAL_ANSWER: u8 = 8;
+    pub(crate) const CAUSAL_START: u8 = 9;
 }

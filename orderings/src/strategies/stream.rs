@@ -5,33 +5,60 @@
 //! its state is bounded by servers x rooms, so nothing needs cleaning up when
 //! a client leaves.
 
+use super::kind;
 use crate::wire::{Reader, WireError, Writer};
 use crate::{MsgId, RoomId, ServerId};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 
-/// A chat message on the wire: identity, room, stream position, line.
+/// A chat message as a strategy holds it: identity (the origin is the peer
+/// it came from), room, stream position, line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamMsg {
-    pub id: MsgId,
-    pub room: RoomId,
-    pub seq: u64,
-    pub line: Bytes,
+pub(crate) struct StreamMsg {
+    pub(crate) id: MsgId,
+    pub(crate) room: RoomId,
+    pub(crate) seq: u64,
+    pub(crate) line: Bytes,
 }
 
 impl StreamMsg {
-    pub fn encode(&self, kind: u8) -> Bytes {
-        let mut w = Writer::with_capacity(self.line.len() + 24);
-        w.u8(kind)
-            .varint(self.id.counter)
+    /// The wire form (the origin is implied by the sending peer).
+    pub(crate) fn to_chat(&self) -> ChatMessage {
+        ChatMessage {
+            counter: self.id.counter,
+            room: self.room,
+            seq: self.seq,
+            line: self.line.clone(),
+        }
+    }
+}
+
+/// A chat message on the wire: the origin's counter, the room, the position
+/// in the origin's stream for that room, and the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// The origin's message counter ([`MsgId::counter`]).
+    pub counter: u64,
+    /// The room the message was posted to.
+    pub room: RoomId,
+    /// Position in the origin's stream for `room` (1, 2, 3, ...; 0 where
+    /// the strategy does not number its messages). Never `u64::MAX`.
+    pub seq: u64,
+    /// The line every member receives.
+    pub line: Bytes,
+}
+
+impl ChatMessage {
+    /// Writes the fields (after a kind byte the caller wrote).
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.varint(self.counter)
             .varint(u64::from(self.room))
             .varint(self.seq)
             .bytes(&self.line);
-        w.into_bytes()
     }
 
-    /// Decodes after the kind byte; the origin is the sending peer.
-    pub fn decode(origin: ServerId, r: &mut Reader<'_>) -> Result<Self, WireError> {
+    /// Reads the fields written by [`ChatMessage::write`].
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let counter = r.varint()?;
         let room = r.varint_u32("room")?;
         let seq = r.varint()?;
@@ -40,12 +67,92 @@ impl StreamMsg {
             return Err(WireError::OutOfRange("seq"));
         }
         let line = Bytes::copy_from_slice(r.bytes()?);
-        Ok(StreamMsg {
-            id: MsgId { origin, counter },
+        Ok(ChatMessage {
+            counter,
             room,
             seq,
             line,
         })
+    }
+
+    /// The message as held by a strategy, from peer `origin`.
+    pub(crate) fn into_stream_msg(self, origin: ServerId) -> StreamMsg {
+        StreamMsg {
+            id: MsgId {
+                origin,
+                counter: self.counter,
+            },
+            room: self.room,
+            seq: self.seq,
+            line: self.line,
+        }
+    }
+}
+
+/// "My stream for `room` continues at `next`": sent to a restarted peer,
+/// whose new incarnation expects every stream to start at 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStart {
+    /// The room of the stream.
+    pub room: RoomId,
+    /// The next position the origin will use. Never `u64::MAX`.
+    pub next: u64,
+}
+
+impl StreamStart {
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.varint(u64::from(self.room)).varint(self.next);
+    }
+
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let room = r.varint_u32("room")?;
+        let next = r.varint()?;
+        if next == u64::MAX {
+            return Err(WireError::OutOfRange("seq"));
+        }
+        Ok(StreamStart { room, next })
+    }
+}
+
+/// The peer messages of `unordered` and `fifo`: one kind byte, then fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamMessage {
+    /// A chat message (`unordered` sends `seq` 0).
+    Chat(ChatMessage),
+    /// Where a stream continues, after a restart (`fifo` only).
+    Start(StreamStart),
+}
+
+impl StreamMessage {
+    /// The payload for a peer.
+    pub fn encode(&self) -> Bytes {
+        let mut w = Writer::with_capacity(match self {
+            StreamMessage::Chat(m) => m.line.len() + 24,
+            StreamMessage::Start(_) => 12,
+        });
+        match self {
+            StreamMessage::Chat(m) => {
+                w.u8(kind::CHAT);
+                m.write(&mut w);
+            }
+            StreamMessage::Start(s) => {
+                w.u8(kind::STREAM_START);
+                s.write(&mut w);
+            }
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes a whole payload; any malformed or trailing byte is an error.
+    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(payload);
+        let message = match r.u8()? {
+            kind::CHAT => StreamMessage::Chat(ChatMessage::read(&mut r)?),
+            kind::STREAM_START => StreamMessage::Start(StreamStart::read(&mut r)?),
+            k => return Err(WireError::UnknownKind(k)),
+        };
+        r.finish()?;
+        Ok(message)
     }
 }
 
@@ -61,12 +168,12 @@ impl From<StreamMsg> for crate::Post {
 
 /// Numbers outgoing messages per room.
 #[derive(Debug, Default)]
-pub struct StreamCounters {
+pub(super) struct StreamCounters {
     next: HashMap<RoomId, u64>,
 }
 
 impl StreamCounters {
-    pub fn next(&mut self, room: RoomId) -> u64 {
+    pub(super) fn next(&mut self, room: RoomId) -> u64 {
         let n = self.next.entry(room).or_insert(1);
         let seq = *n;
         *n += 1;
@@ -74,14 +181,15 @@ impl StreamCounters {
     }
     /// Tells a restarted peer where each of our streams continues (its
     /// new incarnation expects every stream to start at 1).
-    pub fn announce_to(&self, peer: ServerId, out: &mut crate::Outbox) {
+    pub(super) fn announce_to(&self, peer: ServerId, out: &mut crate::Outbox) {
         for (room, next) in self.positions() {
-            out.send(crate::Dest::Peer(peer), encode_stream_start(room, next));
+            let start = StreamMessage::Start(StreamStart { room, next });
+            out.send(crate::Dest::Peer(peer), start.encode());
         }
     }
 
     /// `(room, next seq)` for every room used so far.
-    pub fn positions(&self) -> Vec<(RoomId, u64)> {
+    pub(super) fn positions(&self) -> Vec<(RoomId, u64)> {
         let mut v: Vec<_> = self.next.iter().map(|(&r, &n)| (r, n)).collect();
         v.sort_unstable();
         v
@@ -108,10 +216,10 @@ impl Default for Stream {
 /// link never runs this far ahead (it delivers in order, at most a window
 /// at a time); anything beyond is a broken or hostile peer, and is dropped
 /// and counted rather than allowed to exhaust memory.
-pub const MAX_EARLY_PER_STREAM: u64 = 1 << 17;
+pub(super) const MAX_EARLY_PER_STREAM: u64 = 1 << 17;
 
 #[derive(Debug, Default)]
-pub struct StreamHoldback {
+pub(super) struct StreamHoldback {
     streams: HashMap<(ServerId, RoomId), Stream>,
     /// Messages dropped for running too far ahead of their stream.
     pub refused: u64,
@@ -119,7 +227,7 @@ pub struct StreamHoldback {
 
 impl StreamHoldback {
     /// Accepts a message; returns the messages now ready, in order.
-    pub fn accept(&mut self, msg: StreamMsg) -> Vec<StreamMsg> {
+    pub(super) fn accept(&mut self, msg: StreamMsg) -> Vec<StreamMsg> {
         let s = self.streams.entry((msg.id.origin, msg.room)).or_default();
         let mut ready = Vec::new();
         if msg.seq < s.next {
@@ -144,7 +252,12 @@ impl StreamHoldback {
 
     /// The origin says its stream for `room` continues at `next` (sent after
     /// one side restarted). Held messages below `next` are dropped.
-    pub fn restart_at(&mut self, origin: ServerId, room: RoomId, next: u64) -> Vec<StreamMsg> {
+    pub(super) fn restart_at(
+        &mut self,
+        origin: ServerId,
+        room: RoomId,
+        next: u64,
+    ) -> Vec<StreamMsg> {
         let s = self.streams.entry((origin, room)).or_default();
         s.next = next;
         s.early = s.early.split_off(&next);
@@ -157,67 +270,19 @@ impl StreamHoldback {
     }
 
     /// Forgets everything from `origin` (it restarted: its counters begin anew).
-    pub fn forget_origin(&mut self, origin: ServerId) {
+    pub(super) fn forget_origin(&mut self, origin: ServerId) {
         self.streams.retain(|(o, _), _| *o != origin);
     }
 
     /// Messages waiting for an earlier one.
-    pub fn held(&self) -> usize {
+    pub(super) fn held(&self) -> usize {
         self.streams.values().map(|s| s.early.len()).sum()
     }
-}
-
-/// `STREAM_START room next`: tells a restarted peer where our stream for
-/// `room` continues.
-pub fn encode_stream_start(room: RoomId, next: u64) -> Bytes {
-    let mut w = Writer::with_capacity(12);
-    w.u8(super::kind::STREAM_START)
-        .varint(u64::from(room))
-        .varint(next);
-    w.into_bytes()
-}
-
-pub fn decode_stream_start(r: &mut Reader<'_>) -> Result<(RoomId, u64), WireError> {
-    let room = r.varint_u32("room")?;
-    let next = r.varint()?;
-    if next == u64::MAX {
-        return Err(WireError::OutOfRange("seq"));
-    }
-    r.finish()?;
-    Ok((room, next))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Reader;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn stream_messages_round_trip(
-            counter in any::<u64>(),
-            room in any::<u32>(),
-            seq in 0..u64::MAX,
-            line in proptest::collection::vec(any::<u8>(), 0..1200),
-            kind in any::<u8>(),
-        ) {
-            let m = StreamMsg { id: MsgId { origin: ServerId(3), counter }, room, seq, line: Bytes::from(line) };
-            let wire = m.encode(kind);
-            let mut r = Reader::new(&wire);
-            prop_assert_eq!(r.u8().unwrap(), kind);
-            prop_assert_eq!(StreamMsg::decode(ServerId(3), &mut r).unwrap(), m);
-            prop_assert!(r.finish().is_ok());
-        }
-
-        #[test]
-        fn stream_start_round_trips(room in any::<u32>(), next in 0..u64::MAX) {
-            let wire = encode_stream_start(room, next);
-            let mut r = Reader::new(&wire);
-            prop_assert_eq!(r.u8().unwrap(), crate::strategies::kind::STREAM_START);
-            prop_assert_eq!(decode_stream_start(&mut r).unwrap(), (room, next));
-        }
-    }
 
     fn msg(seq: u64) -> StreamMsg {
         StreamMsg {

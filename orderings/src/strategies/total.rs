@@ -16,7 +16,7 @@
 //! Crash of an origin: when server `k` comes back as a new incarnation, its
 //! old incarnation's messages that are still tentative here can never be
 //! finalized by it. Each survivor asks every other survivor what it knows
-//! ([`kind::TOTAL_QUERY`]); a survivor that saw the final priority answers
+//! ([`TotalMessage::Query`]); a survivor that saw the final priority answers
 //! with it (it remembers recent finals), the others answer "unknown" and,
 //! having marked the old incarnation dead, can never learn it later. So one
 //! known final settles the message everywhere, and "unknown" from all means
@@ -24,7 +24,7 @@
 //! for `k` are sent again to its new incarnation.
 
 use super::kind;
-use super::stream::{StreamCounters, StreamHoldback, StreamMsg, decode_stream_start};
+use super::stream::{ChatMessage, StreamCounters, StreamHoldback, StreamMsg, StreamStart};
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::{Reader, WireError, Writer};
 use crate::{
@@ -36,7 +36,9 @@ use std::collections::{BTreeMap, HashMap};
 /// A proposed or final position in a room's order; ties broken by server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Priority {
+    /// The number; at most [`MAX_PRIORITY`] from a peer.
     pub n: u64,
+    /// The proposing server (zero-based).
     pub server: u16,
 }
 
@@ -64,13 +66,12 @@ struct ProposalRound {
     proposals: Vec<Option<Priority>>,
 }
 
-const FLAG_RESENT: u8 = 1;
 /// Finals remembered per origin, to answer recovery queries.
 const RECENT_FINALS: usize = 8 * 1024;
 
 /// Largest priority number accepted from a peer: no real cluster gets near
 /// it, and the headroom keeps `highest + 1` from overflowing.
-const MAX_PRIORITY: u64 = u64::MAX / 2;
+pub const MAX_PRIORITY: u64 = u64::MAX / 2;
 
 fn priority_number(r: &mut Reader<'_>) -> Result<u64, WireError> {
     let n = r.varint()?;
@@ -80,11 +81,195 @@ fn priority_number(r: &mut Reader<'_>) -> Result<u64, WireError> {
     Ok(n)
 }
 
+/// The peer messages of `total`: one kind byte, then fields. Every
+/// encoding and decoding of them is here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TotalMessage {
+    /// The origin multicasts a message (`resent`: again, to a restarted
+    /// peer, in stream order over the fresh link, so not held for order).
+    Chat {
+        /// Re-sent after the receiver restarted.
+        resent: bool,
+        /// The message.
+        chat: ChatMessage,
+    },
+    /// A server proposes `priority` (with its own server number) for the
+    /// receiver's message `counter`.
+    Propose {
+        /// The origin's message counter.
+        counter: u64,
+        /// The proposed priority number; the proposer is the sender.
+        priority: u64,
+    },
+    /// The origin announces the final priority of its message `counter`.
+    Final {
+        /// The origin's message counter.
+        counter: u64,
+        /// The message's room.
+        room: RoomId,
+        /// The agreed priority.
+        priority: Priority,
+    },
+    /// Where the sender's stream for a room continues (after a restart).
+    StreamStart(StreamStart),
+    /// Recovery: what does the receiver know of these messages of
+    /// `origin`, whose incarnation before `incarnation` crashed?
+    Query {
+        /// The crashed origin.
+        origin: ServerId,
+        /// The origin's incarnation that replaced the crashed one.
+        incarnation: u64,
+        /// The origin's message counters asked about.
+        counters: Vec<u64>,
+    },
+    /// Recovery: the final priority of each message asked about, if known.
+    Answer {
+        /// The crashed origin.
+        origin: ServerId,
+        /// `(counter, final priority if known)` per message asked about.
+        answers: Vec<(u64, Option<Priority>)>,
+    },
+}
+
+const FLAG_RESENT: u8 = 1;
+
+impl TotalMessage {
+    /// The payload for a peer.
+    pub fn encode(&self) -> Bytes {
+        let mut w;
+        match self {
+            TotalMessage::Chat { resent, chat } => {
+                w = Writer::with_capacity(chat.line.len() + 25);
+                w.u8(kind::TOTAL_MSG)
+                    .u8(if *resent { FLAG_RESENT } else { 0 });
+                chat.write(&mut w);
+            }
+            TotalMessage::Propose { counter, priority } => {
+                w = Writer::with_capacity(16);
+                w.u8(kind::TOTAL_PROPOSE).varint(*counter).varint(*priority);
+            }
+            TotalMessage::Final {
+                counter,
+                room,
+                priority,
+            } => {
+                w = Writer::with_capacity(20);
+                w.u8(kind::TOTAL_FINAL)
+                    .varint(*counter)
+                    .varint(u64::from(*room))
+                    .varint(priority.n)
+                    .varint(u64::from(priority.server));
+            }
+            TotalMessage::StreamStart(start) => {
+                w = Writer::with_capacity(12);
+                w.u8(kind::STREAM_START);
+                start.write(&mut w);
+            }
+            TotalMessage::Query {
+                origin,
+                incarnation,
+                counters,
+            } => {
+                w = Writer::with_capacity(16 + 9 * counters.len());
+                w.u8(kind::TOTAL_QUERY)
+                    .varint(u64::from(origin.0))
+                    .varint(*incarnation)
+                    .varint(counters.len() as u64);
+                for &c in counters {
+                    w.varint(c);
+                }
+            }
+            TotalMessage::Answer { origin, answers } => {
+                w = Writer::with_capacity(16 + 12 * answers.len());
+                w.u8(kind::TOTAL_ANSWER)
+                    .varint(u64::from(origin.0))
+                    .varint(answers.len() as u64);
+                for (c, answer) in answers {
+                    w.varint(*c);
+                    match answer {
+                        Some(p) => w.u8(1).varint(p.n).varint(u64::from(p.server)),
+                        None => w.u8(0),
+                    };
+                }
+            }
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes a whole payload; any malformed or trailing byte is an error.
+    /// Priority numbers above [`MAX_PRIORITY`] are refused.
+    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(payload);
+        let message = match r.u8()? {
+            kind::TOTAL_MSG => {
+                // Flag bits other than "resent" are ignored.
+                let flags = r.u8()?;
+                TotalMessage::Chat {
+                    resent: flags & FLAG_RESENT != 0,
+                    chat: ChatMessage::read(&mut r)?,
+                }
+            }
+            kind::TOTAL_PROPOSE => TotalMessage::Propose {
+                counter: r.varint()?,
+                priority: priority_number(&mut r)?,
+            },
+            kind::TOTAL_FINAL => TotalMessage::Final {
+                counter: r.varint()?,
+                room: r.varint_u32("room")?,
+                priority: Priority {
+                    n: priority_number(&mut r)?,
+                    server: r.varint_u16("server")?,
+                },
+            },
+            kind::STREAM_START => TotalMessage::StreamStart(StreamStart::read(&mut r)?),
+            kind::TOTAL_QUERY => {
+                let origin = ServerId(r.varint_u16("server")?);
+                let incarnation = r.varint()?;
+                let n = r.varint()?;
+                // Each counter takes a byte at least: bounds the allocation.
+                if n > r.remaining() as u64 {
+                    return Err(WireError::OutOfRange("query"));
+                }
+                let counters = (0..n).map(|_| r.varint()).collect::<Result<_, _>>()?;
+                TotalMessage::Query {
+                    origin,
+                    incarnation,
+                    counters,
+                }
+            }
+            kind::TOTAL_ANSWER => {
+                let origin = ServerId(r.varint_u16("server")?);
+                let n = r.varint()?;
+                if n > r.remaining() as u64 {
+                    return Err(WireError::Truncated);
+                }
+                let mut answers = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let counter = r.varint()?;
+                    let answer = match r.u8()? {
+                        0 => None,
+                        1 => Some(Priority {
+                            n: priority_number(&mut r)?,
+                            server: r.varint_u16("server")?,
+                        }),
+                        _ => return Err(WireError::OutOfRange("answer")),
+                    };
+                    answers.push((counter, answer));
+                }
+                TotalMessage::Answer { origin, answers }
+            }
+            k => return Err(WireError::UnknownKind(k)),
+        };
+        r.finish()?;
+        Ok(message)
+    }
+}
+
 /// Most messages held back per origin. An honest origin never gets near it:
 /// it refuses posts once its link to us holds 65,536 unacknowledged
 /// payloads. Beyond it, a broken or hostile peer's messages are dropped and
 /// counted rather than allowed to exhaust memory.
-pub const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
+pub(super) const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
 
 fn release(held: &mut HashMap<ServerId, usize>, origin: ServerId) {
     if let Some(n) = held.get_mut(&origin) {
@@ -121,7 +306,7 @@ impl RecentFinals {
     }
 }
 
-pub struct Total {
+pub(super) struct Total {
     /// Priorities of this incarnation start here (its start time in
     /// microseconds): above every number an earlier incarnation of this
     /// server can have proposed, so a restarted server's proposals never
@@ -146,7 +331,7 @@ pub struct Total {
 }
 
 impl Total {
-    pub fn new(ctx: &StrategyContext) -> Self {
+    pub(super) fn new(ctx: &StrategyContext) -> Self {
         Self {
             priority_base: ctx.incarnation,
             me: ctx.me,
@@ -203,9 +388,11 @@ impl Total {
         if msg.id.origin == self.me {
             self.record_proposal(msg.id, self.me, p, out);
         } else {
-            let mut w = Writer::with_capacity(16);
-            w.u8(kind::TOTAL_PROPOSE).varint(msg.id.counter).varint(p.n);
-            out.send(Dest::Peer(msg.id.origin), w.into_bytes());
+            let proposal = TotalMessage::Propose {
+                counter: msg.id.counter,
+                priority: p.n,
+            };
+            out.send(Dest::Peer(msg.id.origin), proposal.encode());
         }
     }
 
@@ -231,13 +418,12 @@ impl Total {
             .expect("all proposals present");
         let room = round.room;
         self.rounds.remove(&id);
-        let mut w = Writer::with_capacity(20);
-        w.u8(kind::TOTAL_FINAL)
-            .varint(id.counter)
-            .varint(u64::from(room))
-            .varint(final_p.n)
-            .varint(u64::from(final_p.server));
-        out.send(Dest::AllPeers, w.into_bytes());
+        let announcement = TotalMessage::Final {
+            counter: id.counter,
+            room,
+            priority: final_p,
+        };
+        out.send(Dest::AllPeers, announcement.encode());
         self.apply_final(id, room, final_p, out);
     }
 
@@ -304,78 +490,47 @@ impl Total {
         counters: &[u64],
         out: &mut Outbox,
     ) {
-        let mut w = Writer::with_capacity(16 + 9 * counters.len());
-        w.u8(kind::TOTAL_QUERY)
-            .varint(u64::from(origin.0))
-            .varint(incarnation)
-            .varint(counters.len() as u64);
-        for &c in counters {
-            w.varint(c);
-        }
-        out.send(to, w.into_bytes());
+        let query = TotalMessage::Query {
+            origin,
+            incarnation,
+            counters: counters.to_vec(),
+        };
+        out.send(to, query.encode());
     }
 
     fn handle_query(
         &mut self,
         from: ServerId,
-        r: &mut Reader<'_>,
+        origin: ServerId,
+        incarnation: u64,
+        counters: Vec<u64>,
         out: &mut Outbox,
     ) -> Result<(), WireError> {
-        let origin = ServerId(r.varint_u16("server")?);
-        let incarnation = r.varint()?;
-        let n = r.varint()?;
-        if origin.index() >= self.servers || n > r.remaining() as u64 {
+        if origin.index() >= self.servers {
             return Err(WireError::OutOfRange("query"));
         }
-        let mut counters = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            counters.push(r.varint()?);
-        }
-        r.finish()?;
         // Mark the old incarnation dead before answering: from now on we
         // never accept a final from it, so "unknown" stays true.
         out.hint_incarnation(origin, incarnation);
         let known = self.recent_finals.get(&origin);
-        let mut w = Writer::with_capacity(16 + 12 * counters.len());
-        w.u8(kind::TOTAL_ANSWER)
-            .varint(u64::from(origin.0))
-            .varint(counters.len() as u64);
-        for c in counters {
-            w.varint(c);
-            match known.and_then(|k| k.by_counter.get(&c)) {
-                Some(p) => w.u8(1).varint(p.n).varint(u64::from(p.server)),
-                None => w.u8(0),
-            };
-        }
-        out.send(Dest::Peer(from), w.into_bytes());
+        let answers = counters
+            .into_iter()
+            .map(|c| (c, known.and_then(|k| k.by_counter.get(&c)).copied()))
+            .collect();
+        out.send(
+            Dest::Peer(from),
+            TotalMessage::Answer { origin, answers }.encode(),
+        );
         Ok(())
     }
 
     fn handle_answer(
         &mut self,
         from: ServerId,
-        r: &mut Reader<'_>,
+        origin: ServerId,
+        answers: Vec<(u64, Option<Priority>)>,
         out: &mut Outbox,
-    ) -> Result<(), WireError> {
-        let origin = ServerId(r.varint_u16("server")?);
-        let n = r.varint()?;
-        if n > r.remaining() as u64 {
-            return Err(WireError::Truncated);
-        }
-        let mut answers = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let counter = r.varint()?;
-            let answer = match r.u8()? {
-                0 => None,
-                1 => Some(Priority {
-                    n: priority_number(r)?,
-                    server: r.varint_u16("server")?,
-                }),
-                _ => return Err(WireError::OutOfRange("answer")),
-            };
-            answers.push((counter, answer));
-        }
-        r.finish()?;
+    ) {
         for (counter, answer) in answers {
             let id = MsgId { origin, counter };
             let Some(rec) = self.recoveries.get_mut(&id) else {
@@ -386,7 +541,6 @@ impl Total {
             }
             self.try_settle(id, out);
         }
-        Ok(())
     }
 
     /// Settles a recovery once one survivor knows the final, or all say no.
@@ -413,14 +567,6 @@ impl Total {
             self.drain_room(room, out);
         }
     }
-
-    fn encode_msg(msg: &StreamMsg, flags: u8) -> Bytes {
-        let body = msg.encode(kind::TOTAL_MSG);
-        // kind, flags, then the stream message fields.
-        let mut w = Writer::with_capacity(body.len() + 1);
-        w.u8(kind::TOTAL_MSG).u8(flags).raw(&body[1..]);
-        w.into_bytes()
-    }
 }
 
 impl Ordering for Total {
@@ -439,7 +585,11 @@ impl Ordering for Total {
                 proposals: vec![None; self.servers],
             },
         );
-        out.send(Dest::AllPeers, Self::encode_msg(&msg, 0));
+        let chat = TotalMessage::Chat {
+            resent: false,
+            chat: msg.to_chat(),
+        };
+        out.send(Dest::AllPeers, chat.encode());
         self.propose(msg, out);
     }
 
@@ -450,13 +600,10 @@ impl Ordering for Total {
         payload: &[u8],
         out: &mut Outbox,
     ) -> Result<(), WireError> {
-        let mut r = Reader::new(payload);
-        match r.u8()? {
-            kind::TOTAL_MSG => {
-                let flags = r.u8()?;
-                let m = StreamMsg::decode(from, &mut r)?;
-                r.finish()?;
-                if flags & FLAG_RESENT != 0 {
+        match TotalMessage::decode(payload)? {
+            TotalMessage::Chat { resent, chat } => {
+                let m = chat.into_stream_msg(from);
+                if resent {
                     // Re-sent after our restart, in stream order over the link.
                     self.propose(m, out);
                 } else {
@@ -465,37 +612,41 @@ impl Ordering for Total {
                     }
                 }
             }
-            kind::TOTAL_PROPOSE => {
-                let counter = r.varint()?;
-                let n = priority_number(&mut r)?;
-                r.finish()?;
+            TotalMessage::Propose { counter, priority } => {
                 let id = MsgId {
                     origin: self.me,
                     counter,
                 };
-                self.record_proposal(id, from, Priority { n, server: from.0 }, out);
+                let p = Priority {
+                    n: priority,
+                    server: from.0,
+                };
+                self.record_proposal(id, from, p, out);
             }
-            kind::TOTAL_FINAL => {
-                let counter = r.varint()?;
-                let room = r.varint_u32("room")?;
-                let n = priority_number(&mut r)?;
-                let server = r.varint_u16("server")?;
-                r.finish()?;
+            TotalMessage::Final {
+                counter,
+                room,
+                priority,
+            } => {
                 let id = MsgId {
                     origin: from,
                     counter,
                 };
-                self.apply_final(id, room, Priority { n, server }, out);
+                self.apply_final(id, room, priority, out);
             }
-            kind::STREAM_START => {
-                let (room, next) = decode_stream_start(&mut r)?;
-                for m in self.streams.restart_at(from, room, next) {
+            TotalMessage::StreamStart(start) => {
+                for m in self.streams.restart_at(from, start.room, start.next) {
                     self.propose(m, out);
                 }
             }
-            kind::TOTAL_QUERY => self.handle_query(from, &mut r, out)?,
-            kind::TOTAL_ANSWER => self.handle_answer(from, &mut r, out)?,
-            k => return Err(WireError::UnknownKind(k)),
+            TotalMessage::Query {
+                origin,
+                incarnation,
+                counters,
+            } => self.handle_query(from, origin, incarnation, counters, out)?,
+            TotalMessage::Answer { origin, answers } => {
+                self.handle_answer(from, origin, answers, out);
+            }
         }
         Ok(())
     }
@@ -600,7 +751,11 @@ impl Ordering for Total {
             });
         }
         for m in resend {
-            out.send(Dest::Peer(peer), Self::encode_msg(&m, FLAG_RESENT));
+            let chat = TotalMessage::Chat {
+                resent: true,
+                chat: m.to_chat(),
+            };
+            out.send(Dest::Peer(peer), chat.encode());
         }
     }
 
@@ -624,19 +779,5 @@ inventory::submit! {
         summary: "one identical order per room for all members (ISIS/Skeen agreement, leaderless), keeping each sender's order",
         guarantees: Guarantees { fifo: true, total: true, causal: false },
         build,
-    }
-}
-
-#[cfg(test)]
-impl Total {
-    /// (room, priority, id, final) of every held message, for debugging.
-    pub fn dump(&self) -> Vec<(RoomId, Priority, MsgId, bool)> {
-        let mut v: Vec<_> = self
-            .rooms
-            .iter()
-            .flat_map(|(&r, q)| q.queue.iter().map(move |(&p, h)| (r, p, h.id, h.is_final)))
-            .collect();
-        v.sort_unstable();
-        v
     }
 }

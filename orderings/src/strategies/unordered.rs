@@ -1,22 +1,22 @@
 //! `unordered`: deliver each message as soon as it arrives.
 
 use super::kind;
-use super::stream::StreamMsg;
+use super::stream::{ChatMessage, StreamMessage};
 use crate::registry::{Guarantees, StrategySpec};
-use crate::wire::{Reader, WireError};
+use crate::wire::WireError;
 use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategyStats, Time};
 
-pub struct Unordered;
+pub(super) struct Unordered;
 
 impl Ordering for Unordered {
     fn handle_post(&mut self, _now: Time, post: Post, out: &mut Outbox) {
-        let msg = StreamMsg {
-            id: post.id,
+        let msg = ChatMessage {
+            counter: post.id.counter,
             room: post.room,
             seq: 0,
             line: post.line.clone(),
         };
-        out.send(Dest::AllPeers, msg.encode(kind::CHAT));
+        out.send(Dest::AllPeers, StreamMessage::Chat(msg).encode());
         out.deliver(post);
     }
 
@@ -27,15 +27,13 @@ impl Ordering for Unordered {
         payload: &[u8],
         out: &mut Outbox,
     ) -> Result<(), WireError> {
-        let mut r = Reader::new(payload);
-        match r.u8()? {
-            kind::CHAT => {
-                let m = StreamMsg::decode(from, &mut r)?;
-                r.finish()?;
-                out.deliver(m.into());
+        match StreamMessage::decode(payload)? {
+            StreamMessage::Chat(m) => {
+                out.deliver(m.into_stream_msg(from).into());
                 Ok(())
             }
-            k => Err(WireError::UnknownKind(k)),
+            // Unordered keeps no streams: a stream start is not for it.
+            StreamMessage::Start(_) => Err(WireError::UnknownKind(kind::STREAM_START)),
         }
     }
 

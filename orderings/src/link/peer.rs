@@ -27,23 +27,14 @@
 //! Every datagram also carries how many of the receiver's messages (of its
 //! current incarnation) the sender has delivered: the origin's admission
 //! window ([`crate::replica`]) is built on it.
+//!
+//! The datagram format itself is [`super::datagram`]'s.
 
-use crate::wire::{Reader, WireError, Writer, stuff_into, stuffed_len, unstuff};
-use crate::{ServerId, Time};
+use super::datagram::{Datagram, MAC_LEN};
+use crate::Time;
+use crate::wire::stuffed_len;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
-
-/// First byte of every server-to-server datagram.
-pub const MAGIC: u8 = 0xC5;
-/// Wire version; bumped on any incompatible change.
-pub const VERSION: u8 = 2;
-/// Length of the authentication tag when a cluster secret is set.
-pub const MAC_LEN: usize = 16;
-
-const FLAG_MAC: u8 = 0x01;
-/// "Tell me your delivery count now": the sender's admission window is
-/// full because of us (a report may have been lost).
-const FLAG_REPORT: u8 = 0x02;
 
 /// Tunables of a link.
 #[derive(Debug, Clone)]
@@ -55,8 +46,11 @@ pub struct LinkConfig {
     pub max_datagram: usize,
     /// How long an acknowledgement may wait for a data datagram to ride on.
     pub ack_delay_us: u64,
+    /// Retransmission timeout floor.
     pub min_rto_us: u64,
+    /// Retransmission timeout ceiling (back-off stops here).
     pub max_rto_us: u64,
+    /// Retransmission timeout before the first round-trip sample.
     pub initial_rto_us: u64,
     /// A datagram goes to every peer at least this often (keep-alive and
     /// incarnation discovery).
@@ -92,18 +86,27 @@ impl Default for LinkConfig {
 /// Counters of one link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkStats {
+    /// Datagrams sent to the peer.
     pub datagrams_sent: u64,
+    /// Datagrams from the peer's current incarnation accepted.
     pub datagrams_received: u64,
+    /// Frames put into datagrams, retransmissions included.
     pub frames_sent: u64,
+    /// Frames handed on in order, exactly once.
     pub frames_delivered: u64,
+    /// Frames sent again.
     pub retransmissions: u64,
+    /// Frames received again.
     pub duplicates: u64,
+    /// Datagrams or frames of another incarnation (or far out of window).
     pub stale: u64,
+    /// Times the peer turned out to have restarted.
     pub peer_restarts: u64,
     /// Datagrams refused for naming an incarnation beyond the skew bound.
     pub future_incarnations: u64,
     /// Claims of a new incarnation without proof (answered with a probe).
     pub unproven_claims: u64,
+    /// Probes sent to claimed incarnations.
     pub probes_sent: u64,
 }
 
@@ -118,153 +121,9 @@ struct OutFrame {
     resend: bool,
 }
 
-/// Decoded header and control part of a datagram.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Datagram<'a> {
-    pub src_incarnation: u64,
-    pub dst_incarnation: u64,
-    /// All frames up to and including this sequence number were received.
-    pub ack: u64,
-    /// How many messages of the receiver's current incarnation the sender
-    /// has delivered (the receiver's admission window is built on it).
-    pub delivered: u64,
-    /// The sender asks for an immediate delivery report.
-    pub report_wanted: bool,
-    /// Ranges `(first, count)` above `ack` that the receiver is missing.
-    pub gaps: Vec<(u64, u64)>,
-    pub frames: Vec<(u64, &'a [u8])>,
-}
-
-impl<'a> Datagram<'a> {
-    /// Encodes without stuffing (the MAC, if any, covers these bytes).
-    pub fn encode_raw(&self, authenticated: bool) -> Vec<u8> {
-        let mut w =
-            Writer::with_capacity(64 + self.frames.iter().map(|f| f.1.len() + 6).sum::<usize>());
-        w.u8(MAGIC)
-            .u8(VERSION)
-            .u8(if authenticated { FLAG_MAC } else { 0 }
-                | if self.report_wanted { FLAG_REPORT } else { 0 });
-        w.varint(self.src_incarnation)
-            .varint(self.dst_incarnation)
-            .varint(self.ack)
-            .varint(self.delivered);
-        w.varint(self.gaps.len() as u64);
-        for &(first, count) in &self.gaps {
-            w.varint(first).varint(count);
-        }
-        w.varint(self.frames.len() as u64);
-        for &(seq, payload) in &self.frames {
-            w.varint(seq).bytes(payload);
-        }
-        w.finish()
-    }
-
-    /// Decodes raw (unstuffed) bytes, MAC already removed. Returns the
-    /// datagram and whether its flags say it carries a MAC.
-    pub fn decode_raw(buf: &'a [u8]) -> Result<(Datagram<'a>, bool), WireError> {
-        let mut r = Reader::new(buf);
-        if r.u8()? != MAGIC {
-            return Err(WireError::BadMagic);
-        }
-        let v = r.u8()?;
-        if v != VERSION {
-            return Err(WireError::Version(v));
-        }
-        let flags = r.u8()?;
-        if flags & !(FLAG_MAC | FLAG_REPORT) != 0 {
-            return Err(WireError::OutOfRange("flags"));
-        }
-        let src_incarnation = r.varint()?;
-        let dst_incarnation = r.varint()?;
-        let ack = r.varint()?;
-        let delivered = r.varint()?;
-        let ngaps = r.varint()?;
-        if ngaps > 64 {
-            return Err(WireError::OutOfRange("gap count"));
-        }
-        let mut gaps = Vec::with_capacity(ngaps as usize);
-        for _ in 0..ngaps {
-            gaps.push((r.varint()?, r.varint()?));
-        }
-        let nframes = r.varint()?;
-        if nframes > r.remaining() as u64 {
-            return Err(WireError::Truncated);
-        }
-        let mut frames = Vec::with_capacity(nframes as usize);
-        for _ in 0..nframes {
-            let seq = r.varint()?;
-            frames.push((seq, r.bytes()?));
-        }
-        r.finish()?;
-        Ok((
-            Datagram {
-                src_incarnation,
-                dst_incarnation,
-                ack,
-                delivered,
-                report_wanted: flags & FLAG_REPORT != 0,
-                gaps,
-                frames,
-            },
-            flags & FLAG_MAC != 0,
-        ))
-    }
-}
-
-/// Computes the tag of `raw` under `key`.
-pub fn mac(key: &[u8; 32], raw: &[u8]) -> [u8; MAC_LEN] {
-    let full = blake3::keyed_hash(key, raw);
-    let mut tag = [0u8; MAC_LEN];
-    tag.copy_from_slice(&full.as_bytes()[..MAC_LEN]);
-    tag
-}
-
-/// Stuffs a raw datagram, appending its MAC when a key is given.
-pub fn seal(raw: &[u8], key: Option<&[u8; 32]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + MAC_LEN + 16);
-    stuff_into(raw, &mut out);
-    if let Some(k) = key {
-        stuff_into(&mac(k, raw), &mut out);
-    }
-    out
-}
-
-/// Unstuffs a datagram and checks its MAC. With a key, a datagram without
-/// a valid tag is refused; without a key, a datagram that carries one is
-/// refused too (the two servers disagree on the secret).
-pub fn open(wire: &[u8], key: Option<&[u8; 32]>) -> Result<Vec<u8>, WireError> {
-    let mut raw = unstuff(wire)?;
-    if raw.len() < 3 || raw[0] != MAGIC {
-        return Err(WireError::BadMagic);
-    }
-    let flagged = raw[2] & FLAG_MAC != 0;
-    match key {
-        Some(k) => {
-            if !flagged || raw.len() < 3 + MAC_LEN {
-                return Err(WireError::BadMac);
-            }
-            let body_len = raw.len() - MAC_LEN;
-            let expected = mac(k, &raw[..body_len]);
-            // Constant-time comparison via blake3's Hash equality is not
-            // available for truncated tags; fold the difference instead.
-            let diff = expected
-                .iter()
-                .zip(&raw[body_len..])
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff != 0 {
-                return Err(WireError::BadMac);
-            }
-            raw.truncate(body_len);
-            Ok(raw)
-        }
-        None if flagged => Err(WireError::BadMac),
-        None => Ok(raw),
-    }
-}
-
 /// What happened when a datagram arrived on a link.
 #[derive(Debug, Default)]
-pub struct Received {
+pub(crate) struct Received {
     /// The peer is a new incarnation: everything from before is void.
     pub peer_restarted: bool,
     /// First datagram ever from this peer.
@@ -278,8 +137,7 @@ pub struct Received {
 
 /// The link to one peer.
 #[derive(Debug)]
-pub struct PeerLink {
-    pub peer: ServerId,
+pub(crate) struct PeerLink {
     cfg: LinkConfig,
     my_incarnation: u64,
     /// The peer's incarnation as last seen; 0 while unknown.
@@ -315,10 +173,9 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
-    pub fn new(peer: ServerId, my_incarnation: u64, cfg: LinkConfig) -> Self {
+    pub(crate) fn new(my_incarnation: u64, cfg: LinkConfig) -> Self {
         let rto = cfg.initial_rto_us;
         Self {
-            peer,
             cfg,
             my_incarnation,
             peer_incarnation: 0,
@@ -342,26 +199,17 @@ impl PeerLink {
         }
     }
 
-    pub fn peer_incarnation(&self) -> u64 {
+    pub(crate) fn peer_incarnation(&self) -> u64 {
         self.peer_incarnation
     }
 
     /// Frames accepted but not yet acknowledged by the peer.
-    pub fn backlog(&self) -> usize {
+    pub(crate) fn backlog(&self) -> usize {
         self.queue.len()
     }
 
-    /// Frames received early, waiting for a gap to fill.
-    pub fn early_frames(&self) -> usize {
-        self.early.len()
-    }
-
-    pub fn rto_us(&self) -> u64 {
-        self.rto_us
-    }
-
     /// Queues a payload for the peer.
-    pub fn push(&mut self, payload: Bytes) {
+    pub(crate) fn push(&mut self, payload: Bytes) {
         self.queue.push_back(OutFrame {
             seq: self.next_seq,
             payload,
@@ -401,7 +249,7 @@ impl PeerLink {
     /// Our admission window is full because of this peer: ask it for a
     /// delivery report (at most once per retransmission timeout, since the
     /// report itself may be lost).
-    pub fn request_report(&mut self, now: Time) {
+    pub(crate) fn request_report(&mut self, now: Time) {
         if self.peer_incarnation != 0
             && self
                 .last_report_request
@@ -415,7 +263,7 @@ impl PeerLink {
     /// Our count of the peer's delivered messages advanced to `count`:
     /// when it ran far enough ahead of the last report, report it soon even
     /// without other traffic (the peer's admission may be waiting for it).
-    pub fn note_delivered(&mut self, now: Time, count: u64) {
+    pub(crate) fn note_delivered(&mut self, now: Time, count: u64) {
         if count >= self.delivered_reported + self.cfg.delivered_report_every.max(1)
             && self.peer_incarnation != 0
         {
@@ -426,7 +274,7 @@ impl PeerLink {
 
     /// A third party says the peer runs `incarnation` (or later). Returns
     /// `Some(restarted)` when that is news: the link then starts afresh.
-    pub fn learn_incarnation(
+    pub(crate) fn learn_incarnation(
         &mut self,
         now: Time,
         clock_at_zero: u64,
@@ -453,7 +301,7 @@ impl PeerLink {
     /// Handles a decoded datagram from the peer. `clock_at_zero` is the
     /// incarnation clock's reading at `Time::ZERO` (see
     /// [`crate::replica::ReplicaConfig::clock_at_zero`]).
-    pub fn receive(&mut self, now: Time, clock_at_zero: u64, d: &Datagram<'_>) -> Received {
+    pub(crate) fn receive(&mut self, now: Time, clock_at_zero: u64, d: &Datagram<'_>) -> Received {
         let mut out = Received::default();
         if d.dst_incarnation != 0 && d.dst_incarnation != self.my_incarnation {
             // Addressed to an earlier life of ours.
@@ -619,7 +467,7 @@ impl PeerLink {
 
     /// When this link next needs [`PeerLink::handle_timeout`] or has a
     /// datagram due.
-    pub fn poll_timeout(&self) -> Option<Time> {
+    pub(crate) fn poll_timeout(&self) -> Option<Time> {
         let mut t = self.ack_due;
         let mut consider = |x: Time| t = Some(t.map_or(x, |y: Time| y.min(x)));
         if let Some(oldest) = self
@@ -644,7 +492,7 @@ impl PeerLink {
     }
 
     /// Marks frames whose retransmission timer expired.
-    pub fn handle_timeout(&mut self, now: Time) {
+    pub(crate) fn handle_timeout(&mut self, now: Time) {
         let mut fired = false;
         for f in self.queue.iter_mut().take(self.first_unsent) {
             if let Some(sent) = f.sent_at
@@ -702,7 +550,7 @@ impl PeerLink {
     /// The next datagram for this peer, raw (not yet stuffed or sealed).
     /// `delivered` is how many of the peer's messages (of its current
     /// incarnation) we have delivered.
-    pub fn poll_datagram(
+    pub(crate) fn poll_datagram(
         &mut self,
         now: Time,
         authenticated: bool,
@@ -812,11 +660,12 @@ fn frame_cost(f: &OutFrame) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::datagram::{open_datagram, seal_datagram};
 
     fn pair() -> (PeerLink, PeerLink) {
         let cfg = LinkConfig::default();
-        let mut a = PeerLink::new(ServerId(1), 11, cfg.clone());
-        let mut b = PeerLink::new(ServerId(0), 22, cfg);
+        let mut a = PeerLink::new(11, cfg.clone());
+        let mut b = PeerLink::new(22, cfg);
         // The exchange that introduces the two: a's heartbeat, b's probe
         // (a adopts b), a's answer (b adopts a).
         carry(&mut a, &mut b, Time(0));
@@ -830,8 +679,8 @@ mod tests {
     #[test]
     fn frames_wait_until_the_peer_is_known() {
         let cfg = LinkConfig::default();
-        let mut a = PeerLink::new(ServerId(1), 11, cfg.clone());
-        let mut b = PeerLink::new(ServerId(0), 22, cfg);
+        let mut a = PeerLink::new(11, cfg.clone());
+        let mut b = PeerLink::new(22, cfg);
         a.push(Bytes::from_static(b"early"));
         let raw = a.poll_datagram(Time(0), false, 0).expect("heartbeat");
         let (d, _) = Datagram::decode_raw(&raw).unwrap();
@@ -908,9 +757,9 @@ mod tests {
     fn carry(from: &mut PeerLink, to: &mut PeerLink, now: Time) -> Vec<Bytes> {
         let mut got = Vec::new();
         while let Some(raw) = from.poll_datagram(now, false, 0) {
-            let wire = seal(&raw, None);
+            let wire = seal_datagram(&raw, None);
             assert!(!wire.contains(&0));
-            let raw = open(&wire, None).unwrap();
+            let raw = open_datagram(&wire, None).unwrap();
             let (d, _) = Datagram::decode_raw(&raw).unwrap();
             got.extend(to.receive(now, 0, &d).payloads);
         }
@@ -958,7 +807,7 @@ mod tests {
         a.push(Bytes::from_static(b"one"));
         assert_eq!(carry(&mut a, &mut b, Time(0)).len(), 1);
         // a restarts as incarnation 33.
-        let mut a2 = PeerLink::new(ServerId(1), 33, LinkConfig::default());
+        let mut a2 = PeerLink::new(33, LinkConfig::default());
         a2.learn_incarnation(Time(5), 0, 22);
         a2.push(Bytes::from_static(b"fresh"));
         let raw = a2.poll_datagram(Time(5), false, 0).unwrap();
@@ -972,32 +821,5 @@ mod tests {
         let (d, _) = Datagram::decode_raw(&raw).unwrap();
         assert!(b.receive(Time(6), 0, &d).payloads.is_empty());
         assert_eq!(b.stats.stale, 1);
-    }
-
-    #[test]
-    fn mac_rejects_tampering() {
-        let key = [7u8; 32];
-        let d = Datagram {
-            src_incarnation: 1,
-            dst_incarnation: 2,
-            ack: 3,
-            delivered: 4,
-            report_wanted: true,
-            gaps: vec![],
-            frames: vec![(1, b"hello\0world")],
-        };
-        let raw = d.encode_raw(true);
-        let wire = seal(&raw, Some(&key));
-        assert!(!wire.contains(&0));
-        assert_eq!(open(&wire, Some(&key)).unwrap(), raw);
-        let mut bad = wire.clone();
-        let n = bad.len();
-        bad[n / 2] ^= 0x40;
-        assert!(open(&bad, Some(&key)).is_err());
-        assert_eq!(open(&wire, Some(&[8u8; 32])), Err(WireError::BadMac));
-        assert_eq!(
-            open(&seal(&d.encode_raw(false), None), Some(&key)),
-            Err(WireError::BadMac)
-        );
     }
 }

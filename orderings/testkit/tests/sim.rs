@@ -1,12 +1,12 @@
 //! The deterministic simulator over many seeds, for every registered
 //! strategy. A failure prints its seed, the scenario and a trace; re-run one
-//! seed alone with `SIM_SEED=1234 cargo test -p orderings --test sim -- --nocapture`.
+//! seed alone with `SIM_SEED=1234 cargo test -p testkit --test sim -- --nocapture`.
 //! `SIM_SEEDS=N` changes how many seeds each test runs.
 
-use orderings::check::Properties;
-use orderings::rng::SimRng;
-use orderings::sim::{self, Crash, Network, SimConfig};
 use orderings::{ServerId, Time, registered};
+use testkit::SimRng;
+use testkit::check::Properties;
+use testkit::sim::{self, Crash, Network, SimConfig};
 
 fn seeds(default: u64) -> Vec<u64> {
     if let Ok(s) = std::env::var("SIM_SEED") {
@@ -164,7 +164,7 @@ fn every_builtin_strategy_is_registered_once() {
             "strategy {want} missing from {names:?}"
         );
     }
-    assert!(orderings::registry::duplicate_names().is_empty());
+    assert!(orderings::duplicate_names().is_empty());
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "registry lists names sorted");

@@ -13,20 +13,20 @@
 //! `interval / clients`, so the total load is evenly spaced.
 //!
 //! After the run, each member's sends and deliveries are merged by time into
-//! an [`orderings::check::History`] and checked against the mode's
+//! an [`testkit::check::History`] and checked against the mode's
 //! guarantees; latencies (send -> delivery, at every member, the sender
 //! included) go into an HDR histogram in nanoseconds.
 
-use crate::proxy::bind_udp;
-use crate::stress_load::{body, parse_delivery};
+use crate::load::{SetupReply, body, parse_delivery};
+use crate::net::bind_udp;
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use orderings::check::{History, MessageId, Properties, Report};
 use serde::Serialize;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use testkit::check::{History, MessageId, Properties, Report};
 
 const CLIENT_BUFFER: usize = 8 << 20;
 
@@ -194,21 +194,14 @@ fn exchange(
             }
             sock.set_read_timeout(Some(left))?;
             match sock.recv(&mut buf) {
-                Ok(n) => {
-                    // Address confirmation (issue 13) may come during setup.
-                    if let Some(token) = client::confirm_token(&buf[..n]) {
-                        let _ = sock.send(&client::confirm_reply(token));
-                        continue;
+                Ok(n) => match SetupReply::of(&buf[..n]) {
+                    SetupReply::Confirm(answer) => {
+                        let _ = sock.send(&answer);
                     }
-                    if client::is_confirm_answer(&buf[..n]) {
-                        continue;
-                    }
-                    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    if ok(&reply) {
-                        return Ok(());
-                    }
-                    last = reply;
-                }
+                    SetupReply::Confirmed => {}
+                    SetupReply::Line(reply) if ok(&reply) => return Ok(()),
+                    SetupReply::Line(reply) => last = reply,
+                },
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -309,7 +302,7 @@ pub fn run(plan: &LatencyPlan) -> anyhow::Result<LatencyResult> {
                             Err(_) => continue,
                         };
                         let at = sh.now_ns();
-                        // Address confirmation (issue 13): answered at
+                        // An address-confirmation request: answered at
                         // once, not a delivery nor an odd line.
                         if let Some(token) = client::confirm_token(&buf[..n]) {
                             let _ = sock.send(&client::confirm_reply(token));

@@ -1,17 +1,23 @@
 //! `launcher up/check/status/down`.
 //!
-//! `up` runs every node of a cluster file under [`crate::supervise`] and
+//! `up` runs every node of a cluster file under the [`supervisor`] and
 //! keeps `STATE_DIR/launcher.json` current; `status` and `down` work from
 //! that file in another terminal, checking each pid's start time in `/proc`
 //! before trusting (or signalling) it.
 
-use crate::output::{Output, want_colour};
-use crate::plan::{self, Plan, SecretPlan};
-use crate::state::{self, StateFile};
+mod output;
+mod supervisor;
+
+use crate::cluster::fault_proxy;
+use crate::cluster::plan::{self, Plan, SecretPlan};
+use crate::cluster::process::{self, StopEnd};
+use crate::cluster::procfs;
+use crate::cluster::state::{self, StateFile};
 use anyhow::Context;
 use clap::Args;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use output::{Output, want_colour};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -50,7 +56,7 @@ const NOT_RUNNING: u8 = 3;
 
 /// The running launcher of a state file, if it is still the same process.
 fn live_launcher(st: &StateFile) -> bool {
-    state::is_same_process(st.launcher_pid, st.launcher_start_time)
+    procfs::is_same_process(st.launcher_pid, st.launcher_start_time)
 }
 
 fn refuse_if_running(plan: &Plan) -> anyhow::Result<()> {
@@ -80,7 +86,7 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create log files in {}", plan.log_dir().display()))?;
     out.global(&format!(
         "cluster {}: {} node{} from {}; {}",
-        plan.cfg.name,
+        plan.settings.name,
         plan.nodes.len(),
         if plan.nodes.len() == 1 { "" } else { "s" },
         plan.config_path.display(),
@@ -96,7 +102,7 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     // With [faults], the proxy sits on the forwarding addresses for the
     // whole life of the cluster.
-    let proxy = match &plan.cfg.faults {
+    let proxy = match &plan.settings.faults {
         Some(f) => {
             if plan.cfg.servers.iter().any(|s| s.forward == s.bind) {
                 anyhow::bail!(
@@ -104,8 +110,8 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
                     plan.cfg.source.display()
                 );
             }
-            let handle = crate::proxy::spawn_for_up(&plan.cfg)
-                .context("starting the fault-injecting proxy")?;
+            let handle =
+                fault_proxy::spawn(&plan.cfg, f).context("starting the fault-injecting proxy")?;
             out.global(&format!(
                 "proxy on the forwarding addresses: delay {}..{} ms, loss {}, duplicate {}, seed {}",
                 f.delay_min_ms, f.delay_max_ms, f.loss, f.duplicate, f.seed
@@ -114,7 +120,7 @@ pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let result = crate::supervise::run(plan, out);
+    let result = supervisor::run(plan, out);
     // Every node is gone: nothing else writes to stdout any more.
     if let Some(p) = proxy {
         match p.stop() {
@@ -190,12 +196,12 @@ pub fn run_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let cfg = plan::load_config(&a.file)?;
-    let path = plan::state_file(&cfg)?;
+    let settings = plan::load_config(&a.file)?.settings;
+    let path = plan::state_file(&settings)?;
     let Some(st) = state::read(&path)? else {
         crate::outln!(
             "cluster {}: not running (no state file {})",
-            cfg.name,
+            settings.name,
             path.display()
         );
         return Ok(ExitCode::from(NOT_RUNNING));
@@ -234,7 +240,7 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     for n in &st.nodes {
         let alive = match (n.pid, n.start_time) {
-            (Some(p), Some(t)) => state::is_same_process(p, t),
+            (Some(p), Some(t)) => procfs::is_same_process(p, t),
             _ => false,
         };
         let pid = n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
@@ -256,27 +262,14 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Polls `gone` until it holds or `deadline` passes.
-fn wait_until(deadline: Instant, mut gone: impl FnMut() -> bool) -> bool {
-    loop {
-        if gone() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
-    let cfg = plan::load_config(&a.file)?;
-    let path = plan::state_file(&cfg)?;
+    let settings = plan::load_config(&a.file)?.settings;
+    let path = plan::state_file(&settings)?;
     let Some(st) = state::read(&path)? else {
-        crate::outln!("cluster {}: not running", cfg.name);
+        crate::outln!("cluster {}: not running", settings.name);
         return Ok(ExitCode::SUCCESS);
     };
-    let stop_timeout = Duration::from_millis(cfg.supervise.stop_timeout_ms);
+    let stop_timeout = Duration::from_millis(settings.supervise.stop_timeout_ms);
     // The launcher gives each node stop_timeout, then SIGKILLs it.
     let deadline = Instant::now() + stop_timeout + Duration::from_secs(5);
     if live_launcher(&st) {
@@ -286,7 +279,7 @@ pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
             Err(e) => anyhow::bail!("cannot signal launcher pid {pid}: {e}"),
         }
         crate::outln!("cluster {}: sent SIGTERM to launcher pid {pid}", st.cluster);
-        if !wait_until(deadline, || !live_launcher(&st)) {
+        if !process::wait_until(deadline, || !live_launcher(&st)) {
             anyhow::bail!(
                 "launcher pid {pid} is still running {} s after SIGTERM",
                 (stop_timeout + Duration::from_secs(5)).as_secs()
@@ -301,33 +294,38 @@ pub fn run_down(a: DownArgs) -> anyhow::Result<ExitCode> {
         .nodes
         .iter()
         .filter_map(|n| Some((n.pid?, n.start_time?, n.name.as_str())))
-        .filter(|(p, t, _)| state::is_same_process(*p, *t))
+        .filter(|(p, t, _)| procfs::is_same_process(*p, *t))
         .collect();
-    for (pid, _, name) in &alive {
-        crate::outln!(
-            "cluster {}: {name} (pid {pid}) outlived its launcher; sending SIGTERM",
-            st.cluster
-        );
-        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
-    }
-    let all_gone = || {
-        alive
-            .iter()
-            .all(|(p, t, _)| !state::is_same_process(*p, *t))
-    };
-    if !wait_until(Instant::now() + stop_timeout, all_gone) {
-        for (pid, t, name) in &alive {
-            if state::is_same_process(*pid, *t) {
-                crate::outln!(
-                    "cluster {}: {name} (pid {pid}) ignored SIGTERM; sending SIGKILL",
-                    st.cluster
-                );
-                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    let end = process::stop_gracefully(
+        Signal::SIGTERM,
+        stop_timeout,
+        |sig| {
+            for (pid, t, name) in &alive {
+                if !procfs::is_same_process(*pid, *t) {
+                    continue;
+                }
+                if sig == Signal::SIGKILL {
+                    crate::outln!(
+                        "cluster {}: {name} (pid {pid}) ignored SIGTERM; sending SIGKILL",
+                        st.cluster
+                    );
+                } else {
+                    crate::outln!(
+                        "cluster {}: {name} (pid {pid}) outlived its launcher; sending SIGTERM",
+                        st.cluster
+                    );
+                }
+                let _ = kill(Pid::from_raw(*pid), sig);
             }
-        }
-        if !wait_until(deadline, all_gone) {
-            anyhow::bail!("some nodes of cluster {} are still running", st.cluster);
-        }
+        },
+        || {
+            alive
+                .iter()
+                .all(|(p, t, _)| !procfs::is_same_process(*p, *t))
+        },
+    );
+    if end == StopEnd::StillRunning {
+        anyhow::bail!("some nodes of cluster {} are still running", st.cluster);
     }
     std::fs::remove_file(&path)
         .with_context(|| format!("cannot remove stale state file {}", path.display()))?;

@@ -8,7 +8,7 @@
 //! `loss`, and duplicated with probability `duplicate` (the copy gets its own
 //! delay). Packets from any other source are dropped and counted.
 //!
-//! Decisions are drawn from one seeded [`SimRng`] per link (i -> j), in the
+//! Decisions are drawn from one seeded [`fastrand::Rng`] per link (i -> j), in the
 //! order packets arrive on that link: the same seed and the same packets on a
 //! link give the same drops, duplicates and delays, whatever happens on other
 //! links. Each packet draws exactly four numbers (loss, delay, duplicate,
@@ -18,22 +18,20 @@
 //! sends every held packet at once (counted as `flushed`), so nothing that it
 //! decided to forward is lost by stopping it.
 //!
-//! Library entries: [`spawn`] (a thread with its own runtime, for
-//! `launcher up` and `launcher stress`), [`run_proxy`] (an async function for
-//! a caller's runtime) and [`run`] (the subcommand).
+//! Entries: [`spawn`] (a thread with its own runtime, for `launcher up` and
+//! `launcher stress`) and [`serve`] (an async function for a caller's
+//! runtime, as `launcher proxy` uses).
 
+use super::settings::FaultConfig;
 use anyhow::{Context, bail};
 use clap::Args;
-use node::config::{ClusterConfig, FaultConfig};
-use orderings::rng::SimRng;
+use node::config::ClusterConfig;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -46,15 +44,6 @@ pub const MAX_DATAGRAM: usize = 65_536;
 
 /// Socket buffer size the proxy asks for (it holds bursts for all servers).
 const SOCKET_BUFFER: usize = 8 << 20;
-
-#[derive(Debug, Args)]
-pub struct ProxyArgs {
-    /// Cluster file (legacy lines `FWD,BIND` or TOML); every server needs a
-    /// forwarding address different from its bind address.
-    pub file: PathBuf,
-    #[command(flatten)]
-    pub faults: FaultArgs,
-}
 
 /// Fault options shared by `launcher proxy` and `launcher stress`; each
 /// defaults to the file's `[faults]`, else none.
@@ -80,6 +69,25 @@ impl FaultArgs {
             || self.loss.is_some()
             || self.duplicate.is_some()
             || self.seed.is_some()
+    }
+
+    /// These options over the file's `[faults]` (or none).
+    pub fn over(&self, file: Option<&FaultConfig>) -> FaultConfig {
+        let mut f = file.cloned().unwrap_or_default();
+        if let Some((lo, hi)) = self.delay {
+            f.delay_min_ms = lo;
+            f.delay_max_ms = hi;
+        }
+        if let Some(p) = self.loss {
+            f.loss = p;
+        }
+        if let Some(p) = self.duplicate {
+            f.duplicate = p;
+        }
+        if let Some(s) = self.seed {
+            f.seed = s;
+        }
+        f
     }
 }
 
@@ -248,43 +256,6 @@ impl ProxyPlan {
     }
 }
 
-/// Creates a UDP socket with large buffers bound to `addr` (std, non-blocking).
-pub fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    set_buffers(&sock, buffer);
-    sock.bind(&addr.into())?;
-    sock.set_nonblocking(true)?;
-    Ok(sock.into())
-}
-
-/// Asks for `size`-byte send and receive buffers; past `rmem_max` with
-/// `SO_*BUFFORCE` when allowed. Best effort.
-fn set_buffers(sock: &socket2::Socket, size: usize) {
-    use std::os::fd::AsRawFd;
-    let _ = sock.set_recv_buffer_size(size);
-    let _ = sock.set_send_buffer_size(size);
-    let fd = sock.as_raw_fd();
-    let v = size as libc::c_int;
-    for (opt, got) in [
-        (libc::SO_RCVBUFFORCE, sock.recv_buffer_size().unwrap_or(0)),
-        (libc::SO_SNDBUFFORCE, sock.send_buffer_size().unwrap_or(0)),
-    ] {
-        if got < size {
-            // SAFETY: plain setsockopt on a socket we own, with a c_int value.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    &v as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-    }
-}
-
 /// A plan with its forwarding sockets bound (synchronously, so that errors
 /// such as "address in use" surface before anything runs).
 #[derive(Debug)]
@@ -297,7 +268,7 @@ impl BoundProxy {
     pub fn bind(plan: ProxyPlan) -> anyhow::Result<BoundProxy> {
         let mut sockets = Vec::with_capacity(plan.forwards.len());
         for (i, &a) in plan.forwards.iter().enumerate() {
-            let s = bind_udp(a, SOCKET_BUFFER).with_context(|| {
+            let s = crate::net::bind_udp(a, SOCKET_BUFFER).with_context(|| {
                 format!(
                     "proxy: cannot bind forwarding address {a} of server {}",
                     i + 1
@@ -309,11 +280,12 @@ impl BoundProxy {
     }
 }
 
-/// The per-link generator: independent of every other link's traffic.
-fn link_rng(seed: u64, from: usize, to: usize) -> SimRng {
-    let salt = SimRng::new(seed).next_u64();
+/// The per-link generator: reproducible from the seed and independent of
+/// every other link's traffic.
+fn link_rng(seed: u64, from: usize, to: usize) -> fastrand::Rng {
+    let salt = fastrand::Rng::with_seed(seed).u64(..);
     let link = ((from as u64) << 32) | to as u64;
-    SimRng::new(salt ^ link.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+    fastrand::Rng::with_seed(salt ^ link.wrapping_mul(0xD6E8_FEB8_6659_FD93))
 }
 
 /// What happens to one packet.
@@ -325,10 +297,10 @@ pub struct Decision {
     pub duplicate: Option<u64>,
 }
 
-/// The decision maker of one link (exposed for tests and the simulator).
+/// The decision maker of one link.
 #[derive(Debug, Clone)]
 pub struct LinkFaults {
-    rng: SimRng,
+    rng: fastrand::Rng,
     loss: f64,
     duplicate: f64,
     min_us: u64,
@@ -350,10 +322,10 @@ impl LinkFaults {
 
     /// Decides the next packet's fate (always four draws).
     pub fn decide(&mut self) -> Decision {
-        let drop = self.rng.unit() < self.loss;
-        let delay_us = self.min_us + self.rng.below(self.span_us + 1);
-        let dup = self.rng.unit() < self.duplicate;
-        let dup_delay = self.min_us + self.rng.below(self.span_us + 1);
+        let drop = self.rng.f64() < self.loss;
+        let delay_us = self.min_us + self.rng.u64(..=self.span_us);
+        let dup = self.rng.f64() < self.duplicate;
+        let dup_delay = self.min_us + self.rng.u64(..=self.span_us);
         Decision {
             drop,
             delay_us,
@@ -386,17 +358,6 @@ impl Ord for Held {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         (self.due, self.n).cmp(&(o.due, o.n))
     }
-}
-
-/// Binds the plan of `cfg` and serves it until `shutdown` completes.
-pub async fn run_proxy(
-    cfg: &ClusterConfig,
-    faults: &FaultConfig,
-    counters: Arc<ProxyCounters>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let bound = BoundProxy::bind(ProxyPlan::from_config(cfg)?)?;
-    serve(bound, faults.clone(), counters, shutdown).await
 }
 
 /// Serves a bound proxy until `shutdown` completes; then drains the sockets,
@@ -643,13 +604,6 @@ pub fn spawn(cfg: &ClusterConfig, faults: &FaultConfig) -> anyhow::Result<ProxyH
     spawn_plan(plan, faults)
 }
 
-/// [`spawn`] for `launcher up`: starts the proxy with the file's `[faults]`
-/// (none: a plain pass-through). Keep the handle alive while the nodes run;
-/// dropping it (or [`ProxyHandle::stop`]) stops the proxy.
-pub fn spawn_for_up(cfg: &ClusterConfig) -> anyhow::Result<ProxyHandle> {
-    spawn(cfg, &cfg.faults.clone().unwrap_or_default())
-}
-
 /// [`spawn`] from an explicit plan.
 pub fn spawn_plan(plan: ProxyPlan, faults: &FaultConfig) -> anyhow::Result<ProxyHandle> {
     let bound = BoundProxy::bind(plan.clone())?;
@@ -674,75 +628,6 @@ pub fn spawn_plan(plan: ProxyPlan, faults: &FaultConfig) -> anyhow::Result<Proxy
         thread: Some(thread),
         plan,
     })
-}
-
-/// The fault setting of the command line, over the file's `[faults]`.
-pub fn faults_from_args(
-    cfg: &ClusterConfig,
-    delay: Option<(f64, f64)>,
-    loss: Option<f64>,
-    duplicate: Option<f64>,
-    seed: Option<u64>,
-) -> FaultConfig {
-    let mut f = cfg.faults.clone().unwrap_or_default();
-    if let Some((lo, hi)) = delay {
-        f.delay_min_ms = lo;
-        f.delay_max_ms = hi;
-    }
-    if let Some(p) = loss {
-        f.loss = p;
-    }
-    if let Some(p) = duplicate {
-        f.duplicate = p;
-    }
-    if let Some(s) = seed {
-        f.seed = s;
-    }
-    f
-}
-
-/// `launcher proxy FILE ...`: runs until SIGINT or SIGTERM, then prints the
-/// counts and exits 0.
-pub fn run(a: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let cfg = node::config::load(&a.file)?;
-    let faults = faults_from_args(
-        &cfg,
-        a.faults.delay,
-        a.faults.loss,
-        a.faults.duplicate,
-        a.faults.seed,
-    );
-    let plan = ProxyPlan::from_config(&cfg)?;
-    let bound = BoundProxy::bind(plan.clone())?;
-    let counters = Arc::new(ProxyCounters::default());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-        eprintln!(
-            "proxy ready: {} servers ({}), {}",
-            plan.forwards.len(),
-            plan.forwards
-                .iter()
-                .zip(&plan.binds)
-                .map(|(f, b)| format!("{f}->{b}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            describe_faults(&faults)
-        );
-        serve(bound, faults, counters.clone(), async {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
-        .await
-    })?;
-    eprintln!("proxy stopped: {}", counters.snapshot());
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

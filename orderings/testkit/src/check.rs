@@ -49,7 +49,7 @@
 //! # Example
 //!
 //! ```
-//! use orderings::check::{History, Properties};
+//! use testkit::check::{History, Properties};
 //! let mut h = History::new();
 //! let a = h.add_member("a", 1);
 //! let b = h.add_member("b", 1);
@@ -60,8 +60,7 @@
 //! assert!(report.ok(), "{report}");
 //! ```
 
-use crate::RoomId;
-use crate::registry::Guarantees;
+use orderings::{Guarantees, RoomId};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -77,14 +76,19 @@ pub const DEFAULT_EXAMPLES: usize = 5;
 /// A chat message: the member that sent it and the sender's number for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct MessageId {
+    /// The member that sent it.
     pub sender: MemberId,
+    /// The sender's number for it (unique per sender).
     pub seq: u64,
 }
 
+/// What a log entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// The member posted the message.
     Sent,
+    /// The member received the message.
     Delivered,
 }
 
@@ -92,8 +96,11 @@ pub enum EventKind {
 /// origin); the checker keeps it for the caller and ignores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Event {
+    /// Sent or delivered.
     pub kind: EventKind,
+    /// The message.
     pub msg: MessageId,
+    /// When, in microseconds from any origin.
     pub at: u64,
 }
 
@@ -110,28 +117,46 @@ pub struct MemberOpts {
 /// One member's log.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberLog {
+    /// A name for reports.
     pub name: String,
+    /// The member's room.
     pub room: RoomId,
+    /// How to check it.
     pub opts: MemberOpts,
+    /// Its log, in order.
     pub events: Vec<Event>,
+}
+
+/// A word [`Properties::parse`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown property '{name}' (known: exactly-once, fifo, total, causal, all, none)")]
+pub struct UnknownProperty {
+    /// The word, lowercased.
+    pub name: String,
 }
 
 /// Which properties to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Properties {
+    /// Every member of a room delivers each of its messages exactly once.
     pub exactly_once: bool,
+    /// Each sender's messages in send order.
     pub fifo: bool,
+    /// One identical order per room.
     pub total: bool,
+    /// Causes before effects.
     pub causal: bool,
 }
 
 impl Properties {
+    /// Nothing checked.
     pub const NONE: Properties = Properties {
         exactly_once: false,
         fifo: false,
         total: false,
         causal: false,
     };
+    /// Everything checked.
     pub const ALL: Properties = Properties {
         exactly_once: true,
         fifo: true,
@@ -149,6 +174,7 @@ impl Properties {
         }
     }
 
+    /// What either checks.
     pub fn union(self, o: Properties) -> Properties {
         Properties {
             exactly_once: self.exactly_once || o.exactly_once,
@@ -160,7 +186,7 @@ impl Properties {
 
     /// Parses a comma-separated list: `exactly-once` (or `once`), `fifo`,
     /// `total`, `causal`, `all`, `none`.
-    pub fn parse(s: &str) -> Result<Properties, String> {
+    pub fn parse(s: &str) -> Result<Properties, UnknownProperty> {
         let mut p = Properties::NONE;
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word.to_ascii_lowercase().as_str() {
@@ -171,15 +197,16 @@ impl Properties {
                 "all" => p = Properties::ALL,
                 "none" => {}
                 other => {
-                    return Err(format!(
-                        "unknown property '{other}' (known: exactly-once, fifo, total, causal, all, none)"
-                    ));
+                    return Err(UnknownProperty {
+                        name: other.to_string(),
+                    });
                 }
             }
         }
         Ok(p)
     }
 
+    /// The names of the checked properties, for reports.
     pub fn names(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.exactly_once {
@@ -210,16 +237,24 @@ impl fmt::Display for Properties {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    /// See [`Violation::Missing`].
     Missing,
+    /// See [`Violation::Duplicate`].
     Duplicate,
+    /// See [`Violation::Foreign`].
     Foreign,
+    /// See [`Violation::Unknown`].
     Unknown,
+    /// See [`Violation::Fifo`].
     Fifo,
+    /// See [`Violation::Total`] and [`Violation::TotalCycle`].
     Total,
+    /// See [`Violation::Causal`].
     Causal,
 }
 
 impl Kind {
+    /// The kind's name in reports and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Missing => "missing",
@@ -242,6 +277,7 @@ impl fmt::Display for Kind {
 /// One violation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(missing_docs)] // reason: each variant's doc names its fields
 pub enum Violation {
     /// `member` never delivered `msg`, a message of its room.
     Missing { member: MemberId, msg: MessageId },
@@ -291,6 +327,7 @@ pub enum Violation {
 }
 
 impl Violation {
+    /// The kind of this violation.
     pub fn kind(&self) -> Kind {
         match self {
             Violation::Missing { .. } => Kind::Missing,
@@ -307,17 +344,24 @@ impl Violation {
 /// A kept violation with a human-readable description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Example {
+    /// The violation described with member names.
     pub text: String,
+    /// The violation.
     pub violation: Violation,
 }
 
 /// The checker's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The properties checked.
     pub checked: Properties,
+    /// Members in the history.
     pub members: usize,
+    /// Rooms in the history.
     pub rooms: usize,
+    /// Messages sent.
     pub messages: usize,
+    /// Deliveries logged.
     pub deliveries: usize,
     /// Violations per kind (kinds with none are absent).
     pub counts: BTreeMap<Kind, u64>,
@@ -330,13 +374,17 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.counts.values().all(|&c| c == 0)
     }
+    /// Violations of all kinds.
     pub fn total_violations(&self) -> u64 {
         self.counts.values().sum()
     }
+    /// Violations of kind `k`.
     pub fn count(&self, k: Kind) -> u64 {
         self.counts.get(&k).copied().unwrap_or(0)
     }
-    pub fn examples_of(&self, k: Kind) -> impl Iterator<Item = &Example> {
+    /// The kept examples of kind `k`.
+    #[cfg(test)]
+    fn examples_of(&self, k: Kind) -> impl Iterator<Item = &Example> {
         self.examples
             .iter()
             .filter(move |e| e.violation.kind() == k)
@@ -378,6 +426,7 @@ pub struct History {
 }
 
 impl History {
+    /// An empty history.
     pub fn new() -> Self {
         Self::default()
     }
@@ -387,6 +436,7 @@ impl History {
         self.add_member_with(name, room, MemberOpts::default())
     }
 
+    /// Adds a member of `room` with `opts`; returns its id.
     pub fn add_member_with(
         &mut self,
         name: impl Into<String>,
@@ -429,24 +479,28 @@ impl History {
         });
     }
 
+    /// Every member's log, by id.
     pub fn members(&self) -> &[MemberLog] {
         &self.members
     }
 
+    /// Member `m`'s log (`m` from [`History::add_member`]).
     pub fn member(&self, m: MemberId) -> &MemberLog {
         &self.members[m as usize]
     }
 
+    /// Members added.
     pub fn len(&self) -> usize {
         self.members.len()
     }
 
+    /// No member added.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
     /// Human-readable name of a message: `sender#seq`.
-    pub fn msg_name(&self, msg: MessageId) -> String {
+    fn msg_name(&self, msg: MessageId) -> String {
         match self.members.get(msg.sender as usize) {
             Some(m) => format!("{}#{}", m.name, msg.seq),
             None => format!("?{}#{}", msg.sender, msg.seq),
@@ -542,7 +596,7 @@ impl History {
     }
 
     /// Checks `props`, keeping `max_examples` examples per kind.
-    pub fn check_with(&self, props: Properties, max_examples: usize) -> Report {
+    fn check_with(&self, props: Properties, max_examples: usize) -> Report {
         Checker::new(self, props, max_examples).run()
     }
 }

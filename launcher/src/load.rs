@@ -1,12 +1,12 @@
-//! The client workload of `launcher stress`: C UDP clients on one
-//! single-threaded tokio runtime, joined to G rooms spread over all servers,
-//! sending M messages each at a total rate (or as fast as a per-client window
-//! of un-echoed messages allows), logging every send and delivery.
+//! The client workload `launcher stress` and `launcher bench` drive: C UDP
+//! clients on one single-threaded tokio runtime, joined to G rooms spread
+//! over all servers, sending M messages each at a total rate (or as fast as
+//! a per-client window of un-echoed messages allows), logging every send and
+//! delivery.
 
-use crate::proxy::bind_udp;
+use crate::net::bind_udp;
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use orderings::check::{History, MessageId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use testkit::check::{History, MessageId};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -49,13 +50,37 @@ pub struct LoadPlan {
     /// Print a progress line on stderr every second.
     pub progress: bool,
     /// Extra clients in room 1 that send as fast as they can while the
-    /// others send (issue 13's one flooding client, `--flood-clients`).
+    /// others send (`--flood-clients`): the server must stay fair to the
+    /// others.
     pub flood_clients: usize,
 }
 
 /// Most messages one flooding client sends (with the run's deadline and
 /// the end of the normal clients' sending, the flood's bounds).
 pub const FLOOD_MAX_PER_CLIENT: u32 = 2_000_000;
+
+/// A datagram a client gets while it waits for the reply to a setup
+/// command (`/nick`, `/join`).
+pub enum SetupReply {
+    /// An address-confirmation request: send this answer and keep waiting.
+    Confirm(Vec<u8>),
+    /// The server's answer to a confirmation: keep waiting.
+    Confirmed,
+    /// A reply line.
+    Line(String),
+}
+
+impl SetupReply {
+    pub fn of(datagram: &[u8]) -> SetupReply {
+        if let Some(token) = client::confirm_token(datagram) {
+            SetupReply::Confirm(client::confirm_reply(token))
+        } else if client::is_confirm_answer(datagram) {
+            SetupReply::Confirmed
+        } else {
+            SetupReply::Line(String::from_utf8_lossy(datagram).into_owned())
+        }
+    }
+}
 
 /// The body of flood message `seq` of flooding client `f`: `F1-000123`.
 pub fn flood_body(f: usize, seq: u32) -> String {
@@ -160,7 +185,8 @@ struct Shared {
     garbled_examples: RefCell<Vec<String>>,
     latency: RefCell<Histogram<u64>>,
     expected_so_far: Cell<u64>,
-    /// Address-confirmation requests answered (issue 13).
+    /// Address-confirmation requests answered (the server asks a new
+    /// address to confirm before it sends it much).
     confirmations: Cell<u64>,
     /// Deliveries of flood messages (datagrams, any member).
     flood_deliveries: Cell<u64>,
@@ -529,7 +555,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
     for (c, st) in clients.iter().enumerate() {
         // A flooding client's own receive path is not under test (its
         // socket overflows): it is checked on what it got only.
-        let opts = orderings::check::MemberOpts {
+        let opts = testkit::check::MemberOpts {
             partial: st.flood,
             optional_sends: false,
         };
@@ -686,21 +712,14 @@ async fn exchange(
         let until = (Instant::now() + wait).min(deadline);
         loop {
             match tokio::time::timeout_at(until, sock.recv(&mut buf)).await {
-                Ok(Ok(n)) => {
-                    // Address confirmation (issue 13) may come during setup.
-                    if let Some(token) = client::confirm_token(&buf[..n]) {
-                        let _ = sock.send(&client::confirm_reply(token)).await;
-                        continue;
+                Ok(Ok(n)) => match SetupReply::of(&buf[..n]) {
+                    SetupReply::Confirm(answer) => {
+                        let _ = sock.send(&answer).await;
                     }
-                    if client::is_confirm_answer(&buf[..n]) {
-                        continue;
-                    }
-                    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    if ok(&reply) {
-                        return Ok(());
-                    }
-                    last = reply;
-                }
+                    SetupReply::Confirmed => {}
+                    SetupReply::Line(reply) if ok(&reply) => return Ok(()),
+                    SetupReply::Line(reply) => last = reply,
+                },
                 Ok(Err(_)) => continue, // ICMP error from an earlier send
                 Err(_) => break,
             }

@@ -1,6 +1,6 @@
-//! The state file of a running `launcher up` (`STATE_DIR/launcher.json`) and
-//! the `/proc` checks that keep `status` and `down` from trusting a reused
-//! pid.
+//! The state file of a running `launcher up` (`STATE_DIR/launcher.json`):
+//! what `status` and `down` read from another terminal (they check each pid
+//! with [`super::procfs::is_same_process`] before trusting it).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -82,66 +82,44 @@ pub fn write(path: &Path, state: &StateFile) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Why a state file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {} is corrupt: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
 /// Reads the state file; `Ok(None)` if there is none.
-pub fn read(path: &Path) -> anyhow::Result<Option<StateFile>> {
+pub fn read(path: &Path) -> Result<Option<StateFile>, StateError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(anyhow::anyhow!(
-                "cannot read state file {}: {e}",
-                path.display()
-            ));
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
         }
     };
-    let st = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("state file {} is corrupt: {e}", path.display()))?;
-    Ok(Some(st))
-}
-
-/// State (field 3) and start time (field 22) of `/proc/PID/stat`.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    if pid <= 0 {
-        return None;
-    }
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `comm` (field 2) is in parentheses and may contain anything, so split
-    // after the last ')'. Fields from 3 on are then space-separated.
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // Field 3 was the first; field 22 is 19 further.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
-}
-
-/// The start time of a live process (`None` if it is gone or a zombie).
-pub fn start_time(pid: i32) -> Option<u64> {
-    match proc_stat(pid) {
-        Some((state, _)) if state == 'Z' || state == 'X' => None,
-        Some((_, t)) => Some(t),
-        None => None,
-    }
-}
-
-/// True if `pid` is still the very process that had `start`: never signal
-/// a pid without this check, the number may have been reused.
-pub fn is_same_process(pid: i32, start: u64) -> bool {
-    start_time(pid) == Some(start)
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_start_time_is_stable() {
-        let me = std::process::id() as i32;
-        let t = start_time(me).expect("own /proc/PID/stat");
-        assert!(is_same_process(me, t));
-        assert!(!is_same_process(me, t + 1));
-        assert_eq!(start_time(-1), None);
-    }
 
     #[test]
     fn round_trip() {

@@ -2,18 +2,21 @@
 //! stress tool. Written here rather than taken from `rand` so that a seed
 //! reproduces the same run across dependency upgrades.
 
+/// SplitMix64: one seed, one reproducible stream.
 #[derive(Debug, Clone)]
 pub struct SimRng {
     state: u64,
 }
 
 impl SimRng {
+    /// The generator of `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
             state: seed ^ 0x9E37_79B9_7F4A_7C15,
         }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
@@ -47,10 +50,5 @@ impl SimRng {
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && self.unit() < p
-    }
-
-    /// A child generator, so independent streams stay reproducible.
-    pub fn fork(&mut self) -> SimRng {
-        SimRng::new(self.next_u64())
     }
 }

@@ -2,8 +2,9 @@
 //! state lives. Shared by `launcher check` (prints it) and `launcher up`
 //! (runs it).
 
+use super::settings::{self, ClusterFile, RestartPolicy, SecretSetting, Settings};
 use anyhow::Context;
-use node::config::{self, ClusterConfig, ConfigFormat, RestartPolicy, SecretSetting};
+use node::config::{self, ClusterConfig, ConfigFormat};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -73,6 +74,7 @@ impl NodePlan {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub cfg: ClusterConfig,
+    pub settings: Settings,
     /// Absolute path of the cluster file (what the nodes are given).
     pub config_path: PathBuf,
     pub ordering: String,
@@ -84,9 +86,9 @@ pub struct Plan {
 }
 
 /// Loads a cluster file with the path in the error.
-pub fn load_config(file: &Path) -> anyhow::Result<ClusterConfig> {
+pub fn load_config(file: &Path) -> anyhow::Result<ClusterFile> {
     // ConfigError already names the file and line.
-    Ok(config::load(file)?)
+    Ok(settings::load(file)?)
 }
 
 /// The absolute form of `p` (relative to the current directory), without
@@ -97,51 +99,34 @@ pub fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 
 /// The state directory of a cluster: `state_dir` from the file, else
 /// `./.state/<name>`.
-pub fn state_dir(cfg: &ClusterConfig) -> anyhow::Result<PathBuf> {
-    let dir = match &cfg.state_dir {
+pub fn state_dir(s: &Settings) -> anyhow::Result<PathBuf> {
+    let dir = match &s.state_dir {
         Some(d) => d.clone(),
-        None => Path::new(".state").join(&cfg.name),
+        None => Path::new(".state").join(&s.name),
     };
     absolute(&dir)
 }
 
-pub fn state_file(cfg: &ClusterConfig) -> anyhow::Result<PathBuf> {
-    Ok(state_dir(cfg)?.join(crate::state::STATE_FILE))
-}
-
-/// The chatserver next to the running launcher binary.
-fn default_chatserver() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("cannot find the launcher's own executable")?;
-    let dir = me
-        .parent()
-        .with_context(|| format!("{} has no parent directory", me.display()))?;
-    Ok(dir.join("chatserver"))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+pub fn state_file(s: &Settings) -> anyhow::Result<PathBuf> {
+    Ok(state_dir(s)?.join(super::state::STATE_FILE))
 }
 
 impl Plan {
     /// Resolves a cluster file and an optional `-o` override into a plan.
     pub fn build(file: &Path, ordering_flag: Option<&str>) -> anyhow::Result<Plan> {
-        let cfg = load_config(file)?;
+        let ClusterFile { cfg, settings } = load_config(file)?;
         let config_path = absolute(file)?;
         let (ordering, ordering_source) = match (ordering_flag, &cfg.ordering) {
             (Some(o), _) => {
-                node::config_toml::check_ordering(o).map_err(|m| anyhow::anyhow!("-o {o}: {m}"))?;
-                (o.to_string(), OrderingSource::Flag)
+                let spec = orderings::lookup(o).map_err(|e| anyhow::anyhow!("-o {o}: {e}"))?;
+                (spec.name.to_string(), OrderingSource::Flag)
             }
             (None, Some(o)) => (o.clone(), OrderingSource::File),
             (None, None) => ("unordered".to_string(), OrderingSource::Default),
         };
-        let chatserver = match &cfg.chatserver {
-            Some(p) => absolute(p)?,
-            None => default_chatserver()?,
-        };
-        if !is_executable(&chatserver) {
-            let hint = if cfg.chatserver.is_some() {
+        let chatserver = absolute(&super::chatserver(settings.chatserver.as_deref())?)?;
+        if !super::is_executable(&chatserver) {
+            let hint = if settings.chatserver.is_some() {
                 "check `chatserver` in [cluster]"
             } else {
                 "build it with `cargo build -p node`, or set `chatserver` in [cluster]"
@@ -152,8 +137,8 @@ impl Plan {
                 chatserver.display()
             );
         }
-        let state_dir = state_dir(&cfg)?;
-        let secret = match &cfg.secret {
+        let state_dir = state_dir(&settings)?;
+        let secret = match &settings.secret {
             SecretSetting::Off => SecretPlan::Off,
             SecretSetting::Generate => SecretPlan::Generate {
                 path: state_dir.join("secret"),
@@ -183,7 +168,7 @@ impl Plan {
                     args.push("--secret-file".into());
                     args.push(f.to_string_lossy().into_owned());
                 }
-                args.extend(cfg.node_args.iter().cloned());
+                args.extend(settings.node_args.iter().cloned());
                 NodePlan {
                     index: i + 1,
                     name: s.name.clone(),
@@ -196,6 +181,7 @@ impl Plan {
             .collect();
         Ok(Plan {
             cfg,
+            settings,
             config_path,
             ordering,
             ordering_source,
@@ -207,7 +193,7 @@ impl Plan {
     }
 
     pub fn state_file(&self) -> PathBuf {
-        self.state_dir.join(crate::state::STATE_FILE)
+        self.state_dir.join(super::state::STATE_FILE)
     }
 
     pub fn log_dir(&self) -> PathBuf {
@@ -236,7 +222,7 @@ impl Plan {
     /// Warnings worth printing before starting.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
-        if self.nodes.iter().any(|n| n.forward != n.bind) && self.cfg.faults.is_none() {
+        if self.nodes.iter().any(|n| n.forward != n.bind) && self.settings.faults.is_none() {
             w.push(
                 "forwarding addresses differ from bind addresses: the servers reach each other only through a proxy on the forwarding addresses (e.g. `launcher proxy FILE`)"
                     .to_string(),
@@ -256,7 +242,7 @@ impl Plan {
         let _ = writeln!(
             s,
             "cluster {} ({fmt} file {}): {} node{}, {} room{}",
-            c.name,
+            self.settings.name,
             self.config_path.display(),
             self.nodes.len(),
             if self.nodes.len() == 1 { "" } else { "s" },
@@ -277,7 +263,7 @@ impl Plan {
             SecretPlan::File { path } => format!("read from {}", path.display()),
         };
         let _ = writeln!(s, "secret {secret}");
-        let sv = &c.supervise;
+        let sv = &self.settings.supervise;
         let policy = match sv.restart {
             RestartPolicy::Never => "never",
             RestartPolicy::OnFailure => "on-failure",
@@ -292,7 +278,7 @@ impl Plan {
             sv.restart_window_s,
             sv.stop_timeout_ms
         );
-        match &c.faults {
+        match &self.settings.faults {
             None => {
                 let _ = writeln!(s, "faults none");
             }

@@ -11,45 +11,60 @@
 //!   network that reorders but never loses (no link layer), which shows a
 //!   strategy's own logic does not lean on FIFO channels.
 
+use crate::SimRng;
 use crate::check::{History, MemberOpts, MessageId, Properties, Report};
-use crate::registry::StrategySpec;
-use crate::replica::{Replica, ReplicaConfig};
-use crate::rng::SimRng;
-use crate::{Dest, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext, Time};
 use bytes::Bytes;
+use orderings::{
+    Dest, MsgId, Ordering, Outbox, Post, Replica, ReplicaConfig, RoomId, ServerId, StrategyContext,
+    StrategySpec, Time,
+};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 /// Which network the servers talk over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Network {
+    /// Full replicas over a lossy, duplicating, reordering network.
     Links,
+    /// Strategies wired to each other over a reordering, lossless network.
     Raw,
 }
 
 /// A crash of one server at a virtual time, restarted after `down_us`.
 #[derive(Debug, Clone, Copy)]
 pub struct Crash {
+    /// The server that crashes.
     pub server: ServerId,
+    /// When.
     pub at: Time,
+    /// How long it stays down before restarting as a new incarnation.
     pub down_us: u64,
 }
 
 /// One simulated run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// Seeds every random choice of the run.
     pub seed: u64,
+    /// Servers in the cluster.
     pub servers: usize,
+    /// Rooms the clients spread over.
     pub rooms: u32,
+    /// Clients, spread over the servers.
     pub clients: usize,
+    /// Posts per client.
     pub messages_per_client: usize,
     /// One-way delay range of a datagram, microseconds.
     pub delay_us: (u64, u64),
+    /// Probability that a datagram is lost.
     pub loss: f64,
+    /// Probability that a datagram arrives twice.
     pub duplicate: f64,
+    /// Which network the servers talk over.
     pub network: Network,
     /// Mean gap between a client's posts.
     pub post_gap_us: u64,
+    /// A server crash and restart, if any.
     pub crash: Option<Crash>,
     /// Virtual time after which the run stops (and missing deliveries count).
     pub time_limit: Time,
@@ -58,6 +73,7 @@ pub struct SimConfig {
     /// The first `flooders` clients post `flood_messages` each, every few
     /// microseconds: far faster than the cluster orders them.
     pub flooders: usize,
+    /// Posts per flooding client.
     pub flood_messages: usize,
     /// A slow server: every datagram to it takes this much longer (its
     /// acknowledgements, proposals and delivery reports lag behind).
@@ -127,15 +143,21 @@ impl SimConfig {
 /// What a run produced.
 #[derive(Debug)]
 pub struct SimOutcome {
+    /// The scenario that ran.
     pub config: SimConfig,
+    /// The checker's verdict on the deliveries.
     pub report: Report,
     /// Properties that were checked.
     pub properties: Properties,
     /// The last lines of the event trace (for failures).
     pub trace: Vec<String>,
+    /// Datagrams sent over the network.
     pub datagrams: u64,
+    /// Datagrams the network lost.
     pub dropped: u64,
+    /// Datagrams the network duplicated.
     pub duplicated: u64,
+    /// Virtual time at which the run ended.
     pub end: Time,
     /// Messages a server dropped at a holdback limit (must stay 0 for honest
     /// servers: a dropped message breaks agreement).
@@ -148,6 +170,7 @@ pub struct SimOutcome {
 }
 
 impl SimOutcome {
+    /// The checked properties held.
     pub fn passed(&self) -> bool {
         self.report.ok()
     }
@@ -460,7 +483,7 @@ impl Sim {
             Node::Raw(s) => {
                 let mut out = Outbox::default();
                 // Raw mode: the harness numbers messages like a replica would.
-                let id = crate::MsgId {
+                let id = MsgId {
                     origin: server,
                     counter: self.sent.len() as u64 + 1,
                 };

@@ -14,19 +14,24 @@
 //!    included and the report says so).
 //!
 //! "Per message" divides by the messages the node delivered (its
-//! `deliveries=` counter), which is every message of the run. A missing tool
+//! `deliveries` counter), which is every message of the run. A missing tool
 //! gives a note, not a failure.
 
-use crate::bench::{Env, LoadFigures, LoadSpec, PresetReport, Row, drive, figures, start_cluster};
-use crate::bench_proc::{self, CpuTime, which};
+use super::machine::which;
+use super::report::{PresetReport, Row};
+use super::runner::{Env, LoadFigures, LoadSpec, drive, figures, start_cluster};
+use crate::cluster::plan::shell_quote;
+use crate::cluster::process::{self, StopEnd};
+use crate::cluster::procfs::{self, CpuTime};
 use anyhow::Context;
-use orderings::check::Properties;
+use nix::sys::signal::Signal;
+use node::stats::ServerCounters;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::check::Properties;
 
 /// One system call's share, from `strace -c`.
 #[derive(Debug, Clone, Serialize)]
@@ -94,31 +99,52 @@ pub fn parse_perf_count(text: &str, event: &str) -> Option<u64> {
     })
 }
 
-/// Waits for `child` up to `wait`; then SIGINT (by its pid), then SIGKILL.
+/// Waits for a measuring tool (perf, strace) up to `wait`, then stops it
+/// with SIGINT, on which it writes its figures, and SIGKILL after a grace
+/// period.
 fn reap(child: &mut Child, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    let mut interrupted = false;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) if !interrupted => {
-                interrupted = true;
-                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-                std::thread::sleep(Duration::from_millis(500));
+    if process::wait_until(Instant::now() + wait, || {
+        !matches!(child.try_wait(), Ok(None))
+    }) {
+        return;
+    }
+    let pid = child.id();
+    let end = process::stop_gracefully(
+        Signal::SIGINT,
+        Duration::from_millis(500),
+        |sig| {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
             }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-        }
+        },
+        || !matches!(child.try_wait(), Ok(None)),
+    );
+    if end == StopEnd::StillRunning {
+        let _ = child.wait();
     }
 }
 
-fn shell_quote(p: &Path) -> String {
-    format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"))
+/// `tool ARGS -o OUT -p PID`: a measuring tool attached to a running
+/// server, writing its figures to `out`; the caller chooses stderr.
+fn attach(tool: &Path, args: &[&str], out: &Path, pid: i32) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .arg("-o")
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// True once process `pid` holds a perf event open (perf stat is counting).
+fn has_perf_event(pid: u32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[perf_event]")
+    })
 }
 
 /// Figures of the native run.
@@ -128,7 +154,7 @@ struct NativeRun {
     /// Per node: CPU used during the load.
     cpu: Vec<Option<CpuTime>>,
     /// Per node: the counters it printed when it stopped.
-    counters: Vec<Option<BTreeMap<String, u64>>>,
+    counters: Vec<Option<ServerCounters>>,
     /// Server 1's system calls during the load, counted by `perf stat -e
     /// raw_syscalls:sys_enter` (a kernel counter: the node runs at full
     /// speed), or why not.
@@ -151,11 +177,12 @@ struct CallgrindRun {
     zeroed_after_start: bool,
 }
 
-fn handled(counters: &[Option<BTreeMap<String, u64>>], node: usize, fallback: u64) -> u64 {
+/// The messages node `node` delivered (`fallback` when it did not say).
+fn handled(counters: &[Option<ServerCounters>], node: usize, fallback: u64) -> u64 {
     counters
         .get(node)
         .and_then(|c| c.as_ref())
-        .and_then(|c| c.get("deliveries").copied())
+        .map(|c| c.deliveries)
         .filter(|&d| d > 0)
         .unwrap_or(fallback)
 }
@@ -172,31 +199,29 @@ fn native(env: &Env, spec: &LoadSpec) -> anyhow::Result<NativeRun> {
     let pids = running.pids.clone();
     let perf_out = env.scratch().join("perf-syscalls.txt");
     let mut perf = match (which("perf"), pids[0]) {
-        (Some(perf), Some(pid)) => Command::new(perf)
-            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-o"])
-            .arg(&perf_out)
-            .args(["-p", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting perf: {e}")),
+        (Some(perf), Some(pid)) => attach(
+            &perf,
+            &["stat", "-x", ",", "-e", "raw_syscalls:sys_enter"],
+            &perf_out,
+            pid,
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting perf: {e}")),
         (None, _) => Err("perf is not installed (apt-get install -y linux-perf)".to_string()),
-        (_, None) => Err("server 1's pid not found".to_string()),
+        (_, None) => Err("server 1 is not running".to_string()),
     };
-    if perf.is_ok() {
-        // perf prints nothing when it is attached: give it a moment.
-        std::thread::sleep(Duration::from_millis(500));
+    if let Ok(p) = &perf {
+        // perf prints nothing when it is attached; it has opened its
+        // counter then.
+        let pid = p.id();
+        process::wait_until(Instant::now() + Duration::from_secs(5), || {
+            has_perf_event(pid)
+        });
     }
-    let before: Vec<Option<CpuTime>> = pids
-        .iter()
-        .map(|p| p.and_then(bench_proc::cpu_time))
-        .collect();
+    let before: Vec<Option<CpuTime>> = pids.iter().map(|p| p.and_then(procfs::cpu_time)).collect();
     let result = drive(env, &running.binds, spec);
-    let after: Vec<Option<CpuTime>> = pids
-        .iter()
-        .map(|p| p.and_then(bench_proc::cpu_time))
-        .collect();
+    let after: Vec<Option<CpuTime>> = pids.iter().map(|p| p.and_then(procfs::cpu_time)).collect();
     let perf_syscalls = match &mut perf {
         Ok(child) => {
             // SIGINT makes perf stat print its counts and exit.
@@ -228,20 +253,15 @@ fn native(env: &Env, spec: &LoadSpec) -> anyhow::Result<NativeRun> {
 fn strace_run(env: &Env, spec: &LoadSpec, strace: &Path) -> anyhow::Result<StraceRun> {
     env.say("cpu: server 1 under strace -c");
     let running = start_cluster(env, 3, "total", 10, None, Duration::from_secs(20))?;
-    let pid = running.pids[0].context("server 1's pid not found in /proc")?;
+    let pid = running.pids[0].context("server 1 is not running")?;
     let out = env.scratch().join("strace.txt");
-    let mut child = Command::new(strace)
-        .args(["-c", "-f", "-o"])
-        .arg(&out)
-        .args(["-p", &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let mut child = attach(strace, &["-c", "-f"], &out, pid)
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", strace.display()))?;
     // Wait until it is attached (its "Process N attached" line).
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().expect("piped stderr");
+    let stderr = child.stderr.take().context("strace's stderr")?;
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -289,9 +309,9 @@ fn callgrind_run(env: &Env, spec: &LoadSpec, valgrind: &Path) -> anyhow::Result<
         "#!/bin/sh\n# launcher bench cpu: server 1 under callgrind, the others as they are.\n\
          if [ \"$2\" = \"1\" ]; then\n  exec {vg} --tool=callgrind --callgrind-out-file={out} -q {cs} \"$@\"\nfi\n\
          exec {cs} \"$@\"\n",
-        vg = shell_quote(valgrind),
-        out = shell_quote(&out),
-        cs = shell_quote(&env.chatserver),
+        vg = shell_quote(&valgrind.to_string_lossy()),
+        out = shell_quote(&out.to_string_lossy()),
+        cs = shell_quote(&env.chatserver.to_string_lossy()),
     );
     std::fs::write(&wrapper, script).with_context(|| format!("writing {}", wrapper.display()))?;
     {
@@ -315,20 +335,16 @@ fn callgrind_run(env: &Env, spec: &LoadSpec, valgrind: &Path) -> anyhow::Result<
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting callgrind_control")?;
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(st)) => break st.success(),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break false;
-                    }
-                }
+            let mut status = None;
+            process::wait_until(Instant::now() + Duration::from_secs(15), || {
+                status = c.try_wait().ok().flatten();
+                status.is_some()
+            });
+            if status.is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
             }
+            status.is_some_and(|st| st.success())
         }
         _ => false,
     };
@@ -400,16 +416,16 @@ pub fn run(env: &Env) -> anyhow::Result<PresetReport> {
     ));
     if let Some(c) = n.counters.first().and_then(|c| c.as_ref()) {
         let h = handled(&n.counters, 0, n.load.sent).max(1) as f64;
-        let get = |k: &str| c.get(k).copied().unwrap_or(0) as f64;
+        let received = (c.client_datagrams + c.peer_datagrams) as f64;
         rows.push(Row::new(
             "datagrams received per message, S01",
-            Some(((get("client_datagrams") + get("peer_datagrams")) / h * 100.0).round() / 100.0),
+            Some((received / h * 100.0).round() / 100.0),
             "",
             None,
         ));
         rows.push(Row::new(
             "server datagrams sent per message, S01",
-            Some((get("link_datagrams_sent") / h * 100.0).round() / 100.0),
+            Some((c.link_datagrams_sent as f64 / h * 100.0).round() / 100.0),
             "",
             None,
         ));

@@ -1,0 +1,13 @@
+//! `StreamMessage::decode` on arbitrary bytes: an error or a message, never a
+//! panic; whatever decodes encodes to bytes that decode to the same message.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use orderings::StreamMessage;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(message) = StreamMessage::decode(data) {
+        let again = StreamMessage::decode(&message.encode()).expect("an encoded message decodes");
+        assert_eq!(again, message);
+    }
+});

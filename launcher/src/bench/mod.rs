@@ -1,0 +1,136 @@
+//! `launcher bench NAME`: the named benchmarks of BENCHMARKS.md, each on a
+//! cluster of its own (fresh 127.0.0.1 ports, the `chatserver` next to the
+//! launcher), each figure printed next to its target.
+//!
+//! | name | what |
+//! | --- | --- |
+//! | `w1` | 3 servers, a client on each, one room: messages/s as fast as a window of un-echoed messages lets them go (total 100 B; also total 1000 B, fifo, unordered) |
+//! | `w2` (`latency`) | 3 servers, 3 clients at 1,000 messages/s each, total: send -> delivery p50/p90/p99/p999/max at every member (`latency.rs`) |
+//! | `w3` | 10 servers, 250 clients, 10 rooms of 25, total, 5,000 messages/s: sustained rate and p99 |
+//! | `w3-one-room` | 10 servers, 250 clients in one room, total, 1,000 messages/s |
+//! | `w4` | 10 servers, a client on each, one room, total: messages/s as fast as it goes |
+//! | `memory` | peak RSS (VmHWM) of every node after a W3 run of 60 s, and RSS every second (flat?) |
+//! | `cpu` | per message: CPU time, system calls (strace) and instructions (callgrind) of a node (`cpu.rs`) |
+//! | `all` | every one of them, in that order |
+//!
+//! `--quick` runs a tiny version of each (seconds, not minutes) to prove the
+//! command works; its figures mean nothing. Every run is bounded in messages
+//! and in time, and stops every process it started, by pid. The exit code is
+//! non-zero when a run lost messages, broke its ordering guarantee or could
+//! not run, never because a target was missed.
+
+mod args;
+mod cpu;
+mod latency;
+mod machine;
+mod presets;
+mod report;
+mod runner;
+
+pub use args::{BenchArgs, Preset};
+
+use crate::cluster::ScratchDir;
+use anyhow::Context;
+use report::BenchReport;
+use runner::Env;
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    if !(a.scale > 0.0 && a.scale.is_finite()) {
+        anyhow::bail!("--scale must be a positive number");
+    }
+    let chatserver = crate::cluster::chatserver(a.chatserver.as_deref())?;
+    if !chatserver.exists() {
+        anyhow::bail!(
+            "chatserver binary {} not found (build it: cargo build --release -p node)",
+            chatserver.display()
+        );
+    }
+    let scratch = ScratchDir::new("bench")?;
+    let secret_file = if a.secret {
+        let p = scratch.path().join("secret");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        std::fs::write(&p, format!("bench-{}-{nanos}\n", std::process::id()))
+            .with_context(|| format!("writing {}", p.display()))?;
+        Some(p)
+    } else {
+        None
+    };
+    let env = Env {
+        chatserver,
+        quick: a.quick,
+        scale: a.scale,
+        window: a.window.map(|w| w.max(1)),
+        secret_file,
+        spin: Duration::from_micros(a.spin_us),
+        progress: !a.quiet,
+        scratch: scratch.path().to_path_buf(),
+    };
+    let machine = machine::machine();
+    crate::outln!(
+        "bench: {machine}; chatserver {}; server links {}",
+        env.chatserver.display(),
+        if env.secret_file.is_some() {
+            "authenticated (--secret)"
+        } else {
+            "not authenticated"
+        }
+    );
+    if env
+        .chatserver
+        .components()
+        .any(|c| c.as_os_str() == "debug")
+    {
+        crate::outln!(
+            "bench: note: this chatserver looks like a debug build; figures want --release"
+        );
+    }
+    let presets: Vec<Preset> = if a.name == Preset::All {
+        vec![
+            Preset::W1,
+            Preset::W2,
+            Preset::W3,
+            Preset::W3OneRoom,
+            Preset::W4,
+            Preset::Memory,
+            Preset::Cpu,
+        ]
+    } else {
+        vec![a.name]
+    };
+    let mut reports = Vec::new();
+    let mut ok = true;
+    for p in presets {
+        match presets::run_one(&env, p) {
+            Ok(r) => {
+                report::print(&r);
+                ok &= r.ok;
+                reports.push(r);
+            }
+            Err(e) => {
+                crate::outln!("\n== {}: could not run: {e:#}", p.name());
+                ok = false;
+            }
+        }
+    }
+    drop(scratch);
+    if let Some(path) = &a.json {
+        let report = BenchReport {
+            machine,
+            command: std::env::args().collect(),
+            secret: a.secret,
+            ok,
+            benches: reports,
+        };
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
