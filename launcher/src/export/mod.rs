@@ -134,10 +134,10 @@ impl ExportContext<'_> {
         );
         for (name, bind, advertise) in servers {
             t.push_str(&format!(
-                "\n[[node]]\nname = {}\nbind = {}\nforward = {}\n",
+                "\n[[node]]\nname = {}\nadvertise = {}\nbind = {}\n",
                 toml_str(name),
-                toml_str(bind),
-                toml_str(advertise)
+                toml_str(advertise),
+                toml_str(bind)
             ));
         }
         t

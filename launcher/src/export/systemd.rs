@@ -14,7 +14,7 @@ pub(super) fn render(cx: &ExportContext<'_>) -> Vec<OutFile> {
         .cfg
         .servers
         .iter()
-        .map(|s| (s.name.clone(), s.bind.to_string(), s.forward.to_string()))
+        .map(|s| (s.name.clone(), s.bind_text(), s.advertised()))
         .collect();
     let mut files = vec![
         OutFile::public("cluster.toml", cx.cluster_file(&servers)),
@@ -128,7 +128,7 @@ fn readme(cx: &ExportContext<'_>) -> String {
             "| {} | {} | {} | `systemctl enable --now chatserver@{}` |\n",
             i + 1,
             s.name,
-            s.forward,
+            s.advertised(),
             i + 1
         ));
     }
