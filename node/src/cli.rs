@@ -131,9 +131,26 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             ..config::ConfigLimits::default()
         },
     )?;
-    let entry = cluster.server(args.index)?.clone();
+    let mut entry = cluster.server(args.index)?.clone();
     let me = ServerId((args.index - 1) as u16);
     crate::verbose::init(&me.to_string(), args.verbose);
+    if !entry.bind_resolved() {
+        // Our own bind address is a name: it must resolve now (the others'
+        // names may resolve later).
+        let text = entry.bind_text();
+        let (host, port) = text
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .with_context(|| format!("bad bind address {text}"))?;
+        entry.bind = config::lookup_now(host, port).with_context(|| {
+            format!(
+                "{}:{}: the bind address {text} of {} does not resolve; bind a local or wildcard address (bind = \"0.0.0.0:{port}\") and advertise the name",
+                cluster.source.display(),
+                entry.line,
+                entry.name
+            )
+        })?;
+    }
     let mode = args
         .ordering
         .clone()

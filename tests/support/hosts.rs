@@ -7,11 +7,16 @@
 //! switch port down cuts its cable; its address and routes stay, as on a
 //! real host whose link failed.
 //!
+//! Host names: [`TestNet::set_hosts`] writes `/etc/netns/<ns>/hosts` for
+//! every host, which `ip netns exec` bind-mounts over `/etc/hosts` for the
+//! programs it starts; the file is rewritten in place, so running programs
+//! see changes at their next lookup.
+//!
 //! Needs root and `ip` (iproute2): `.ci/run` installs iproute2 and CI runs as
 //! root. Without them `TestNet::new` panics and says why; no test skips.
-//! Everything made here (namespaces, links, the processes inside) is removed
-//! on drop, also when the test fails; namespaces left by a test process that
-//! was killed are removed by the next `TestNet::new`.
+//! Everything made here (namespaces, links, hosts files, the processes
+//! inside) is removed on drop, also when the test fails; namespaces left by
+//! a test process that was killed are removed by the next `TestNet::new`.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
@@ -102,8 +107,13 @@ impl TestNet {
 
     /// A UDP socket bound on host `i` (port 0): a client living on that host.
     pub fn udp_socket(&self, i: usize) -> UdpSocket {
+        self.udp_socket_at(i, Self::addr_of(i))
+    }
+
+    /// A UDP socket bound to `addr` (port 0) on host `i`.
+    pub fn udp_socket_at(&self, i: usize, addr: Ipv4Addr) -> UdpSocket {
         let path = format!("/run/netns/{}", self.ns(i));
-        let bind = SocketAddr::from((Self::addr_of(i), 0));
+        let bind = SocketAddr::from((addr, 0));
         // setns affects only the calling thread: a short-lived thread enters
         // the namespace, and the socket it opens stays there.
         std::thread::spawn(move || {
@@ -114,6 +124,33 @@ impl TestNet {
         })
         .join()
         .expect("socket thread")
+    }
+
+    /// Gives host `i` the address `addr` instead of the one it has (a
+    /// machine, or a rescheduled pod, back with a new address).
+    pub fn readdress(&self, i: usize, addr: Ipv4Addr) {
+        ip(&["-n", self.ns(i), "addr", "flush", "dev", "eth0"]);
+        ip(&["-n", self.ns(i), "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+    }
+
+    /// Sets the host-name table of every host (and the switch) to `names`
+    /// plus `localhost`: `/etc/netns/<ns>/hosts`, rewritten in place. Takes
+    /// effect for programs started by [`TestNet::command`] after the first
+    /// call, at their next lookup.
+    pub fn set_hosts(&self, names: &[(&str, Ipv4Addr)]) {
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (name, addr) in names {
+            text.push_str(&format!("{addr} {name}\n"));
+        }
+        for ns in self.hosts.iter() {
+            let dir = netns_etc(ns);
+            std::fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            // In place (truncate and write, same inode): the bind mount of a
+            // running program shows the new table.
+            std::fs::write(dir.join("hosts"), &text)
+                .unwrap_or_else(|e| panic!("write {}/hosts: {e}", dir.display()));
+        }
     }
 
     /// Cuts host `i`'s cable (its switch port goes down).
@@ -162,8 +199,13 @@ impl Drop for TestNet {
     }
 }
 
+/// Where `ip netns exec` finds the files it mounts over `/etc` for `ns`.
+fn netns_etc(ns: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(ns)
+}
+
 /// Kills the processes left in namespace `ns` (only ever processes a test
-/// started there) and deletes it; its links go with it.
+/// started there) and deletes it, its links and its `/etc/netns` files.
 fn remove_namespace(ns: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
@@ -179,6 +221,7 @@ fn remove_namespace(ns: &str) {
         .args(["netns", "del", ns])
         .stderr(Stdio::null())
         .status();
+    let _ = std::fs::remove_dir_all(netns_etc(ns));
 }
 
 /// Namespaces of test processes that no longer run (killed before their
@@ -187,10 +230,20 @@ fn remove_stale_namespaces() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
+    // Hosts files of namespaces already gone count too.
+    let etc: Vec<String> = std::fs::read_dir("/etc/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for name in listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .chain(etc.iter().map(String::as_str))
+    {
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
         };
