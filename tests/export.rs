@@ -312,3 +312,96 @@ fn export_refuses_a_bad_cluster_file_naming_file_and_line() {
         "nothing written for a bad file"
     );
 }
+
+/// `--ready-file` (the Kubernetes readiness probe tests for it): the file
+/// exists, its directory created, once the server says it is ready and
+/// serves; it is gone when the server has stopped.
+#[test]
+fn ready_file_exists_while_the_server_is_ready() {
+    let dir = Scratch::new("ready-file");
+    let (text, binds, _) = support::legacy_config(1, false);
+    let cfg = dir.write("one.txt", &text);
+    let ready = dir.path().join("run/chatserver/ready");
+    let mut p = support::start_server(
+        &cfg,
+        1,
+        &["--ready-file", ready.to_str().expect("utf-8 path")],
+    );
+    assert!(ready.exists(), "no ready file once ready");
+    let c = support::Client::new(binds[0]);
+    c.expect_reply("/join 1", "+OK You are now in chat room #1");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    p.wait_stderr(" stopped: ");
+    assert!(p.wait_exit().success());
+    assert!(!ready.exists(), "the ready file outlived the server");
+}
+
+/// What the compose export says to run, on three test hosts whose host
+/// names are the compose service names (as compose's network provides):
+/// the cluster file names servers only by name, binds the wildcard, and
+/// the servers find each other and carry a chat line.
+#[test]
+fn compose_command_lines_run_on_test_hosts_by_name() {
+    let net = TestNet::new(5);
+    let dir = Scratch::new("export-compose-hosts");
+    let cfg = hosts_cluster(&dir, 3);
+    let out = dir.path().join("out");
+    export(&cfg, "compose", &out, &[]);
+    let names: Vec<String> = (1..=3).map(|i| format!("test-cluster-{i}")).collect();
+    let table: Vec<(&str, std::net::Ipv4Addr)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), TestNet::addr_of(i + 1)))
+        .collect();
+    net.set_hosts(&table);
+    let commands = python(
+        r#"
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+for name in sorted(doc["services"]):
+    print("\t".join(doc["services"][name]["command"]))
+"#,
+        &[&out.join("compose.yaml")],
+    );
+    let mut servers = Vec::new();
+    for (i, line) in commands.lines().enumerate() {
+        // The container's paths, here: the binary, the config, the secret.
+        let words: Vec<String> = line
+            .split('\t')
+            .map(|w| match w {
+                "chatserver" => bin("chatserver").to_string_lossy().into_owned(),
+                "/etc/chatserver/cluster.toml" => out.join("cluster.toml").to_string_lossy().into_owned(),
+                "/run/secrets/chat_secret" => out.join("secret").to_string_lossy().into_owned(),
+                w => w.to_string(),
+            })
+            .collect();
+        let mut cmd = net.command(i + 1, &words[0]);
+        cmd.args(&words[1..]);
+        let mut p = Proc::spawn(&format!("compose service {}", i + 1), cmd);
+        p.wait_stderr("ready");
+        servers.push(p);
+    }
+    assert_eq!(servers.len(), 3, "{commands}");
+    let to = |i: usize| std::net::SocketAddr::from((TestNet::addr_of(i), 5000));
+    let alice = net.udp_socket(4);
+    let bob = net.udp_socket(5);
+    let hear = |s: &std::net::UdpSocket| {
+        s.set_read_timeout(Some(support::WAIT)).expect("timeout");
+        let mut buf = vec![0u8; 70000];
+        let (n, _) = s.recv_from(&mut buf).expect("a datagram in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    alice.send_to(b"/join 2", to(1)).expect("send");
+    assert_eq!(hear(&alice), "+OK You are now in chat room #2");
+    bob.send_to(b"/join 2", to(3)).expect("send");
+    assert_eq!(hear(&bob), "+OK You are now in chat room #2");
+    bob.send_to(b"/nick bob", to(3)).expect("send");
+    assert_eq!(hear(&bob), "+OK Nickname set to 'bob'");
+    bob.send_to(b"hello by name", to(3)).expect("send");
+    assert_eq!(hear(&bob), "<bob> hello by name");
+    assert_eq!(hear(&alice), "<bob> hello by name");
+}

@@ -79,6 +79,35 @@ pub struct ServerArgs {
     /// the future than this is refused as forged.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub max_clock_skew_ms: u64,
+    /// Create this file once the server is ready (bound, serving) and
+    /// remove it when it stops: a readiness probe for supervisors such as
+    /// Kubernetes (`test -e PATH`)
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The `--ready-file`: created when the server is ready, removed when this
+/// is dropped (on every way out of `run`).
+struct ReadyFile(PathBuf);
+
+impl ReadyFile {
+    fn create(path: &std::path::Path) -> anyhow::Result<ReadyFile> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the directory of --ready-file {}", path.display()))?;
+        }
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("creating --ready-file {}", path.display()))?;
+        Ok(ReadyFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Parses the command line (with the registered modes in `--help`), runs the
@@ -189,6 +218,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         // Signal handlers go in before `ready`: a supervisor may stop us
         // the moment it reads that line.
         let shutdown = shutdown_signal()?;
+        // The file first: whoever reads the line may look for it.
+        let _ready = match &args.ready_file {
+            Some(p) => Some(ReadyFile::create(p)?),
+            None => None,
+        };
         eprintln!(
             "{me} ready: listening on {} (ordering {}, {} rooms, incarnation {incarnation}, receive buffer {} KiB)",
             entry.bind,
@@ -218,7 +252,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
                 total_rate: args.error_rate_total,
             },
         };
-        let stats = server::run(socket, setup, shutdown).await?;
+        let stats = server::run(socket, setup, shutdown).await;
+        // Not ready any more, before anything says it stopped.
+        drop(_ready);
+        let stats = stats?;
         eprintln!(
             "{}",
             crate::stats::ServerCounters::from(&stats).stopped_line(&me.to_string())
