@@ -59,6 +59,14 @@ fn python(script: &str, args: &[&Path]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The next datagram on `s` (within `WAIT`), as text.
+fn hear(s: &std::net::UdpSocket) -> String {
+    s.set_read_timeout(Some(support::WAIT)).expect("timeout");
+    let mut buf = vec![0u8; 70000];
+    let (n, _) = s.recv_from(&mut buf).expect("a datagram in time");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 /// chatserver's own parser accepts the file (`launcher check` would also
 /// look for the binary and ports; the node's loader is what matters).
 fn node_accepts(cluster_file: &Path, servers: usize) {
@@ -180,12 +188,6 @@ fn systemd_command_lines_run_on_test_hosts() {
     let bob = net.udp_socket(5);
     let talk = |s: &std::net::UdpSocket, server: usize, line: &str| {
         s.send_to(line.as_bytes(), to(server)).expect("send");
-    };
-    let hear = |s: &std::net::UdpSocket| {
-        s.set_read_timeout(Some(support::WAIT)).expect("timeout");
-        let mut buf = vec![0u8; 70000];
-        let (n, _) = s.recv_from(&mut buf).expect("a datagram in time");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     talk(&alice, 1, "/nick alice");
     assert_eq!(hear(&alice), "+OK Nickname set to 'alice'");
@@ -374,7 +376,9 @@ for name in sorted(doc["services"]):
             .split('\t')
             .map(|w| match w {
                 "chatserver" => bin("chatserver").to_string_lossy().into_owned(),
-                "/etc/chatserver/cluster.toml" => out.join("cluster.toml").to_string_lossy().into_owned(),
+                "/etc/chatserver/cluster.toml" => {
+                    out.join("cluster.toml").to_string_lossy().into_owned()
+                }
                 "/run/secrets/chat_secret" => out.join("secret").to_string_lossy().into_owned(),
                 w => w.to_string(),
             })
@@ -389,12 +393,6 @@ for name in sorted(doc["services"]):
     let to = |i: usize| std::net::SocketAddr::from((TestNet::addr_of(i), 5000));
     let alice = net.udp_socket(4);
     let bob = net.udp_socket(5);
-    let hear = |s: &std::net::UdpSocket| {
-        s.set_read_timeout(Some(support::WAIT)).expect("timeout");
-        let mut buf = vec![0u8; 70000];
-        let (n, _) = s.recv_from(&mut buf).expect("a datagram in time");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
     alice.send_to(b"/join 2", to(1)).expect("send");
     assert_eq!(hear(&alice), "+OK You are now in chat room #2");
     bob.send_to(b"/join 2", to(3)).expect("send");

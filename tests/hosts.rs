@@ -329,11 +329,11 @@ fn servers_named_by_host_name_find_each_other_also_when_a_name_resolves_late() {
     let _s3 = start_with(&net, &cfg, 3, &[]);
     let alice = net.udp_socket(4);
     let bob = net.udp_socket(5);
-    exchange(&alice, server_addr(1), "/nick alice", "+OK Nickname set to 'alice'");
-    exchange(&alice, server_addr(1), "/join 1", "+OK You are now in chat room #1");
-    exchange(&bob, server_addr(3), "/nick bob", "+OK Nickname set to 'bob'");
-    exchange(&bob, server_addr(3), "/join 1", "+OK You are now in chat room #1");
-    alice.send_to(b"found by name", server_addr(1)).expect("send");
+    join_as(&alice, server_addr(1), "alice");
+    join_as(&bob, server_addr(3), "bob");
+    alice
+        .send_to(b"found by name", server_addr(1))
+        .expect("send");
     assert_eq!(recv(&alice), "<alice> found by name");
     assert_eq!(recv(&bob), "<alice> found by name");
     bob.send_to(b"and back", server_addr(3)).expect("send");
@@ -351,7 +351,11 @@ fn servers_named_by_host_name_find_each_other_also_when_a_name_resolves_late() {
 /// server 2 is not taken for server 2's.
 fn a_server_back_with_a_new_address(secret: bool) {
     let net = TestNet::new(5);
-    let dir = Scratch::new(if secret { "hosts-move-key" } else { "hosts-move" });
+    let dir = Scratch::new(if secret {
+        "hosts-move-key"
+    } else {
+        "hosts-move"
+    });
     let cfg = named_cluster(&dir, 3);
     set_hosts(&net, &names_at(&[1, 2, 3], TestNet::addr_of));
     let secret_file = dir.write("secret", "0123456789abcdef0123456789abcdef\n");
@@ -363,10 +367,16 @@ fn a_server_back_with_a_new_address(secret: bool) {
     let mut servers: Vec<Proc> = (1..=3).map(|i| start_with(&net, &cfg, i, &args)).collect();
     let alice = net.udp_socket(4);
     let bob = net.udp_socket(5);
-    exchange(&alice, server_addr(1), "/nick alice", "+OK Nickname set to 'alice'");
-    exchange(&alice, server_addr(1), "/join 1", "+OK You are now in chat room #1");
-    exchange(&bob, server_addr(2), "/join 1", "+OK You are now in chat room #1");
-    alice.send_to(b"before the move", server_addr(1)).expect("send");
+    join_as(&alice, server_addr(1), "alice");
+    exchange(
+        &bob,
+        server_addr(2),
+        "/join 1",
+        "+OK You are now in chat room #1",
+    );
+    alice
+        .send_to(b"before the move", server_addr(1))
+        .expect("send");
     assert_eq!(recv(&alice), "<alice> before the move");
     assert_eq!(recv(&bob), "<alice> before the move");
 
@@ -376,15 +386,19 @@ fn a_server_back_with_a_new_address(secret: bool) {
     if !secret {
         set_hosts(
             &net,
-            &names_at(&[1, 2, 3], |i| if i == 2 { new } else { TestNet::addr_of(i) }),
+            &names_at(
+                &[1, 2, 3],
+                |i| if i == 2 { new } else { TestNet::addr_of(i) },
+            ),
         );
     }
     servers.insert(1, start_with(&net, &cfg, 2, &args));
     let moved = SocketAddr::from((new, PORT));
     // A restarted server has no clients: bob joins again, at the new address.
-    exchange(&bob, moved, "/nick bob", "+OK Nickname set to 'bob'");
-    exchange(&bob, moved, "/join 1", "+OK You are now in chat room #1");
-    alice.send_to(b"after the move", server_addr(1)).expect("send");
+    join_as(&bob, moved, "bob");
+    alice
+        .send_to(b"after the move", server_addr(1))
+        .expect("send");
     assert_eq!(recv(&alice), "<alice> after the move");
     assert_eq!(recv(&bob), "<alice> after the move");
     bob.send_to(b"from the new address", moved).expect("send");
@@ -409,12 +423,7 @@ fn a_server_back_with_a_new_address(secret: bool) {
         let forger = net.udp_socket(4);
         let mut raw = orderings::Datagram {
             src_incarnation: 1,
-            dst_incarnation: 0,
-            ack: 0,
-            delivered: 0,
-            report_wanted: false,
-            gaps: vec![],
-            frames: vec![],
+            ..orderings::Datagram::default()
         }
         .encode_raw(true);
         orderings::stamp_sender(&mut raw, 1);
@@ -427,7 +436,9 @@ fn a_server_back_with_a_new_address(secret: bool) {
         );
         // Three heartbeat intervals: server traffic would have come.
         expect_nothing(&forger, Duration::from_millis(1500));
-        alice.send_to(b"still server 2", server_addr(1)).expect("send");
+        alice
+            .send_to(b"still server 2", server_addr(1))
+            .expect("send");
         assert_eq!(recv(&alice), "<alice> still server 2");
         assert_eq!(recv(&bob), "<alice> still server 2");
     }
@@ -508,6 +519,17 @@ fn test_hosts_are_removed_on_drop() {
 
 fn server_addr(i: usize) -> SocketAddr {
     SocketAddr::from((TestNet::addr_of(i), PORT))
+}
+
+/// Sets the nick of the client on `sock` at server `to` and joins room 1.
+fn join_as(sock: &UdpSocket, to: SocketAddr, nick: &str) {
+    exchange(
+        sock,
+        to,
+        &format!("/nick {nick}"),
+        &format!("+OK Nickname set to '{nick}'"),
+    );
+    exchange(sock, to, "/join 1", "+OK You are now in chat room #1");
 }
 
 fn exchange(sock: &UdpSocket, to: SocketAddr, line: &str, reply: &str) {

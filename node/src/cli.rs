@@ -95,8 +95,9 @@ impl ReadyFile {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the directory of --ready-file {}", path.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("creating the directory of --ready-file {}", path.display())
+            })?;
         }
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("creating --ready-file {}", path.display()))?;

@@ -454,12 +454,15 @@ pub fn endpoint(path: &Path, line: usize, text: &str, role: Role) -> Result<Endp
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     let name = host.strip_suffix('.').unwrap_or(host);
     if name.len() > 253
         || !name.split('.').all(label_ok)
-        || name.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
+        || name
+            .split('.')
+            .all(|l| l.chars().all(|c| c.is_ascii_digit()))
     {
         return Err(ConfigError::new(
             path,

@@ -91,6 +91,8 @@ impl PeerBook {
                 name,
                 heard_at: now,
                 next_lookup: now,
+                // The server warns about unresolved names at start.
+                failing: addr.is_none(),
                 ..Peer::default()
             });
         }
@@ -116,10 +118,11 @@ impl PeerBook {
     /// Peers without an address, with their names (for the start-up
     /// warning).
     pub(crate) fn unresolved(&self) -> impl Iterator<Item = (ServerId, &str)> {
-        self.peers.iter().enumerate().filter_map(|(i, p)| {
-            (i != self.me && p.addr.is_none())
-                .then(|| (ServerId(i as u16), p.name.as_deref().unwrap_or("?")))
-        })
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|&(i, p)| i != self.me && p.addr.is_none())
+            .map(|(i, p)| (ServerId(i as u16), p.name.as_deref().unwrap_or("?")))
     }
 
     /// A datagram of `peer` (identified by address, or authenticated)
@@ -215,7 +218,11 @@ mod tests {
             ServerId(0),
             [
                 (Some(a("10.0.0.1:5000")), None, a("0.0.0.0:5000")),
-                (Some(a("10.0.0.2:5000")), Some("b:5000".to_string()), a("0.0.0.0:5000")),
+                (
+                    Some(a("10.0.0.2:5000")),
+                    Some("b:5000".to_string()),
+                    a("0.0.0.0:5000"),
+                ),
                 (None, Some("c:5000".to_string()), a("10.0.0.3:5000")),
             ],
             0,
@@ -226,16 +233,32 @@ mod tests {
     fn unresolved_names_are_looked_up_at_once_then_spaced() {
         let mut b = book();
         assert_eq!(b.addr_of(ServerId(2)), None);
-        assert_eq!(b.unresolved().collect::<Vec<_>>(), vec![(ServerId(2), "c:5000")]);
+        assert_eq!(
+            b.unresolved().collect::<Vec<_>>(),
+            vec![(ServerId(2), "c:5000")]
+        );
         assert_eq!(b.due_lookups(0), vec![(ServerId(2), "c:5000".to_string())]);
         // Running: not again; failed: not before the spacing.
         assert!(b.due_lookups(10).is_empty());
-        assert_eq!(b.resolved(ServerId(2), None, 20), (None, true));
-        assert_eq!(b.resolved(ServerId(2), None, 20).1, false, "warned once");
+        assert_eq!(
+            b.resolved(ServerId(2), None, 20),
+            (None, false),
+            "warned at start"
+        );
+        // A named peer that resolved once and then fails is worth a warning, once.
+        b.peers[1].name = Some("b:5000".into());
+        assert_eq!(b.resolved(ServerId(1), None, 20), (None, true));
+        assert_eq!(
+            b.resolved(ServerId(1), None, 20),
+            (None, false),
+            "warned once"
+        );
         b.peers[2].resolving = false;
         assert!(b.due_lookups(RESOLVE_EVERY_US - 1).is_empty());
         assert_eq!(b.due_lookups(RESOLVE_EVERY_US).len(), 1);
-        let moved = b.resolved(ServerId(2), Some(a("10.0.0.3:5000")), RESOLVE_EVERY_US).0;
+        let moved = b
+            .resolved(ServerId(2), Some(a("10.0.0.3:5000")), RESOLVE_EVERY_US)
+            .0;
         assert_eq!(moved.map(|m| m.to), Some(a("10.0.0.3:5000")));
         assert_eq!(b.peer_at(a("10.0.0.3:5000")), Some(ServerId(2)));
     }
@@ -259,7 +282,10 @@ mod tests {
         );
         assert_eq!(b.peer_at(a("10.0.0.2:5000")), None);
         assert_eq!(b.addr_of(ServerId(1)), Some(a("10.0.0.9:5000")));
-        assert!(b.is_server_address(a("10.0.0.2:5000")), "configured: never a client");
+        assert!(
+            b.is_server_address(a("10.0.0.2:5000")),
+            "configured: never a client"
+        );
         assert!(b.is_server_address(a("10.0.0.9:5000")), "the peer's now");
     }
 

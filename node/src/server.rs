@@ -112,6 +112,9 @@ enum Source {
     Implausible,
 }
 
+/// A finished host-name lookup: the peer and its address, if it resolved.
+type Lookup = (ServerId, Option<SocketAddr>);
+
 struct Server {
     socket: UdpSocket,
     replica: Replica,
@@ -120,8 +123,8 @@ struct Server {
     book: PeerBook,
     /// Host-name lookups report here: `(peer, address)`.
     lookups: (
-        tokio::sync::mpsc::UnboundedSender<(ServerId, Option<SocketAddr>)>,
-        tokio::sync::mpsc::UnboundedReceiver<(ServerId, Option<SocketAddr>)>,
+        tokio::sync::mpsc::UnboundedSender<Lookup>,
+        tokio::sync::mpsc::UnboundedReceiver<Lookup>,
     ),
     /// Whether any peer is named by host name (lookups to schedule).
     named_peers: bool,
@@ -232,11 +235,7 @@ impl Server {
     fn moved(&mut self, m: crate::peers::Moved, how: &str) {
         self.stats.peer_address_changes += 1;
         match m.from {
-            Some(old) => tracing::warn!(
-                "{} is now at {} (was {old}; {how})",
-                m.peer,
-                m.to
-            ),
+            Some(old) => tracing::warn!("{} is now at {} (was {old}; {how})", m.peer, m.to),
             None => tracing::warn!("{} is at {} ({how})", m.peer, m.to),
         }
     }
@@ -271,8 +270,8 @@ impl Server {
         if let Some(m) = moved {
             self.moved(m, "name resolved again");
         }
-        if first_failure && self.book.addr_of(peer).is_none() {
-            tracing::warn!("{peer}'s name does not resolve (yet); retrying every second");
+        if first_failure {
+            tracing::warn!("{peer}'s name does not resolve now; keeping its last address");
         }
     }
 

@@ -197,7 +197,10 @@ const ERRORS: &[(&str, &str, usize, &[&str])] = &[
         "t.toml",
         "[[node]]\nbind = \"0.0.0.0:6000\"\nadvertise = \"chat-0.chat.invalid:6000\"\n[[node]]\nbind = \"0.0.0.0:6000\"\nadvertise = \"CHAT-0.chat.invalid:6000\"\n",
         6,
-        &["node[2].advertise", "duplicate address chat-0.chat.invalid:6000"],
+        &[
+            "node[2].advertise",
+            "duplicate address chat-0.chat.invalid:6000",
+        ],
     ),
     ("l.txt", "255.255.255.255:5000\n", 1, &["broadcast"]),
     ("l.txt", "224.0.0.1:5000\n", 1, &["multicast"]),
@@ -446,7 +449,10 @@ fn servers_bind_a_wildcard_and_advertise_names_that_may_resolve_later() {
     assert_eq!(c.servers.len(), 3);
     let s1 = &c.servers[0];
     assert_eq!(s1.advertised(), "chat-0.chat.invalid:5000");
-    assert!(!s1.forward_resolved(), "a name that does not resolve is kept");
+    assert!(
+        !s1.forward_resolved(),
+        "a name that does not resolve is kept"
+    );
     assert_eq!(s1.forward.port(), 5000);
     assert_eq!(s1.bind, "0.0.0.0:5000".parse().unwrap());
     assert!(s1.bind_resolved());
@@ -469,7 +475,10 @@ fn servers_bind_a_wildcard_and_advertise_names_that_may_resolve_later() {
     let c = config::load(&p).unwrap_or_else(|e| panic!("{e}"));
     assert!(c.servers[0].forward.ip().is_loopback());
     assert_eq!(c.servers[0].forward_name.as_deref(), Some("localhost:5000"));
-    assert_eq!(c.servers[0].bind, c.servers[0].forward, "bind defaults to advertise");
+    assert_eq!(
+        c.servers[0].bind, c.servers[0].forward,
+        "bind defaults to advertise"
+    );
 
     // The legacy FWD,BIND pair keeps its meaning; BIND may be a wildcard,
     // FWD a name that does not resolve yet.

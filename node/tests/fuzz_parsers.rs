@@ -128,7 +128,11 @@ fn check_valid(c: &ClusterConfig, expect: Option<ConfigFormat>) -> Result<(), Te
         // A wildcard bind has no address to collide on (every server of
         // a StatefulSet binds 0.0.0.0:PORT); the advertised address never
         // is one (these inputs resolve no names, so it is an address).
-        prop_assert!(!s.forward.ip().is_unspecified(), "forward {} is a wildcard", s.forward);
+        prop_assert!(
+            !s.forward.ip().is_unspecified(),
+            "forward {} is a wildcard",
+            s.forward
+        );
         if !s.bind.ip().is_unspecified() {
             prop_assert!(seen.insert(s.bind), "bind {} twice", s.bind);
         }

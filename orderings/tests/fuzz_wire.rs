@@ -993,13 +993,13 @@ fn replica_as(me: u16, key: Option<[u8; 32]>) -> Replica {
 fn keyed_datagrams_are_identified_by_their_authenticated_sender() {
     let mut a = replica_as(0, Some(KEY));
     let mut b = replica_as(1, Some(KEY));
-    let t = b
-        .poll_transmit(Time(1))
-        .expect("a first heartbeat");
+    let t = b.poll_transmit(Time(1)).expect("a first heartbeat");
     let to_a = if t.to == ServerId(0) {
         t.payload
     } else {
-        b.poll_transmit(Time(1)).expect("a heartbeat for server 0").payload
+        b.poll_transmit(Time(1))
+            .expect("a heartbeat for server 0")
+            .payload
     };
     let bad_before = a.stats().bad_datagrams;
     match a.handle_authenticated_datagram(Time(2), &to_a) {
@@ -1021,16 +1021,15 @@ fn keyed_datagrams_are_identified_by_their_authenticated_sender() {
         let mut raw = Datagram {
             src_incarnation: 2,
             dst_incarnation: 1,
-            ack: 0,
-            delivered: 0,
-            report_wanted: false,
-            gaps: vec![],
-            frames: vec![],
+            ..Datagram::default()
         }
         .encode_raw(true);
         stamp_sender(&mut raw, index);
         let wire = seal_datagram(&raw, Some(&KEY));
-        assert!(a.handle_authenticated_datagram(Time(5), &wire).is_none(), "index {index}");
+        assert!(
+            a.handle_authenticated_datagram(Time(5), &wire).is_none(),
+            "index {index}"
+        );
     }
     // Without a secret an index claim is never trusted.
     let mut plain = replica_as(0, None);
@@ -1041,5 +1040,9 @@ fn keyed_datagrams_are_identified_by_their_authenticated_sender() {
         Ok(None),
         "unkeyed datagrams are today's"
     );
-    assert!(plain.handle_authenticated_datagram(Time(2), &t.payload).is_none());
+    assert!(
+        plain
+            .handle_authenticated_datagram(Time(2), &t.payload)
+            .is_none()
+    );
 }

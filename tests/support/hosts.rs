@@ -130,7 +130,15 @@ impl TestNet {
     /// machine, or a rescheduled pod, back with a new address).
     pub fn readdress(&self, i: usize, addr: Ipv4Addr) {
         ip(&["-n", self.ns(i), "addr", "flush", "dev", "eth0"]);
-        ip(&["-n", self.ns(i), "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            self.ns(i),
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
     }
 
     /// Sets the host-name table of every host (and the switch) to `names`

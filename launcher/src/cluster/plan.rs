@@ -127,7 +127,11 @@ impl Plan {
                 file.display(),
                 s.line,
                 s.name,
-                if s.forward_resolved() { s.bind_text() } else { s.advertised() }
+                if s.forward_resolved() {
+                    s.bind_text()
+                } else {
+                    s.advertised()
+                }
             );
         }
         let config_path = absolute(file)?;

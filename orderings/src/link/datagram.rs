@@ -33,8 +33,9 @@ pub(super) const FLAG_SENDER: u8 = 0x04;
 /// 16-bit index (3 bytes), each byte stuffed to at most 2.
 pub(crate) const SENDER_MAX_STUFFED: usize = 6;
 
-/// Decoded header and control part of a datagram.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Decoded header and control part of a datagram (the default: a
+/// heartbeat of incarnation 0 to an unknown one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Datagram<'a> {
     /// The sender's incarnation.
     pub src_incarnation: u64,
@@ -81,20 +82,7 @@ impl<'a> Datagram<'a> {
     /// datagram and whether its flags say it carries a MAC.
     pub fn decode_raw(buf: &'a [u8]) -> Result<(Datagram<'a>, bool), WireError> {
         let mut r = Reader::new(buf);
-        if r.u8()? != MAGIC {
-            return Err(WireError::BadMagic);
-        }
-        let v = r.u8()?;
-        if v != VERSION {
-            return Err(WireError::Version(v));
-        }
-        let flags = r.u8()?;
-        if flags & !(FLAG_MAC | FLAG_REPORT | FLAG_SENDER) != 0 {
-            return Err(WireError::OutOfRange("flags"));
-        }
-        if flags & FLAG_SENDER != 0 && r.varint()? > u64::from(u16::MAX) {
-            return Err(WireError::OutOfRange("sender"));
-        }
+        let (flags, _) = read_head(&mut r)?;
         let src_incarnation = r.varint()?;
         let dst_incarnation = r.varint()?;
         let ack = r.varint()?;
@@ -149,7 +137,12 @@ pub fn stamp_sender(raw: &mut Vec<u8>, sender: u16) {
 /// The sender's server index a raw datagram names (after
 /// [`open_datagram`]), `None` when it names none.
 pub fn sender_of(raw: &[u8]) -> Result<Option<u16>, WireError> {
-    let mut r = Reader::new(raw);
+    read_head(&mut Reader::new(raw)).map(|(_, sender)| sender)
+}
+
+/// Reads magic, version, flags and the sender's index when the flags name
+/// one: `(flags, sender)`.
+fn read_head(r: &mut Reader<'_>) -> Result<(u8, Option<u16>), WireError> {
     if r.u8()? != MAGIC {
         return Err(WireError::BadMagic);
     }
@@ -157,12 +150,17 @@ pub fn sender_of(raw: &[u8]) -> Result<Option<u16>, WireError> {
     if v != VERSION {
         return Err(WireError::Version(v));
     }
-    if r.u8()? & FLAG_SENDER == 0 {
-        return Ok(None);
+    let flags = r.u8()?;
+    if flags & !(FLAG_MAC | FLAG_REPORT | FLAG_SENDER) != 0 {
+        return Err(WireError::OutOfRange("flags"));
     }
-    u16::try_from(r.varint()?)
-        .map(Some)
-        .map_err(|_| WireError::OutOfRange("sender"))
+    let sender = if flags & FLAG_SENDER != 0 {
+        let index = u16::try_from(r.varint()?).map_err(|_| WireError::OutOfRange("sender"))?;
+        Some(index)
+    } else {
+        None
+    };
+    Ok((flags, sender))
 }
 
 /// Computes the tag of `raw` under `key`.
@@ -280,7 +278,10 @@ mod tests {
         let old = [MAGIC, VERSION, 0, 1, 2, 3, 4, 0, 1, 1, 2, b'h', b'i'];
         let (back, auth) = Datagram::decode_raw(&old).unwrap();
         assert!(!auth);
-        assert_eq!((back.src_incarnation, back.frames), (1, vec![(1, &b"hi"[..])]));
+        assert_eq!(
+            (back.src_incarnation, back.frames),
+            (1, vec![(1, &b"hi"[..])])
+        );
         // A sender index beyond 16 bits is refused.
         let mut big = d.encode_raw(false);
         big[2] |= FLAG_SENDER;
