@@ -403,3 +403,96 @@ for name in sorted(doc["services"]):
     assert_eq!(hear(&bob), "<bob> hello by name");
     assert_eq!(hear(&alice), "<bob> hello by name");
 }
+
+/// What the Kubernetes StatefulSet runs in each pod (its `sh -c` command,
+/// with the ConfigMap's cluster file, the Secret and the pod's HOSTNAME),
+/// run on three test hosts standing for the pods: they start before any
+/// pod name resolves (as a StatefulSet's DNS records appear after the
+/// pods), say they are ready through the readiness probe's file, and find
+/// each other by their names once those resolve.
+#[test]
+fn kubernetes_pod_commands_run_on_test_hosts_by_name() {
+    let net = TestNet::new(5);
+    let dir = Scratch::new("export-k8s-hosts");
+    let cfg = hosts_cluster(&dir, 3);
+    let out = dir.path().join("out");
+    export(&cfg, "kubernetes", &out, &[]);
+    let pod = dir.path().join("pod");
+    std::fs::create_dir_all(&pod).expect("pod dir");
+    let facts = python(
+        r#"
+import sys, yaml
+docs = {d["kind"]: d for d in yaml.safe_load_all(open(sys.argv[1]))}
+c = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+open(sys.argv[2] + "/cluster.toml", "w").write(docs["ConfigMap"]["data"]["cluster.toml"])
+open(sys.argv[2] + "/secret", "w").write(docs["Secret"]["stringData"]["secret"])
+print(c["command"][0], c["command"][1])
+print(c["command"][2])
+print(" ".join(c["readinessProbe"]["exec"]["command"]))
+"#,
+        &[&out.join("cluster.yaml"), &pod],
+    );
+    let lines: Vec<&str> = facts.lines().collect();
+    assert_eq!(lines.len(), 3, "{facts}");
+    assert_eq!(lines[0], "/bin/sh -c", "{facts}");
+    assert_eq!(lines[2], "test -e /run/chatserver/ready", "{facts}");
+    // No pod name resolves yet (the table exists, empty: `ip netns exec`
+    // mounts it for the programs it starts).
+    net.set_hosts(&[]);
+    let mut servers = Vec::new();
+    for k in 0..3 {
+        let ready = pod.join(format!("run-{k}/ready"));
+        // The pod's paths, here.
+        let command = lines[1]
+            .replace(
+                "exec chatserver ",
+                &format!("exec {} ", bin("chatserver").display()),
+            )
+            .replace(
+                "/etc/chatserver/cluster.toml",
+                &pod.join("cluster.toml").to_string_lossy(),
+            )
+            .replace(
+                "/etc/chatserver-secret/secret",
+                &pod.join("secret").to_string_lossy(),
+            )
+            .replace("/run/chatserver/ready", &ready.to_string_lossy());
+        let mut cmd = net.command(k + 1, "/bin/sh");
+        cmd.arg("-c")
+            .arg(&command)
+            .env("HOSTNAME", format!("test-cluster-{k}"));
+        let mut p = Proc::spawn(&format!("pod test-cluster-{k}"), cmd);
+        let said = p.wait_stderr("ready");
+        assert!(
+            said.iter()
+                .any(|l| l.contains(&format!("S0{} ready", k + 1))),
+            "pod {k} is not server {}: {said:?}",
+            k + 1
+        );
+        assert!(ready.exists(), "pod {k}: no ready file for the probe");
+        servers.push(p);
+    }
+    // The headless Service's records appear.
+    let names: Vec<String> = (0..3)
+        .map(|k| format!("test-cluster-{k}.test-cluster"))
+        .collect();
+    let table: Vec<(&str, std::net::Ipv4Addr)> = names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| (n.as_str(), TestNet::addr_of(k + 1)))
+        .collect();
+    net.set_hosts(&table);
+    let to = |i: usize| std::net::SocketAddr::from((TestNet::addr_of(i), 5000));
+    let alice = net.udp_socket(4);
+    let bob = net.udp_socket(5);
+    alice.send_to(b"/join 1", to(1)).expect("send");
+    assert_eq!(hear(&alice), "+OK You are now in chat room #1");
+    bob.send_to(b"/join 1", to(3)).expect("send");
+    assert_eq!(hear(&bob), "+OK You are now in chat room #1");
+    alice.send_to(b"/nick alice", to(1)).expect("send");
+    assert_eq!(hear(&alice), "+OK Nickname set to 'alice'");
+    // `total`: delivered once all three pods, found by name, agreed.
+    alice.send_to(b"hello, pods", to(1)).expect("send");
+    assert_eq!(hear(&alice), "<alice> hello, pods");
+    assert_eq!(hear(&bob), "<alice> hello, pods");
+}
