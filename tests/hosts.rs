@@ -341,6 +341,34 @@ fn servers_named_by_host_name_find_each_other_also_when_a_name_resolves_late() {
     assert_eq!(recv(&alice), "<bob> and back");
 }
 
+/// `launcher stress --attach` from another host drives a cluster whose file
+/// names the servers by host name and binds the wildcard (clients go to the
+/// advertised names): every guarantee of `total` holds.
+#[test]
+fn a_stress_run_on_servers_named_by_host_name() {
+    let net = TestNet::new(4);
+    let dir = Scratch::new("hosts-names-stress");
+    let cfg = named_cluster(&dir, 3);
+    set_hosts(&net, &names_at(&[1, 2, 3], TestNet::addr_of));
+    let _servers: Vec<Proc> = (1..=3).map(|i| start_with(&net, &cfg, i, &[])).collect();
+    let run = start_stress(
+        &net,
+        4,
+        &dir,
+        &cfg,
+        &["--clients", "6", "--rooms", "2", "--messages", "30"],
+    );
+    let (status, text, report) = run.finish();
+    assert!(status.success(), "stress on named hosts failed:\n{text}");
+    assert_eq!(report["ok"], true, "{text}");
+    assert_eq!(report["sent"], 180, "{text}");
+    assert_eq!(report["stop_reason"], "complete", "{text}");
+    assert_eq!(
+        report["expected_deliveries"], report["distinct_deliveries"],
+        "{text}"
+    );
+}
+
 /// Server 2 is killed and comes back on its host with a new address (a
 /// rescheduled pod). Without a secret its name is updated (the hosts
 /// files) and the others find it by resolving the name again once it has
