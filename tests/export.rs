@@ -67,6 +67,26 @@ fn hear(s: &std::net::UdpSocket) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// Alice on host 4 (server 1) and Bob on host 5 (server 3) join room 2;
+/// Alice's `text` reaches both, byte for byte.
+fn chat_across_hosts(net: &TestNet, text: &str) {
+    let to = |i: usize| std::net::SocketAddr::from((TestNet::addr_of(i), 5000));
+    let alice = net.udp_socket(4);
+    let bob = net.udp_socket(5);
+    let talk = |s: &std::net::UdpSocket, server: usize, line: &str| {
+        s.send_to(line.as_bytes(), to(server)).expect("send");
+    };
+    talk(&alice, 1, "/nick alice");
+    assert_eq!(hear(&alice), "+OK Nickname set to 'alice'");
+    talk(&alice, 1, "/join 2");
+    assert_eq!(hear(&alice), "+OK You are now in chat room #2");
+    talk(&bob, 3, "/join 2");
+    assert_eq!(hear(&bob), "+OK You are now in chat room #2");
+    talk(&alice, 1, text);
+    assert_eq!(hear(&alice), format!("<alice> {text}"));
+    assert_eq!(hear(&bob), format!("<alice> {text}"));
+}
+
 /// chatserver's own parser accepts the file (`launcher check` would also
 /// look for the binary and ports; the node's loader is what matters).
 fn node_accepts(cluster_file: &Path, servers: usize) {
@@ -183,21 +203,7 @@ fn systemd_command_lines_run_on_test_hosts() {
         p.wait_stderr("ready");
         servers.push(p);
     }
-    let to = |i: usize| std::net::SocketAddr::from((TestNet::addr_of(i), 5000));
-    let alice = net.udp_socket(4);
-    let bob = net.udp_socket(5);
-    let talk = |s: &std::net::UdpSocket, server: usize, line: &str| {
-        s.send_to(line.as_bytes(), to(server)).expect("send");
-    };
-    talk(&alice, 1, "/nick alice");
-    assert_eq!(hear(&alice), "+OK Nickname set to 'alice'");
-    talk(&alice, 1, "/join 2");
-    assert_eq!(hear(&alice), "+OK You are now in chat room #2");
-    talk(&bob, 3, "/join 2");
-    assert_eq!(hear(&bob), "+OK You are now in chat room #2");
-    talk(&alice, 1, "hello from an exported unit");
-    assert_eq!(hear(&alice), "<alice> hello from an exported unit");
-    assert_eq!(hear(&bob), "<alice> hello from an exported unit");
+    chat_across_hosts(&net, "hello from an exported unit");
 }
 
 #[test]
@@ -390,18 +396,7 @@ for name in sorted(doc["services"]):
         servers.push(p);
     }
     assert_eq!(servers.len(), 3, "{commands}");
-    let to = |i: usize| std::net::SocketAddr::from((TestNet::addr_of(i), 5000));
-    let alice = net.udp_socket(4);
-    let bob = net.udp_socket(5);
-    alice.send_to(b"/join 2", to(1)).expect("send");
-    assert_eq!(hear(&alice), "+OK You are now in chat room #2");
-    bob.send_to(b"/join 2", to(3)).expect("send");
-    assert_eq!(hear(&bob), "+OK You are now in chat room #2");
-    bob.send_to(b"/nick bob", to(3)).expect("send");
-    assert_eq!(hear(&bob), "+OK Nickname set to 'bob'");
-    bob.send_to(b"hello by name", to(3)).expect("send");
-    assert_eq!(hear(&bob), "<bob> hello by name");
-    assert_eq!(hear(&alice), "<bob> hello by name");
+    chat_across_hosts(&net, "hello by name");
 }
 
 /// What the Kubernetes StatefulSet runs in each pod (its `sh -c` command,
@@ -482,17 +477,6 @@ print(" ".join(c["readinessProbe"]["exec"]["command"]))
         .map(|(k, n)| (n.as_str(), TestNet::addr_of(k + 1)))
         .collect();
     net.set_hosts(&table);
-    let to = |i: usize| std::net::SocketAddr::from((TestNet::addr_of(i), 5000));
-    let alice = net.udp_socket(4);
-    let bob = net.udp_socket(5);
-    alice.send_to(b"/join 1", to(1)).expect("send");
-    assert_eq!(hear(&alice), "+OK You are now in chat room #1");
-    bob.send_to(b"/join 1", to(3)).expect("send");
-    assert_eq!(hear(&bob), "+OK You are now in chat room #1");
-    alice.send_to(b"/nick alice", to(1)).expect("send");
-    assert_eq!(hear(&alice), "+OK Nickname set to 'alice'");
     // `total`: delivered once all three pods, found by name, agreed.
-    alice.send_to(b"hello, pods", to(1)).expect("send");
-    assert_eq!(hear(&alice), "<alice> hello, pods");
-    assert_eq!(hear(&bob), "<alice> hello, pods");
+    chat_across_hosts(&net, "hello, pods");
 }
