@@ -1,9 +1,12 @@
 //! `open_datagram` (with and without a key), `Datagram::decode_raw`,
-//! `unstuff` and a round trip of whatever decodes.
+//! `sender_of`, `unstuff` and a round trip of whatever decodes (the
+//! sender's index stamped back when it named one).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use orderings::{Datagram, open_datagram, seal_datagram, stuff_into, unstuff};
+use orderings::{
+    Datagram, open_datagram, seal_datagram, sender_of, stamp_sender, stuff_into, unstuff,
+};
 
 const KEY: [u8; 32] = [0x5a; 32];
 
@@ -11,10 +14,15 @@ fuzz_target!(|data: &[u8]| {
     for key in [None, Some(&KEY)] {
         if let Ok(raw) = open_datagram(data, key) {
             if let Ok((d, auth)) = Datagram::decode_raw(&raw) {
-                let again = d.encode_raw(auth);
+                let sender = sender_of(&raw).expect("a decoded datagram has a readable sender");
+                let mut again = d.encode_raw(auth);
+                if let Some(s) = sender {
+                    stamp_sender(&mut again, s);
+                }
                 let (d2, a2) = Datagram::decode_raw(&again).expect("re-encoded datagram decodes");
                 assert_eq!(d2, d);
                 assert_eq!(a2, auth);
+                assert_eq!(sender_of(&again), Ok(sender));
                 let sealed = seal_datagram(&again, key);
                 assert!(!sealed.contains(&0));
                 assert_eq!(open_datagram(&sealed, key).expect("opens"), again);

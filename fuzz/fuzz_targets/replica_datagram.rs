@@ -1,13 +1,15 @@
 //! A replica (every registered strategy, with and without a key) fed
 //! datagrams from the fuzz data, both raw and wrapped into well-formed,
-//! correctly sealed datagrams whose frames carry the fuzz bytes.
+//! correctly sealed datagrams whose frames carry the fuzz bytes; with a
+//! key, also through `handle_authenticated_datagram` (identified by the
+//! sender's index inside the MAC).
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use orderings::{
     Datagram, Replica, ReplicaConfig, ServerId, StrategyContext, Time, open_datagram, registered,
-    seal_datagram,
+    seal_datagram, sender_of, stamp_sender,
 };
 
 const SERVERS: usize = 3;
@@ -40,6 +42,13 @@ fuzz_target!(|data: &[u8]| {
         now = now.plus_micros(u64::from(*op) * 997);
         let from = usize::from(*op & 3) % SERVERS;
         let result = match op >> 2 & 3 {
+            0 if key.is_some() && op & 0x80 != 0 => {
+                match r.handle_authenticated_datagram(now, chunk) {
+                    Some((_, result)) => result,
+                    // Not a peer's: nothing counted.
+                    None => Ok(()),
+                }
+            }
             0 => r.handle_datagram(now, ServerId(from as u16), chunk),
             1 | 2 => {
                 // A valid datagram from a peer: the next frames, the fuzz
@@ -61,8 +70,20 @@ fuzz_target!(|data: &[u8]| {
                     gaps: vec![],
                     frames,
                 };
-                let wire = seal_datagram(&d.encode_raw(key.is_some()), key.as_ref());
-                r.handle_datagram(now, ServerId(from as u16), &wire)
+                let mut raw = d.encode_raw(key.is_some());
+                if key.is_some() {
+                    stamp_sender(&mut raw, from as u16);
+                }
+                let wire = seal_datagram(&raw, key.as_ref());
+                if key.is_some() && op >> 2 & 3 == 2 {
+                    let (who, result) = r
+                        .handle_authenticated_datagram(now, &wire)
+                        .expect("a sealed datagram naming a peer is identified");
+                    assert_eq!(who, ServerId(from as u16));
+                    result
+                } else {
+                    r.handle_datagram(now, ServerId(from as u16), &wire)
+                }
             }
             _ => {
                 let _ = r.post(
@@ -77,7 +98,8 @@ fuzz_target!(|data: &[u8]| {
         bad += u64::from(result.is_err());
         while let Some(t) = r.poll_transmit(now) {
             assert!(!t.payload.contains(&0));
-            assert!(open_datagram(&t.payload, key.as_ref()).is_ok());
+            let raw = open_datagram(&t.payload, key.as_ref()).expect("own transmit opens");
+            assert_eq!(sender_of(&raw), Ok(key.map(|_| 0)));
         }
         while r.poll_delivery().is_some() {}
     }

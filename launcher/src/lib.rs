@@ -43,6 +43,7 @@ macro_rules! out {
 
 pub mod bench;
 pub mod cluster;
+pub mod export;
 pub mod load;
 pub mod net;
 pub mod proxy;
@@ -79,6 +80,8 @@ pub enum Command {
     Stress(stress::StressArgs),
     /// Run a named benchmark (W1..W4, latency, memory, cpu).
     Bench(bench::BenchArgs),
+    /// Write what systemd, Kubernetes or compose need to run the cluster.
+    Export(export::ExportArgs),
 }
 
 pub fn init_tracing() {
@@ -100,5 +103,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proxy(a) => proxy::run(a),
         Command::Stress(a) => stress::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Export(a) => export::run(a),
     }
 }

@@ -79,6 +79,36 @@ pub struct ServerArgs {
     /// the future than this is refused as forged.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub max_clock_skew_ms: u64,
+    /// Create this file once the server is ready (bound, serving) and
+    /// remove it when it stops: a readiness probe for supervisors such as
+    /// Kubernetes (`test -e PATH`)
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The `--ready-file`: created when the server is ready, removed when this
+/// is dropped (on every way out of `run`).
+struct ReadyFile(PathBuf);
+
+impl ReadyFile {
+    fn create(path: &std::path::Path) -> anyhow::Result<ReadyFile> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("creating the directory of --ready-file {}", path.display())
+            })?;
+        }
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("creating --ready-file {}", path.display()))?;
+        Ok(ReadyFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Parses the command line (with the registered modes in `--help`), runs the
@@ -131,9 +161,26 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             ..config::ConfigLimits::default()
         },
     )?;
-    let entry = cluster.server(args.index)?.clone();
+    let mut entry = cluster.server(args.index)?.clone();
     let me = ServerId((args.index - 1) as u16);
     crate::verbose::init(&me.to_string(), args.verbose);
+    if !entry.bind_resolved() {
+        // Our own bind address is a name: it must resolve now (the others'
+        // names may resolve later).
+        let text = entry.bind_text();
+        let (host, port) = text
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .with_context(|| format!("bad bind address {text}"))?;
+        entry.bind = config::lookup_now(host, port).with_context(|| {
+            format!(
+                "{}:{}: the bind address {text} of {} does not resolve; bind a local or wildcard address (bind = \"0.0.0.0:{port}\") and advertise the name",
+                cluster.source.display(),
+                entry.line,
+                entry.name
+            )
+        })?;
+    }
     let mode = args
         .ordering
         .clone()
@@ -172,6 +219,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         // Signal handlers go in before `ready`: a supervisor may stop us
         // the moment it reads that line.
         let shutdown = shutdown_signal()?;
+        // The file first: whoever reads the line may look for it.
+        let _ready = match &args.ready_file {
+            Some(p) => Some(ReadyFile::create(p)?),
+            None => None,
+        };
         eprintln!(
             "{me} ready: listening on {} (ordering {}, {} rooms, incarnation {incarnation}, receive buffer {} KiB)",
             entry.bind,
@@ -201,7 +253,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
                 total_rate: args.error_rate_total,
             },
         };
-        let stats = server::run(socket, setup, shutdown).await?;
+        let stats = server::run(socket, setup, shutdown).await;
+        // Not ready any more, before anything says it stopped.
+        drop(_ready);
+        let stats = stats?;
         eprintln!(
             "{}",
             crate::stats::ServerCounters::from(&stats).stopped_line(&me.to_string())

@@ -45,12 +45,71 @@ impl ConfigLimits {
 pub struct ServerEntry {
     /// `s1`, `s2`, ... unless the TOML names it.
     pub name: String,
-    /// Where other servers send to (a proxy may sit here).
+    /// The advertised address: where the other servers (and clients) reach
+    /// it (`advertise`/`forward` in TOML; a proxy may sit here). When it is
+    /// a host name that did not resolve at load, its IP is the unspecified
+    /// address (see [`ServerEntry::forward_resolved`]).
     pub forward: SocketAddr,
-    /// Where this server listens, for clients and peers.
+    /// Where this server listens, for clients and peers: a specific or a
+    /// wildcard address; the unspecified IP too when `bind_name` did not
+    /// resolve at load.
     pub bind: SocketAddr,
+    /// `HOST:PORT` as written when the advertised address names a host:
+    /// resolved at load and again at run time (see `server.rs`).
+    pub forward_name: Option<String>,
+    /// `HOST:PORT` as written when the bind address names a host.
+    pub bind_name: Option<String>,
     /// 1-based line in the source file the entry came from.
     pub line: usize,
+}
+
+impl ServerEntry {
+    /// The advertised address as a cluster file writes it: the host name
+    /// when there is one, else the address.
+    pub fn advertised(&self) -> String {
+        self.forward_name
+            .clone()
+            .unwrap_or_else(|| self.forward.to_string())
+    }
+
+    /// The bind address as a cluster file writes it.
+    pub fn bind_text(&self) -> String {
+        self.bind_name
+            .clone()
+            .unwrap_or_else(|| self.bind.to_string())
+    }
+
+    /// Whether [`ServerEntry::forward`] is an address (a literal, or a name
+    /// that resolved at load). An advertised address is never a wildcard,
+    /// so the unspecified IP means "not resolved".
+    pub fn forward_resolved(&self) -> bool {
+        !self.forward.ip().is_unspecified()
+    }
+
+    /// Whether [`ServerEntry::bind`] is usable as it is (a literal, a
+    /// wildcard, or a name that resolved at load).
+    pub fn bind_resolved(&self) -> bool {
+        self.bind_name.is_none() || !self.bind.ip().is_unspecified()
+    }
+}
+
+/// What an address in a cluster file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Where the others reach a server: must be specific (or a name).
+    Advertise,
+    /// What a server binds: may be a wildcard (0.0.0.0, `::`).
+    Bind,
+}
+
+/// An address as written in a cluster file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The address (for a name that did not resolve: the unspecified IP
+    /// with the port).
+    pub addr: SocketAddr,
+    /// `HOST:PORT` as written when it names a host.
+    pub name: Option<String>,
 }
 
 /// Which syntax a file was written in.
@@ -226,10 +285,13 @@ pub fn parse_legacy_with(
         }
         let (forward, bind) = match parts.as_slice() {
             [one] => {
-                let a = resolve(path, line_no, one)?;
-                (a, a)
+                let a = endpoint(path, line_no, one, Role::Advertise)?;
+                (a.clone(), a)
             }
-            [f, b] => (resolve(path, line_no, f)?, resolve(path, line_no, b)?),
+            [f, b] => (
+                endpoint(path, line_no, f, Role::Advertise)?,
+                endpoint(path, line_no, b, Role::Bind)?,
+            ),
             _ => {
                 return Err(ConfigError::new(
                     path,
@@ -240,8 +302,10 @@ pub fn parse_legacy_with(
         };
         servers.push(ServerEntry {
             name: format!("s{}", servers.len() + 1),
-            forward,
-            bind,
+            forward: forward.addr,
+            bind: bind.addr,
+            forward_name: forward.name,
+            bind_name: bind.name,
             line: line_no,
         });
     }
@@ -282,12 +346,26 @@ pub fn check_usable(
     text: &str,
     a: SocketAddr,
 ) -> Result<SocketAddr, ConfigError> {
+    check_usable_as(path, line, text, a, Role::Advertise)
+}
+
+/// [`check_usable`] for an address of `role`: a bind address may be the
+/// unspecified (wildcard) address.
+pub fn check_usable_as(
+    path: &Path,
+    line: usize,
+    text: &str,
+    a: SocketAddr,
+    role: Role,
+) -> Result<SocketAddr, ConfigError> {
     let ip = a.ip();
     let why = if a.port() == 0 {
         Some("port 0 is not allowed")
+    } else if ip.is_unspecified() && role == Role::Bind {
+        None
     } else if ip.is_unspecified() {
         Some(
-            "the unspecified (wildcard) address is not allowed: give the address other servers and clients reach this server at",
+            "the unspecified (wildcard) address is not allowed here: give the address other servers and clients reach this server at (only `bind` may be a wildcard, with `advertise` beside it)",
         )
     } else if ip.is_multicast() {
         Some("a multicast address is not allowed")
@@ -315,11 +393,31 @@ pub fn check_usable(
     }
 }
 
-/// Resolves `host:port` (hostnames allowed; IPv4 preferred).
+/// Resolves `host:port` (hostnames allowed; IPv4 preferred); a name that
+/// does not resolve is an error.
 pub fn resolve(path: &Path, line: usize, text: &str) -> Result<SocketAddr, ConfigError> {
-    use std::net::ToSocketAddrs;
+    let e = endpoint(path, line, text, Role::Advertise)?;
+    if e.name.is_some() && e.addr.ip().is_unspecified() {
+        return Err(ConfigError::new(
+            path,
+            Some(line),
+            format!("cannot resolve '{text}'"),
+        ));
+    }
+    Ok(e.addr)
+}
+
+/// Parses an address of `role` as written (`IP:PORT` or `HOST:PORT`). A
+/// host name is resolved now, but one that does not resolve is no error
+/// (a Kubernetes pod's name appears in DNS a little after the pod): its
+/// address is the unspecified IP with the port, and the server resolves it
+/// again while it runs.
+pub fn endpoint(path: &Path, line: usize, text: &str, role: Role) -> Result<Endpoint, ConfigError> {
     if let Ok(a) = text.parse::<SocketAddr>() {
-        return check_usable(path, line, text, a);
+        return Ok(Endpoint {
+            addr: check_usable_as(path, line, text, a, role)?,
+            name: None,
+        });
     }
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(ConfigError::new(
@@ -349,19 +447,56 @@ pub fn resolve(path: &Path, line: usize, text: &str) -> Result<SocketAddr, Confi
             format!("missing host in '{text}'"),
         ));
     }
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| ConfigError::new(path, Some(line), format!("cannot resolve '{host}': {e}")))?
-        .collect();
-    let a = addrs
+    // A DNS name (RFC 1123 labels; `_` too, as some resolvers allow); an
+    // address that failed to parse is no name.
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253
+        || !name.split('.').all(label_ok)
+        || name
+            .split('.')
+            .all(|l| l.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(ConfigError::new(
+            path,
+            Some(line),
+            format!("'{host}' is not a host name (in '{text}')"),
+        ));
+    }
+    let addr = match lookup_now(host, port) {
+        // A name stands for a specific machine whatever the role: the
+        // checks of an advertised address apply.
+        Some(a) => check_usable(path, line, text, a)?,
+        None => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port),
+    };
+    Ok(Endpoint {
+        addr,
+        name: Some(text.to_string()),
+    })
+}
+
+/// `host:port`'s address now (IPv4 preferred), `None` when it does not
+/// resolve.
+pub fn lookup_now(host: &str, port: u16) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
+    pick_address(&addrs)
+}
+
+/// The address of a name among its resolutions: IPv4 first.
+pub fn pick_address(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or_else(|| addrs.first())
         .copied()
-        .ok_or_else(|| {
-            ConfigError::new(path, Some(line), format!("'{host}' resolves to no address"))
-        })?;
-    check_usable(path, line, text, a)
 }
 
 /// Where a server's two addresses were written: the line of each and, in
@@ -410,16 +545,28 @@ pub(crate) fn finish(cfg: ClusterConfig, origins: &[Origin]) -> Result<ClusterCo
             "rooms must be at least 1",
         ));
     }
-    // A hash map, not a pairwise scan: 65,535 servers stay fast.
-    let mut seen: std::collections::HashMap<SocketAddr, (&str, &str, usize)> =
+    // A hash map, not a pairwise scan: 65,535 servers stay fast. Names
+    // count as written (two servers advertising one name collide);
+    // wildcard binds and names that did not resolve have no address to
+    // collide on (every pod of a StatefulSet binds 0.0.0.0:5000).
+    let mut seen: std::collections::HashMap<String, (&str, &str, usize)> =
         std::collections::HashMap::new();
     for (s, origin) in cfg.servers.iter().zip(origins) {
-        let mut mine = vec![(s.bind, "bind", &origin.bind)];
-        if s.forward != s.bind {
-            mine.push((s.forward, "forwarding", &origin.forward));
+        let mut mine: Vec<(String, &str, &(usize, String))> = Vec::new();
+        if !s.bind.ip().is_unspecified() {
+            mine.push((s.bind.to_string(), "bind", &origin.bind));
+        }
+        if s.forward_resolved() && s.forward != s.bind {
+            mine.push((s.forward.to_string(), "forwarding", &origin.forward));
+        }
+        if let Some(n) = &s.forward_name {
+            mine.push((n.to_ascii_lowercase(), "advertised", &origin.forward));
         }
         for (addr, what, (line, key)) in mine {
             if let Some((other, other_what, other_line)) = seen.get(&addr) {
+                if *other == s.name.as_str() {
+                    continue;
+                }
                 let key = if key.is_empty() {
                     String::new()
                 } else {

@@ -16,9 +16,14 @@
 //!
 //! [[node]]                   # ... or explicit nodes (not both)
 //! name = "s1"                # default s<i>
-//! bind = "127.0.0.1:5000"    # required
-//! forward = "127.0.0.1:8000" # default: = bind
+//! advertise = "chat-1.example:5000"  # where the others reach it (a name
+//!                            # or a specific address); `forward` is a synonym
+//! bind = "0.0.0.0:5000"      # what it binds (may be a wildcard); default:
+//!                            # = advertise. At least one of the two.
 //! ```
+//!
+//! A host name that does not resolve at load is no error: the server
+//! resolves it again while it runs (see `server.rs`).
 //!
 //! The same file carries the launcher's settings (`name`, `chatserver`,
 //! `state_dir`, `secret`, `secret_file`, `node_args` in `[cluster]`; the
@@ -103,6 +108,7 @@ impl TomlTable for NodesTable {
 struct NodeTable {
     name: Option<Spanned<String>>,
     bind: Option<Spanned<String>>,
+    advertise: Option<Spanned<String>>,
     forward: Option<Spanned<String>>,
 }
 
@@ -396,6 +402,21 @@ fn resolve(doc: &TomlDoc<'_>, span: Range<usize>, key: &str, text: &str) -> Resu
     })
 }
 
+/// Parses an address of `role` written at `span` (names need not resolve
+/// yet), naming `key` in the error.
+fn endpoint(
+    doc: &TomlDoc<'_>,
+    span: Range<usize>,
+    key: &str,
+    text: &str,
+    role: config::Role,
+) -> Result<config::Endpoint> {
+    config::endpoint(doc.path, doc.line_of(span.start), text, role).map_err(|e| ConfigError {
+        message: format!("{key}: {}", e.message),
+        ..e
+    })
+}
+
 fn missing(doc: &TomlDoc<'_>, span: Range<usize>, key: &str) -> ConfigError {
     doc.err(span, key, "missing (required)")
 }
@@ -470,6 +491,8 @@ fn nodes_shorthand(
                     .as_ref()
                     .map_or(bind, |f| SocketAddr::new(ip, port(f, i))),
                 bind,
+                forward_name: None,
+                bind_name: None,
                 line: bind_line,
             }
         })
@@ -507,20 +530,65 @@ fn node_list(
             }
             None => (format!("s{}", i + 1), None),
         };
-        let bind_s = t.bind.ok_or_else(|| missing(doc, span, &key("bind")))?;
-        let bind = resolve(doc, bind_s.span(), &key("bind"), bind_s.get_ref())?;
-        let bind_line = doc.line_of(bind_s.span().start);
-        let (forward, forward_origin) = match &t.forward {
-            Some(f) => (
-                resolve(doc, f.span(), &key("forward"), f.get_ref())?,
-                (doc.line_of(f.span().start), key("forward")),
-            ),
-            None => (bind, (bind_line, key("bind"))),
+        let advertise = match (t.advertise, t.forward) {
+            (Some(a), Some(f)) => {
+                return Err(doc.err(
+                    f.span(),
+                    &key("forward"),
+                    format!(
+                        "give `advertise` or its synonym `forward`, not both (advertise = {:?} is on line {})",
+                        a.get_ref(),
+                        doc.line_of(a.span().start)
+                    ),
+                ));
+            }
+            (Some(a), None) => Some((a, "advertise")),
+            (None, Some(f)) => Some((f, "forward")),
+            (None, None) => None,
         };
+        let written = |s: &Spanned<String>, k: &str, role| {
+            endpoint(doc, s.span(), &key(k), s.get_ref(), role)
+                .map(|e| (e, (doc.line_of(s.span().start), key(k))))
+        };
+        let (bind, bind_origin, line_span) = match &t.bind {
+            Some(b) => {
+                let (e, o) = written(b, "bind", config::Role::Bind)?;
+                (e, o, b.span())
+            }
+            None => match &advertise {
+                Some((a, k)) => {
+                    let (e, o) = written(a, k, config::Role::Advertise)?;
+                    (e, o, a.span())
+                }
+                None => {
+                    return Err(doc.err(
+                        span,
+                        &key("bind"),
+                        "missing (required): give `bind`, `advertise` or both",
+                    ));
+                }
+            },
+        };
+        let (forward, forward_origin) = match &advertise {
+            Some((a, k)) => written(a, k, config::Role::Advertise)?,
+            None if bind.addr.ip().is_unspecified() && bind.name.is_none() => {
+                let b = t.bind.as_ref().map_or(span.clone(), |b| b.span());
+                return Err(doc.err(
+                    b,
+                    &key("bind"),
+                    format!(
+                        "a wildcard (unspecified) bind address ({}) needs `advertise = \"HOST:PORT\"`: the address the other servers and clients reach this server at",
+                        bind.addr
+                    ),
+                ));
+            }
+            None => (bind.clone(), bind_origin.clone()),
+        };
+        let bind_line = doc.line_of(line_span.start);
         // Explicit names and defaults may collide (`name = "s2"` on node 1).
         if let Some((j, other)) = servers.iter().enumerate().find(|(_, o)| o.name == name) {
             return Err(doc.err(
-                name_span.unwrap_or(bind_s.span()),
+                name_span.unwrap_or(line_span),
                 &key("name"),
                 format!(
                     "duplicate node name '{name}' (node[{}] on line {} has it too)",
@@ -531,12 +599,14 @@ fn node_list(
         }
         servers.push(ServerEntry {
             name,
-            forward,
-            bind,
+            forward: forward.addr,
+            bind: bind.addr,
+            forward_name: forward.name,
+            bind_name: bind.name,
             line: bind_line,
         });
         origins.push(Origin {
-            bind: (bind_line, key("bind")),
+            bind: bind_origin,
             forward: forward_origin,
         });
     }
@@ -658,7 +728,7 @@ mod tests {
         assert_err(
             "[[node]]\nbind = \"127.0.0.1:5000\"\nport = 3\n",
             3,
-            &["node[1].port", "unknown", "name, bind, forward"],
+            &["node[1].port", "unknown", "name, bind, advertise, forward"],
         );
         assert_err(
             "[[node]]\nbind = \"127.0.0.1:5000\"\n[[node]]\nbind = \"127.0.0.1:5001\"\nport = 3\n",

@@ -50,6 +50,7 @@ pub mod command;
 pub mod config;
 pub mod config_toml;
 pub mod guard;
+mod peers;
 pub mod server;
 pub mod session;
 pub mod stats;

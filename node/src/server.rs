@@ -7,13 +7,13 @@ use crate::admission::FairAdmission;
 use crate::command::{ClientCommand, CommandError, MAX_LINE};
 use crate::config::ClusterConfig;
 use crate::guard::{ErrorLimiter, ErrorLimits};
+use crate::peers::PeerBook;
 use crate::session::{Outcome, SessionLimits, SessionPolicy, SessionStats, Sessions};
 use crate::udp::{RECV_BATCH, RecvBatch, SendQueue};
 use bytes::Bytes;
 use orderings::{
     Replica, ReplicaConfig, ReplicaStats, RoomId, ServerId, StrategyContext, StrategySpec, Time,
 };
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -77,6 +77,14 @@ pub struct ServerStats {
     pub unreachable_peers: u64,
     /// ICMP errors for addresses with no session (or not unreachable).
     pub icmp_other: u64,
+    /// With a secret: datagrams from an address that is no peer's which
+    /// look like server datagrams but do not authenticate (forged, or a
+    /// server with another secret). Never taken for a peer's; handled as
+    /// client lines, as without a secret.
+    pub unauthenticated_peer_claims: u64,
+    /// Times a peer's address changed (resolved again, or learned from an
+    /// authenticated datagram).
+    pub peer_address_changes: u64,
     pub sessions: SessionStats,
     pub replica: ReplicaStats,
 }
@@ -87,9 +95,11 @@ pub enum ServerError {
     Io(#[from] io::Error),
 }
 
-/// Where a datagram comes from, decided once by its source address.
+/// Where a datagram comes from, decided by its source address (with a
+/// secret, an authenticated datagram is its sender's whatever its source:
+/// see [`Server::handle`]).
 enum Source {
-    /// A peer's forwarding address: server-to-server traffic.
+    /// A peer's advertised (forwarding) address: server-to-server traffic.
     Peer(ServerId),
     /// Any other plausible address: a client.
     Client,
@@ -102,15 +112,28 @@ enum Source {
     Implausible,
 }
 
+/// A finished host-name lookup: the peer and its address, if it resolved.
+type Lookup = (ServerId, Option<SocketAddr>);
+
 struct Server {
     socket: UdpSocket,
     replica: Replica,
     sessions: Sessions,
-    peers: HashMap<SocketAddr, ServerId>,
-    /// Every configured server address (bind and forwarding, ours too).
-    server_addrs: HashSet<SocketAddr>,
+    /// The peers' addresses, updated while running.
+    book: PeerBook,
+    /// Host-name lookups report here: `(peer, address)`.
+    lookups: (
+        tokio::sync::mpsc::UnboundedSender<Lookup>,
+        tokio::sync::mpsc::UnboundedReceiver<Lookup>,
+    ),
+    /// Whether any peer is named by host name (lookups to schedule).
+    named_peers: bool,
+    /// No lookup scheduling before this time (µs since the epoch).
+    next_lookup_check: u64,
+    /// The cluster has a secret: peers are identified by their
+    /// authenticated server index.
+    keyed: bool,
     errors: ErrorLimiter,
-    forward: Vec<SocketAddr>,
     epoch: Instant,
     stats: ServerStats,
     held_reported: (usize, usize),
@@ -128,8 +151,24 @@ impl Server {
     /// Handles one datagram of `len` bytes (`data` may be cut short when
     /// `len` exceeds what a receive slot keeps), by its source.
     fn handle(&mut self, from: SocketAddr, data: &[u8], len: usize) {
+        // With a secret, a datagram that authenticates is its sender's,
+        // by the index inside the MAC, from any address (a peer that came
+        // back with a new one is found at once).
+        // Only what starts like a server datagram is opened (stuffing
+        // leaves the magic byte alone): client lines cost a compare.
+        if self.keyed && len <= data.len() && data.first() == Some(&orderings::MAGIC) {
+            let now = self.now();
+            if let Some((peer, result)) = self.replica.handle_authenticated_datagram(now, data) {
+                self.handle_peer(peer, from, data, len, Some(result));
+                return;
+            }
+            if self.book.peer_at(from).is_none() && !self.book.is_server_address(from) {
+                self.stats.unauthenticated_peer_claims += 1;
+                tracing::debug!("{from} sent a server datagram that does not authenticate");
+            }
+        }
         match self.source(from) {
-            Source::Peer(peer) => self.handle_peer(peer, from, data, len),
+            Source::Peer(peer) => self.handle_peer(peer, from, data, len, None),
             Source::Client => self.handle_client(from, data, len),
             Source::ServerAddress => {
                 self.stats.dropped_from_server_addresses += 1;
@@ -140,9 +179,9 @@ impl Server {
     }
 
     fn source(&self, from: SocketAddr) -> Source {
-        if let Some(&peer) = self.peers.get(&from) {
+        if let Some(peer) = self.book.peer_at(from) {
             Source::Peer(peer)
-        } else if self.server_addrs.contains(&from) {
+        } else if self.book.is_server_address(from) {
             Source::ServerAddress
         } else if !plausible_client(from) {
             Source::Implausible
@@ -151,9 +190,17 @@ impl Server {
         }
     }
 
-    /// A datagram from `peer` (at its forwarding address `from`) goes to the
-    /// replica.
-    fn handle_peer(&mut self, peer: ServerId, from: SocketAddr, data: &[u8], len: usize) {
+    /// A datagram from `peer` (at its address `from`) goes to the replica;
+    /// `handled` is the replica's result when it took it already (an
+    /// authenticated datagram).
+    fn handle_peer(
+        &mut self,
+        peer: ServerId,
+        from: SocketAddr,
+        data: &[u8],
+        len: usize,
+        handled: Option<Result<(), orderings::WireError>>,
+    ) {
         self.stats.peer_datagrams += 1;
         if tracing::enabled!(tracing::Level::INFO) {
             match crate::verbose::payloads_in(data) {
@@ -165,14 +212,65 @@ impl Server {
             }
         }
         let now = self.now();
-        let result = if len > data.len() {
-            Err(orderings::WireError::OutOfRange("datagram length"))
-        } else {
-            self.replica.handle_datagram(now, peer, data)
+        let result = match handled {
+            Some(r) => r,
+            None if len > data.len() => Err(orderings::WireError::OutOfRange("datagram length")),
+            None => self.replica.handle_datagram(now, peer, data),
         };
-        if let Err(e) = result {
-            self.stats.bad_peer_datagrams += 1;
-            tracing::debug!("dropped a bad datagram from {peer} ({from}): {e}");
+        match result {
+            Ok(()) => {
+                if let Some(m) = self.book.heard(peer, from, now.0) {
+                    self.moved(m, "authenticated datagram");
+                }
+            }
+            Err(e) => {
+                self.stats.bad_peer_datagrams += 1;
+                tracing::debug!("dropped a bad datagram from {peer} ({from}): {e}");
+            }
+        }
+    }
+
+    /// Logs and counts a peer's new address.
+    fn moved(&mut self, m: crate::peers::Moved, how: &str) {
+        self.stats.peer_address_changes += 1;
+        match m.from {
+            Some(old) => tracing::warn!("{} is now at {} (was {old}; {how})", m.peer, m.to),
+            None => tracing::warn!("{} is at {} ({how})", m.peer, m.to),
+        }
+    }
+
+    /// Starts the host-name lookups that are due (unresolved peers, silent
+    /// named peers), each in a task of its own: the loop never waits for
+    /// DNS.
+    fn start_lookups(&mut self) {
+        let now = self.now().0;
+        if !self.named_peers || now < self.next_lookup_check {
+            return;
+        }
+        self.next_lookup_check = now + 100_000;
+        for (peer, name) in self.book.due_lookups(now) {
+            let tx = self.lookups.0.clone();
+            tokio::spawn(async move {
+                let addr = match tokio::net::lookup_host(name.as_str()).await {
+                    Ok(found) => crate::config::pick_address(&found.collect::<Vec<_>>())
+                        .filter(|a| plausible_client(*a)),
+                    Err(_) => None,
+                };
+                // The server may be gone: nothing to tell then.
+                let _ = tx.send((peer, addr));
+            });
+        }
+    }
+
+    /// A lookup of `peer`'s name ended.
+    fn resolved(&mut self, peer: ServerId, addr: Option<SocketAddr>) {
+        let now = self.now().0;
+        let (moved, first_failure) = self.book.resolved(peer, addr, now);
+        if let Some(m) = moved {
+            self.moved(m, "name resolved again");
+        }
+        if first_failure {
+            tracing::warn!("{peer}'s name does not resolve now; keeping its last address");
         }
     }
 
@@ -279,7 +377,7 @@ impl Server {
         for e in std::mem::take(&mut self.out.icmp) {
             if !e.is_unreachable() {
                 self.stats.icmp_other += 1;
-            } else if self.server_addrs.contains(&e.addr) {
+            } else if self.book.is_server_address(e.addr) {
                 self.stats.unreachable_peers += 1;
             } else if self.sessions.unreachable(e.addr) {
                 tracing::info!("Client {} is unreachable (ICMP); session ended", e.addr);
@@ -376,7 +474,10 @@ impl Server {
     async fn flush(&mut self) {
         let now = self.now();
         while let Some(t) = self.replica.poll_transmit(now) {
-            let to = self.forward[t.to.index()];
+            // A peer whose name has not resolved yet: the link sends again.
+            let Some(to) = self.book.addr_of(t.to) else {
+                continue;
+            };
             if tracing::enabled!(tracing::Level::INFO) {
                 match crate::verbose::payloads_in(&t.payload) {
                     Some(0) => tracing::debug!(
@@ -456,20 +557,26 @@ pub async fn run(
         servers,
         incarnation: setup.incarnation,
     });
-    let peers = setup
+    let book = PeerBook::new(
+        setup.me,
+        setup.cluster.servers.iter().map(|s| {
+            (
+                s.forward_resolved().then_some(s.forward),
+                s.forward_name.clone(),
+                s.bind,
+            )
+        }),
+        0,
+    );
+    for (peer, name) in book.unresolved() {
+        tracing::warn!("{peer}'s name {name} does not resolve yet; retrying every second");
+    }
+    let named_peers = setup
         .cluster
         .servers
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != setup.me.index())
-        .map(|(i, s)| (s.forward, ServerId(i as u16)))
-        .collect();
-    let server_addrs = setup
-        .cluster
-        .servers
-        .iter()
-        .flat_map(|s| [s.forward, s.bind])
-        .collect();
+        .any(|(i, s)| i != setup.me.index() && s.forward_name.is_some());
     let mut server = Server {
         socket,
         replica: Replica::new(rcfg, strategy),
@@ -480,10 +587,12 @@ pub async fn run(
             },
             setup.session_policy.clone(),
         ),
-        peers,
-        server_addrs,
+        book,
+        lookups: tokio::sync::mpsc::unbounded_channel(),
+        named_peers,
+        next_lookup_check: 0,
+        keyed: setup.key.is_some(),
         errors: ErrorLimiter::new(setup.error_limits),
-        forward: setup.cluster.servers.iter().map(|s| s.forward).collect(),
         epoch: Instant::now(),
         stats: ServerStats::default(),
         held_reported: (0, 0),
@@ -513,6 +622,7 @@ pub async fn run(
                 r?;
                 server.drain(&mut batch);
             }
+            Some((peer, addr)) = server.lookups.1.recv() => server.resolved(peer, addr),
             // ICMP errors queued on the socket (IP_RECVERR).
             r = server.socket.ready(Interest::ERROR) => {
                 r?;
@@ -540,6 +650,7 @@ pub async fn run(
                 server.expire_sessions();
             }
         }
+        server.start_lookups();
         server.flush().await;
         if !busy_poll.is_zero() {
             server.busy_poll(&mut batch, busy_poll).await;

@@ -65,6 +65,8 @@ counters! {
     unreachable_sessions,
     unreachable_peers,
     icmp_other,
+    unauthenticated_peer_claims,
+    peer_address_changes,
     dropped_over_allowance,
     confirm_notices,
     confirmed_addresses,
@@ -108,6 +110,8 @@ impl From<&ServerStats> for ServerCounters {
             unreachable_sessions: s.sessions.unreachable,
             unreachable_peers: s.unreachable_peers,
             icmp_other: s.icmp_other,
+            unauthenticated_peer_claims: s.unauthenticated_peer_claims,
+            peer_address_changes: s.peer_address_changes,
             dropped_over_allowance: s.sessions.over_allowance,
             confirm_notices: s.sessions.notices,
             confirmed_addresses: s.sessions.confirmed,
@@ -160,6 +164,6 @@ mod tests {
             (sum.client_datagrams, sum.deliveries, sum.posts),
             (24, 18, 0)
         );
-        assert_eq!(c.entries().count(), 36);
+        assert_eq!(c.entries().count(), 38);
     }
 }

@@ -170,9 +170,37 @@ const ERRORS: &[(&str, &str, usize, &[&str])] = &[
     ("l.txt", "[::]:5000\n", 1, &["unspecified", "[::]:5000"]),
     (
         "l.txt",
-        "127.0.0.1:8000,0.0.0.0:5000\n",
+        "0.0.0.0:8000,127.0.0.1:5000\n",
         1,
-        &["unspecified"],
+        &["unspecified", "only `bind` may be a wildcard"],
+    ),
+    // bind and advertise
+    (
+        "t.toml",
+        "[[node]]\nadvertise = \"0.0.0.0:6000\"\nbind = \"0.0.0.0:6000\"\n",
+        2,
+        &["node[1].advertise", "unspecified"],
+    ),
+    (
+        "t.toml",
+        "[[node]]\nbind = \"0.0.0.0:6000\"\nadvertise = \"10.1.2.3:6000\"\nforward = \"10.1.2.3:6000\"\n",
+        4,
+        &["node[1].forward", "not both", "line 3"],
+    ),
+    (
+        "t.toml",
+        "[[node]]\nname = \"a\"\n",
+        1,
+        &["node[1].bind", "give `bind`, `advertise` or both"],
+    ),
+    (
+        "t.toml",
+        "[[node]]\nbind = \"0.0.0.0:6000\"\nadvertise = \"chat-0.chat.invalid:6000\"\n[[node]]\nbind = \"0.0.0.0:6000\"\nadvertise = \"CHAT-0.chat.invalid:6000\"\n",
+        6,
+        &[
+            "node[2].advertise",
+            "duplicate address chat-0.chat.invalid:6000",
+        ],
     ),
     ("l.txt", "255.255.255.255:5000\n", 1, &["broadcast"]),
     ("l.txt", "224.0.0.1:5000\n", 1, &["multicast"]),
@@ -402,4 +430,65 @@ fn server_count_is_capped_with_file_and_line() {
         msg.contains("node[1025]") && msg.contains("too many servers"),
         "{msg}"
     );
+}
+
+#[test]
+fn servers_bind_a_wildcard_and_advertise_names_that_may_resolve_later() {
+    let d = Dir::new("advertise");
+    // The shape `launcher export --to kubernetes` writes: every pod binds
+    // the wildcard, the others reach it by a name that does not resolve
+    // here (nor, at first, in the cluster).
+    let p = d.write(
+        "k.toml",
+        "[cluster]\nordering = \"total\"\n\
+         [[node]]\nadvertise = \"chat-0.chat.invalid:5000\"\nbind = \"0.0.0.0:5000\"\n\
+         [[node]]\nforward = \"chat-1.chat.invalid:5000\"\nbind = \"0.0.0.0:5000\"\n\
+         [[node]]\nadvertise = \"127.0.0.1:5002\"\nbind = \"[::]:5002\"\n",
+    );
+    let c = config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.servers.len(), 3);
+    let s1 = &c.servers[0];
+    assert_eq!(s1.advertised(), "chat-0.chat.invalid:5000");
+    assert!(
+        !s1.forward_resolved(),
+        "a name that does not resolve is kept"
+    );
+    assert_eq!(s1.forward.port(), 5000);
+    assert_eq!(s1.bind, "0.0.0.0:5000".parse().unwrap());
+    assert!(s1.bind_resolved());
+    assert_eq!(
+        c.servers[1].advertised(),
+        "chat-1.chat.invalid:5000",
+        "`forward` is a synonym"
+    );
+    let s3 = &c.servers[2];
+    assert!(s3.forward_resolved());
+    assert_eq!(s3.forward, "127.0.0.1:5002".parse().unwrap());
+    assert_eq!(s3.bind, "[::]:5002".parse().unwrap());
+    assert_eq!(s3.forward_name, None);
+
+    // A name that resolves is resolved at load, and kept for later.
+    let p = d.write(
+        "n.toml",
+        "[[node]]\nadvertise = \"localhost:5000\"\n[[node]]\nadvertise = \"127.0.0.1:5001\"\n",
+    );
+    let c = config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.servers[0].forward.ip().is_loopback());
+    assert_eq!(c.servers[0].forward_name.as_deref(), Some("localhost:5000"));
+    assert_eq!(
+        c.servers[0].bind, c.servers[0].forward,
+        "bind defaults to advertise"
+    );
+
+    // The legacy FWD,BIND pair keeps its meaning; BIND may be a wildcard,
+    // FWD a name that does not resolve yet.
+    let p = d.write(
+        "l.txt",
+        "chat-0.chat.invalid:5000,0.0.0.0:5000\n127.0.0.1:8001,127.0.0.1:5001\n",
+    );
+    let c = config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.servers[0].advertised(), "chat-0.chat.invalid:5000");
+    assert!(c.servers[0].bind.ip().is_unspecified());
+    assert_eq!(c.servers[1].forward, "127.0.0.1:8001".parse().unwrap());
+    assert_eq!(c.servers[1].bind, "127.0.0.1:5001".parse().unwrap());
 }

@@ -40,6 +40,7 @@ use std::fmt;
 
 pub use link::{
     Datagram, LinkConfig, LinkStats, MAC_LEN, MAGIC, VERSION, open_datagram, seal_datagram,
+    sender_of, stamp_sender,
 };
 pub use registry::{
     Guarantees, StrategySpec, UnknownStrategy, duplicate_names, help_text, lookup, registered,

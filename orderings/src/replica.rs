@@ -149,6 +149,13 @@ impl Replica {
             .link
             .delivered_report_every
             .min((cfg.window as u64 / 4).max(1));
+        if cfg.key.is_some() {
+            // Room for the sender's index stamped into every datagram.
+            cfg.link.max_datagram = cfg
+                .link
+                .max_datagram
+                .saturating_sub(link::SENDER_MAX_STUFFED);
+        }
         let links = (0..cfg.servers)
             .map(|i| {
                 (i != cfg.me.index()).then(|| PeerLink::new(cfg.incarnation, cfg.link.clone()))
@@ -296,18 +303,51 @@ impl Replica {
         result
     }
 
+    /// With a cluster secret: a datagram that authenticates and names a
+    /// peer's server index (inside the MAC) is that peer's, whatever its
+    /// source address: it is handled and the peer returned, with the
+    /// result. `None` when it does not authenticate or names no peer
+    /// (nothing is counted or changed: the caller decides what it is), and
+    /// always without a secret (an index claim could not be trusted).
+    pub fn handle_authenticated_datagram(
+        &mut self,
+        now: Time,
+        wire: &[u8],
+    ) -> Option<(ServerId, Result<(), WireError>)> {
+        let key = self.cfg.key.as_ref()?;
+        let raw = link::open_datagram(wire, Some(key)).ok()?;
+        let from = ServerId(link::sender_of(&raw).ok()??);
+        if from == self.cfg.me || from.index() >= self.cfg.servers {
+            return None;
+        }
+        let result = self.handle_raw(now, from, &raw);
+        if result.is_err() {
+            self.bad_datagrams += 1;
+        }
+        Some((from, result))
+    }
+
     fn handle_datagram_inner(
         &mut self,
         now: Time,
         from: ServerId,
         wire: &[u8],
     ) -> Result<(), WireError> {
+        let raw = link::open_datagram(wire, self.cfg.key.as_ref())?;
+        // An authenticated index that names another server is not `from`'s.
+        if self.cfg.key.is_some() && link::sender_of(&raw)?.is_some_and(|s| s != from.0) {
+            return Err(WireError::OutOfRange("sender"));
+        }
+        self.handle_raw(now, from, &raw)
+    }
+
+    /// An opened (authenticated) datagram of `from`.
+    fn handle_raw(&mut self, now: Time, from: ServerId, raw: &[u8]) -> Result<(), WireError> {
         self.last_now = now;
         let Some(Some(link)) = self.links.get_mut(from.index()) else {
             return Err(WireError::OutOfRange("sender"));
         };
-        let raw = link::open_datagram(wire, self.cfg.key.as_ref())?;
-        let (d, _) = Datagram::decode_raw(&raw)?;
+        let (d, _) = Datagram::decode_raw(raw)?;
         let received = link.receive(now, self.cfg.clock_at_zero, &d);
         if received.peer_restarted {
             tracing::info!("{from} restarted (incarnation {})", d.src_incarnation);
@@ -370,9 +410,12 @@ impl Replica {
             let Some(link) = self.links[i].as_mut() else {
                 continue;
             };
-            if let Some(raw) =
+            if let Some(mut raw) =
                 link.poll_datagram(now, self.cfg.key.is_some(), self.delivered_from[i])
             {
+                if self.cfg.key.is_some() {
+                    link::stamp_sender(&mut raw, self.cfg.me.0);
+                }
                 self.next_peer = (i + 1) % n;
                 return Some(Transmit {
                     to: ServerId(i as u16),

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use orderings::{
     Datagram, MAC_LEN, MAGIC, MsgId, Ordering, Outbox, Post, Reader, Replica, ReplicaConfig,
     ServerId, StrategyContext, Time, VERSION, Writer, open_datagram, registered, seal_datagram,
-    stuff_into, unstuff,
+    sender_of, stamp_sender, stuff_into, unstuff,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -339,18 +339,25 @@ proptest! {
     }
 
     #[test]
-    fn decode_raw_never_panics_past_the_header(flags in 0u8..2, rest in vec(any::<u8>(), 0..200)) {
+    fn decode_raw_never_panics_past_the_header(flags in prop_oneof![0u8..2, 4u8..6], rest in vec(any::<u8>(), 0..200)) {
         let mut data = vec![MAGIC, VERSION, flags];
         data.extend(rest);
         if let Ok((d, authenticated)) = Datagram::decode_raw(&data) {
-            prop_assert_eq!(authenticated, flags == 1);
+            prop_assert_eq!(authenticated, flags & 1 == 1);
             prop_assert!(d.gaps.len() <= 64);
+            // What decodes names a sender exactly when the flag says so.
+            let sender = sender_of(&data).expect("a decoded datagram has a readable sender");
+            prop_assert_eq!(sender.is_some(), flags & 4 != 0);
             // What decodes re-encodes to the same bytes (varints are
             // canonical only when the input was; compare decoded fields).
-            let again = d.encode_raw(authenticated);
+            let mut again = d.encode_raw(authenticated);
+            if let Some(s) = sender {
+                stamp_sender(&mut again, s);
+            }
             let (d2, a2) = Datagram::decode_raw(&again).expect("re-encoded datagram decodes");
             prop_assert_eq!(d2, d);
             prop_assert_eq!(a2, authenticated);
+            prop_assert_eq!(sender_of(&again), Ok(sender));
         }
     }
 
@@ -419,15 +426,22 @@ proptest! {
             gaps,
             frames: frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
-        let raw = d.encode_raw(auth);
-        let (back, a) = Datagram::decode_raw(&raw).expect("decodes");
-        prop_assert_eq!(&back, &d);
-        prop_assert_eq!(a, auth);
-        // Every strict prefix is refused (the frame count and lengths are
-        // checked), never misread.
-        for cut in [0, 1, 2, 3, raw.len() / 2, raw.len() - 1] {
-            if cut < raw.len() {
-                prop_assert!(Datagram::decode_raw(&raw[..cut]).is_err(), "prefix of {} bytes decoded", cut);
+        let plain = d.encode_raw(auth);
+        // With and without the sender's index (stamped when keyed).
+        let sender = (src % 65_536) as u16;
+        let mut stamped = plain.clone();
+        stamp_sender(&mut stamped, sender);
+        for (raw, named) in [(plain, None), (stamped, Some(sender))] {
+            let (back, a) = Datagram::decode_raw(&raw).expect("decodes");
+            prop_assert_eq!(&back, &d);
+            prop_assert_eq!(a, auth);
+            prop_assert_eq!(sender_of(&raw), Ok(named));
+            // Every strict prefix is refused (the frame count and lengths
+            // are checked), never misread.
+            for cut in [0, 1, 2, 3, 4, raw.len() / 2, raw.len() - 1] {
+                if cut < raw.len() {
+                    prop_assert!(Datagram::decode_raw(&raw[..cut]).is_err(), "prefix of {} bytes decoded", cut);
+                }
             }
         }
     }
@@ -443,8 +457,9 @@ proptest! {
             gaps,
             frames: frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
-        // Keyed.
-        let raw = d.encode_raw(true);
+        // Keyed, naming its sender as the replica does.
+        let mut raw = d.encode_raw(true);
+        stamp_sender(&mut raw, (dst % 65_536) as u16);
         let wire_k = seal_datagram(&raw, Some(&KEY));
         prop_assert!(!wire_k.contains(&0), "sealed datagram contains NUL");
         prop_assert!(wire_k.len() >= raw.len() + MAC_LEN);
@@ -545,6 +560,10 @@ fn drain(r: &mut Replica, now: Time, key: Option<&[u8; 32]>) -> Result<usize, Te
         prop_assert!(t.to.index() < SERVERS && t.to != ServerId(0));
         let raw = open_datagram(&t.payload, key).expect("own transmit opens");
         prop_assert!(Datagram::decode_raw(&raw).is_ok());
+        // Keyed transmits name their sender (inside the MAC); unkeyed
+        // ones are today's datagrams.
+        let named = key.map(|_| 0u16);
+        prop_assert_eq!(sender_of(&raw), Ok(named));
         n += 1;
     }
     while r.poll_delivery().is_some() {}
@@ -952,4 +971,78 @@ fn total_refuses_priorities_without_headroom() {
         &mut out,
     );
     s.handle_peer_incarnation(Time(3), ServerId(1), 9, true, &mut out);
+}
+
+/// Replica `me` of [`SERVERS`], running the first registered strategy.
+fn replica_as(me: u16, key: Option<[u8; 32]>) -> Replica {
+    let spec = registered()[0];
+    let mut cfg = ReplicaConfig::new(ServerId(me), SERVERS, 1 + u64::from(me));
+    cfg.key = key;
+    let strategy = (spec.build)(&StrategyContext {
+        me: ServerId(me),
+        servers: SERVERS,
+        incarnation: 1 + u64::from(me),
+    });
+    Replica::new(cfg, strategy)
+}
+
+/// With a secret, a replica identifies a datagram's sender by the index
+/// inside the MAC, whatever address it came from; a wrong MAC, a missing
+/// secret or an index that contradicts the address is refused.
+#[test]
+fn keyed_datagrams_are_identified_by_their_authenticated_sender() {
+    let mut a = replica_as(0, Some(KEY));
+    let mut b = replica_as(1, Some(KEY));
+    let t = b.poll_transmit(Time(1)).expect("a first heartbeat");
+    let to_a = if t.to == ServerId(0) {
+        t.payload
+    } else {
+        b.poll_transmit(Time(1))
+            .expect("a heartbeat for server 0")
+            .payload
+    };
+    let bad_before = a.stats().bad_datagrams;
+    match a.handle_authenticated_datagram(Time(2), &to_a) {
+        Some((from, Ok(()))) => assert_eq!(from, ServerId(1)),
+        other => panic!("not identified as server 1: {other:?}"),
+    }
+    // The same bytes claimed for another peer's address are refused.
+    assert!(a.handle_datagram(Time(3), ServerId(2), &to_a).is_err());
+    assert_eq!(a.stats().bad_datagrams, bad_before + 1);
+    // A forged datagram naming server 1 under another key is nobody's,
+    // and nothing is counted (the caller decides what it is).
+    let raw = open_datagram(&to_a, Some(&KEY)).expect("opens");
+    let forged = seal_datagram(&raw, Some(&OTHER_KEY));
+    assert_eq!(sender_of(&raw), Ok(Some(1)));
+    assert!(a.handle_authenticated_datagram(Time(4), &forged).is_none());
+    assert_eq!(a.stats().bad_datagrams, bad_before + 1);
+    // An index naming ourselves, or beyond the cluster, is nobody's.
+    for index in [0u16, 3, u16::MAX] {
+        let mut raw = Datagram {
+            src_incarnation: 2,
+            dst_incarnation: 1,
+            ..Datagram::default()
+        }
+        .encode_raw(true);
+        stamp_sender(&mut raw, index);
+        let wire = seal_datagram(&raw, Some(&KEY));
+        assert!(
+            a.handle_authenticated_datagram(Time(5), &wire).is_none(),
+            "index {index}"
+        );
+    }
+    // Without a secret an index claim is never trusted.
+    let mut plain = replica_as(0, None);
+    let mut c = replica_as(1, None);
+    let t = c.poll_transmit(Time(1)).expect("a heartbeat");
+    assert_eq!(
+        sender_of(&open_datagram(&t.payload, None).expect("opens")),
+        Ok(None),
+        "unkeyed datagrams are today's"
+    );
+    assert!(
+        plain
+            .handle_authenticated_datagram(Time(2), &t.payload)
+            .is_none()
+    );
 }

@@ -2,6 +2,8 @@
 //! on 127.0.0.1, deadlines instead of sleeps.
 #![allow(dead_code)]
 
+pub mod hosts;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -115,6 +115,25 @@ impl Plan {
     /// Resolves a cluster file and an optional `-o` override into a plan.
     pub fn build(file: &Path, ordering_flag: Option<&str>) -> anyhow::Result<Plan> {
         let ClusterFile { cfg, settings } = load_config(file)?;
+        // Names may resolve late for chatserver on its own host; the
+        // launcher runs every server here and needs every address now.
+        if let Some(s) = cfg
+            .servers
+            .iter()
+            .find(|s| !s.forward_resolved() || !s.bind_resolved())
+        {
+            anyhow::bail!(
+                "{}:{}: the address of {} ({}) does not resolve on this machine; the launcher runs every server here (to deploy on several machines, see `launcher export`)",
+                file.display(),
+                s.line,
+                s.name,
+                if s.forward_resolved() {
+                    s.bind_text()
+                } else {
+                    s.advertised()
+                }
+            );
+        }
         let config_path = absolute(file)?;
         let (ordering, ordering_source) = match (ordering_flag, &cfg.ordering) {
             (Some(o), _) => {
@@ -222,7 +241,12 @@ impl Plan {
     /// Warnings worth printing before starting.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
-        if self.nodes.iter().any(|n| n.forward != n.bind) && self.settings.faults.is_none() {
+        if self
+            .nodes
+            .iter()
+            .any(|n| n.forward != n.bind && !n.bind.ip().is_unspecified())
+            && self.settings.faults.is_none()
+        {
             w.push(
                 "forwarding addresses differ from bind addresses: the servers reach each other only through a proxy on the forwarding addresses (e.g. `launcher proxy FILE`)"
                     .to_string(),

@@ -175,7 +175,27 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
                 cfg.rooms
             );
         }
-        cfg.servers.iter().map(|s| s.bind).collect::<Vec<_>>()
+        if let Some(s) = cfg.servers.iter().find(|s| !s.forward_resolved()) {
+            bail!(
+                "{}:{}: the address of {} ({}) does not resolve here",
+                a.file.display(),
+                s.line,
+                s.name,
+                s.advertised()
+            );
+        }
+        // Clients talk to a server where it listens; a wildcard bind says
+        // nothing about where that is, its advertised address does.
+        cfg.servers
+            .iter()
+            .map(|s| {
+                if s.bind.ip().is_unspecified() {
+                    s.forward
+                } else {
+                    s.bind
+                }
+            })
+            .collect::<Vec<_>>()
     } else {
         let faults = if fault_given || settings.faults.is_some() {
             Some(a.faults.over(settings.faults.as_ref()))

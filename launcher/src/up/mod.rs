@@ -159,7 +159,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
-fn random_hex(n: usize) -> anyhow::Result<String> {
+pub(crate) fn random_hex(n: usize) -> anyhow::Result<String> {
     let mut bytes = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))

@@ -1,10 +1,17 @@
 //! The datagram codec and its authentication: the one format every
 //! server-to-server datagram has, apart from the link state that fills it.
 //!
-//! A datagram is a header (magic, version, flags, both incarnations, the
-//! cumulative ack, the delivery count, gaps) and a list of frames; it is
-//! byte-stuffed for the wire, with a keyed BLAKE3 tag appended when the
-//! cluster has a secret.
+//! A datagram is a header (magic, version, flags, the sender's server index
+//! when [`FLAG_SENDER`] is set, both incarnations, the cumulative ack, the
+//! delivery count, gaps) and a list of frames; it is byte-stuffed for the
+//! wire, with a keyed BLAKE3 tag appended when the cluster has a secret.
+//!
+//! The sender's index is stamped by the replica (the link does not know
+//! who it is) with [`stamp_sender`], only when the cluster has a secret:
+//! then it is inside the MAC-covered bytes and a receiver may identify the
+//! sender by it instead of by its source address. Without a secret nothing
+//! changes on the wire (an index claim could not be trusted anyway), and
+//! datagrams without the flag decode as before.
 
 use crate::wire::{Reader, WireError, Writer, stuff_into, unstuff};
 
@@ -19,9 +26,16 @@ const FLAG_MAC: u8 = 0x01;
 /// "Tell me your delivery count now": the sender's admission window is
 /// full because of us (a report may have been lost).
 const FLAG_REPORT: u8 = 0x02;
+/// The header names the sender's server index (a varint right after the
+/// flags byte).
+pub(super) const FLAG_SENDER: u8 = 0x04;
+/// The most [`stamp_sender`] adds to a stuffed datagram: a varint of a
+/// 16-bit index (3 bytes), each byte stuffed to at most 2.
+pub(crate) const SENDER_MAX_STUFFED: usize = 6;
 
-/// Decoded header and control part of a datagram.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Decoded header and control part of a datagram (the default: a
+/// heartbeat of incarnation 0 to an unknown one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Datagram<'a> {
     /// The sender's incarnation.
     pub src_incarnation: u64,
@@ -68,17 +82,7 @@ impl<'a> Datagram<'a> {
     /// datagram and whether its flags say it carries a MAC.
     pub fn decode_raw(buf: &'a [u8]) -> Result<(Datagram<'a>, bool), WireError> {
         let mut r = Reader::new(buf);
-        if r.u8()? != MAGIC {
-            return Err(WireError::BadMagic);
-        }
-        let v = r.u8()?;
-        if v != VERSION {
-            return Err(WireError::Version(v));
-        }
-        let flags = r.u8()?;
-        if flags & !(FLAG_MAC | FLAG_REPORT) != 0 {
-            return Err(WireError::OutOfRange("flags"));
-        }
+        let (flags, _) = read_head(&mut r)?;
         let src_incarnation = r.varint()?;
         let dst_incarnation = r.varint()?;
         let ack = r.varint()?;
@@ -114,6 +118,49 @@ impl<'a> Datagram<'a> {
             flags & FLAG_MAC != 0,
         ))
     }
+}
+
+/// Names `sender` in a raw datagram (from [`Datagram::encode_raw`], before
+/// it is sealed): sets [`FLAG_SENDER`] and inserts the index after the
+/// flags. A datagram that already names a sender is left alone.
+pub fn stamp_sender(raw: &mut Vec<u8>, sender: u16) {
+    if raw.len() < 3 || raw[2] & FLAG_SENDER != 0 {
+        return;
+    }
+    raw[2] |= FLAG_SENDER;
+    let mut w = Writer::with_capacity(3);
+    w.varint(u64::from(sender));
+    let index = w.finish();
+    raw.splice(3..3, index);
+}
+
+/// The sender's server index a raw datagram names (after
+/// [`open_datagram`]), `None` when it names none.
+pub fn sender_of(raw: &[u8]) -> Result<Option<u16>, WireError> {
+    read_head(&mut Reader::new(raw)).map(|(_, sender)| sender)
+}
+
+/// Reads magic, version, flags and the sender's index when the flags name
+/// one: `(flags, sender)`.
+fn read_head(r: &mut Reader<'_>) -> Result<(u8, Option<u16>), WireError> {
+    if r.u8()? != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let v = r.u8()?;
+    if v != VERSION {
+        return Err(WireError::Version(v));
+    }
+    let flags = r.u8()?;
+    if flags & !(FLAG_MAC | FLAG_REPORT | FLAG_SENDER) != 0 {
+        return Err(WireError::OutOfRange("flags"));
+    }
+    let sender = if flags & FLAG_SENDER != 0 {
+        let index = u16::try_from(r.varint()?).map_err(|_| WireError::OutOfRange("sender"))?;
+        Some(index)
+    } else {
+        None
+    };
+    Ok((flags, sender))
 }
 
 /// Computes the tag of `raw` under `key`.
@@ -170,6 +217,78 @@ pub fn open_datagram(wire: &[u8], key: Option<&[u8; 32]>) -> Result<Vec<u8>, Wir
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn heartbeat() -> Datagram<'static> {
+        Datagram {
+            src_incarnation: 11,
+            dst_incarnation: 12,
+            ack: 3,
+            delivered: 4,
+            report_wanted: false,
+            gaps: vec![(5, 1)],
+            frames: vec![(6, b"x")],
+        }
+    }
+
+    #[test]
+    fn the_sender_index_is_stamped_inside_the_mac() {
+        let key = [7u8; 32];
+        let d = heartbeat();
+        for sender in [0u16, 1, 127, 128, 300, u16::MAX] {
+            let mut raw = d.encode_raw(true);
+            let plain_len = raw.len();
+            stamp_sender(&mut raw, sender);
+            assert!(raw.len() > plain_len && raw.len() <= plain_len + 3);
+            // Stamping twice changes nothing.
+            let once = raw.clone();
+            stamp_sender(&mut raw, sender.wrapping_add(1));
+            assert_eq!(raw, once);
+            use crate::wire::stuffed_len;
+            assert!(stuffed_len(&raw) <= stuffed_len(&d.encode_raw(true)) + SENDER_MAX_STUFFED);
+            let wire = seal_datagram(&raw, Some(&key));
+            let opened = open_datagram(&wire, Some(&key)).unwrap();
+            assert_eq!(sender_of(&opened), Ok(Some(sender)));
+            // The rest decodes as the unstamped datagram.
+            let (back, auth) = Datagram::decode_raw(&opened).unwrap();
+            assert!(auth);
+            assert_eq!(back, d);
+            // The index is covered by the MAC: changing it breaks the tag.
+            let mut forged = raw.clone();
+            forged[3] ^= 0x01;
+            let mut tampered = Vec::new();
+            stuff_into(&forged, &mut tampered);
+            stuff_into(&mac(&key, &raw), &mut tampered);
+            assert_eq!(open_datagram(&tampered, Some(&key)), Err(WireError::BadMac));
+        }
+    }
+
+    #[test]
+    fn datagrams_without_a_sender_decode_as_before() {
+        // Today's datagrams (no flag) decode unchanged and name no sender.
+        let d = heartbeat();
+        for auth in [false, true] {
+            let raw = d.encode_raw(auth);
+            assert_eq!(raw[2] & FLAG_SENDER, 0);
+            assert_eq!(sender_of(&raw), Ok(None));
+            assert_eq!(Datagram::decode_raw(&raw).unwrap(), (d.clone(), auth));
+        }
+        // A byte-exact datagram of the previous encoder: magic, version,
+        // flags 0, incarnations 1 and 2, ack 3, delivered 4, no gaps, one
+        // frame (seq 1, "hi").
+        let old = [MAGIC, VERSION, 0, 1, 2, 3, 4, 0, 1, 1, 2, b'h', b'i'];
+        let (back, auth) = Datagram::decode_raw(&old).unwrap();
+        assert!(!auth);
+        assert_eq!(
+            (back.src_incarnation, back.frames),
+            (1, vec![(1, &b"hi"[..])])
+        );
+        // A sender index beyond 16 bits is refused.
+        let mut big = d.encode_raw(false);
+        big[2] |= FLAG_SENDER;
+        big.splice(3..3, [0x80, 0x80, 0x04]);
+        assert_eq!(sender_of(&big), Err(WireError::OutOfRange("sender")));
+        assert!(Datagram::decode_raw(&big).is_err());
+    }
 
     #[test]
     fn mac_rejects_tampering() {

@@ -7,6 +7,9 @@
 mod datagram;
 mod peer;
 
-pub use datagram::{Datagram, MAC_LEN, MAGIC, VERSION, open_datagram, seal_datagram};
+pub(crate) use datagram::SENDER_MAX_STUFFED;
+pub use datagram::{
+    Datagram, MAC_LEN, MAGIC, VERSION, open_datagram, seal_datagram, sender_of, stamp_sender,
+};
 pub(crate) use peer::PeerLink;
 pub use peer::{LinkConfig, LinkStats};
