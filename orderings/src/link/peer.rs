@@ -133,6 +133,12 @@ pub(crate) struct Received {
     /// How many of our messages the peer says it delivered (from a datagram
     /// of its adopted incarnation).
     pub peer_delivered: Option<u64>,
+    /// The datagram came from the peer's adopted incarnation and was meant
+    /// for ours: the peer is alive and talking to us (failure detection).
+    pub current: bool,
+    /// The peer, in its adopted incarnation, addresses a *later* incarnation
+    /// of ours than this one: it has excluded this incarnation from its view.
+    pub excluded_us: bool,
 }
 
 /// The link to one peer.
@@ -298,11 +304,40 @@ impl PeerLink {
         Some(restarted)
     }
 
+    /// A fresh link (ours is a new incarnation) to a peer whose incarnation
+    /// we already know: our datagrams name it at once, which proves our
+    /// new incarnation to the peer.
+    pub(crate) fn adopt(&mut self, peer_incarnation: u64) {
+        self.peer_incarnation = peer_incarnation;
+        self.last_sent = None;
+    }
+
+    /// The peer's current incarnation is excluded from our view: nothing of
+    /// it is accepted any more, nothing queued for it is sent, and our
+    /// datagrams address the incarnation after it, which tells the peer (if
+    /// it is alive after all) that it must come back as a new one. Returns
+    /// the excluded incarnation (0 if it was never heard from).
+    pub(crate) fn exclude(&mut self) -> u64 {
+        let excluded = self.peer_incarnation;
+        self.reset_for(excluded.saturating_add(1));
+        excluded
+    }
+
     /// Handles a decoded datagram from the peer. `clock_at_zero` is the
     /// incarnation clock's reading at `Time::ZERO` (see
     /// [`crate::replica::ReplicaConfig::clock_at_zero`]).
     pub(crate) fn receive(&mut self, now: Time, clock_at_zero: u64, d: &Datagram<'_>) -> Received {
         let mut out = Received::default();
+        if d.dst_incarnation > self.my_incarnation
+            && d.src_incarnation == self.peer_incarnation
+            && self.peer_incarnation != 0
+        {
+            // Only an exclusion makes a peer address a life of ours that has
+            // not begun (see `exclude`).
+            self.stats.stale += 1;
+            out.excluded_us = true;
+            return out;
+        }
         if d.dst_incarnation != 0 && d.dst_incarnation != self.my_incarnation {
             // Addressed to an earlier life of ours.
             self.stats.stale += 1;
@@ -341,6 +376,7 @@ impl PeerLink {
             }
         }
         if d.dst_incarnation == self.my_incarnation {
+            out.current = true;
             out.peer_delivered = Some(d.delivered);
             if d.report_wanted {
                 self.ack_due = Some(now);
