@@ -600,9 +600,14 @@ impl Replica {
         self.scratch = Outbox::default();
         for (i, slot) in self.links.iter_mut().enumerate() {
             if let Some(link) = slot {
-                // Keep what we know of the peer, so our first datagrams prove
-                // the new incarnation at once.
-                let peer_incarnation = link.peer_incarnation();
+                // Keep what we know of a member, so our first datagrams prove
+                // the new incarnation at once. Of a server we had excluded we
+                // know only the marker that ended its incarnation: ask anew.
+                let peer_incarnation = if self.membership.is_member(ServerId(i as u16)) {
+                    link.peer_incarnation()
+                } else {
+                    0
+                };
                 let mut fresh = PeerLink::new(incarnation, self.cfg.link.clone());
                 fresh.adopt(peer_incarnation);
                 *link = fresh;
@@ -661,8 +666,14 @@ impl Replica {
     pub fn handle_timeout(&mut self, now: Time) {
         self.last_now = now;
         if self.membership.next_tick() <= now {
-            for peer in self.membership.tick(now) {
-                self.exclude_peer(now, peer, None);
+            let silent = self.membership.tick(now);
+            // Only a server that hears a quorum shrinks its view: on the
+            // minority side of a partition, everybody waits (and nothing
+            // it could send would exclude a member of the majority).
+            if !silent.is_empty() && !self.membership.cut_off(now) {
+                for peer in silent {
+                    self.exclude_peer(now, peer, None);
+                }
             }
             self.flush_outbox();
         }
@@ -745,10 +756,12 @@ impl Replica {
             let Some(Some(link)) = self.links.get_mut(peer.index()) else {
                 continue;
             };
-            if link.peer_incarnation() != 0
-                && inc > link.peer_incarnation()
-                && self.membership.is_member(peer)
-            {
+            if !self.membership.is_member(peer) {
+                // Out of the view already: its next incarnation proves
+                // itself when it shows up.
+                continue;
+            }
+            if link.peer_incarnation() != 0 && inc > link.peer_incarnation() {
                 // A member says the incarnation we know is over (it crashed
                 // and restarted, or that member excluded it): so do we.
                 if self.exclude_peer(self.last_now, peer, None) {

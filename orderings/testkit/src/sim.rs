@@ -154,6 +154,54 @@ impl SimConfig {
         }
     }
 
+    /// A membership fault on top of a random scenario of `seed` over links:
+    /// 3 to 5 servers, clients posting for a while, and one of: a server
+    /// killed for good, a server paused (resumed after 0.1 to 3 s, or
+    /// never), a partition (healed after 0.1 to 3 s, or never).
+    pub fn membership(seed: u64) -> Self {
+        let mut cfg = Self::random(seed, Network::Links);
+        let mut rng = SimRng::new(seed ^ 0x3E3B_E125);
+        cfg.servers = rng.range(3, 6) as usize;
+        cfg.clients = rng.range(cfg.servers as u64, 10) as usize;
+        cfg.messages_per_client = rng.range(5, 30) as usize;
+        cfg.post_gap_us = rng.range(2_000, 40_000);
+        // Faults land while clients are still posting.
+        let at = Time(rng.range(1_000, 300_000));
+        let server = ServerId(rng.below(cfg.servers as u64) as u16);
+        let lasts = |rng: &mut SimRng| {
+            if rng.chance(0.3) {
+                None
+            } else {
+                Some(rng.range(100_000, 3_000_000))
+            }
+        };
+        let fault = match rng.below(3) {
+            0 => Fault::Kill { server, at },
+            1 => Fault::Pause {
+                server,
+                at,
+                for_us: lasts(&mut rng),
+            },
+            _ => {
+                let k = rng.range(1, cfg.servers as u64) as usize;
+                let mut all: Vec<ServerId> = (0..cfg.servers as u16).map(ServerId).collect();
+                let mut side = Vec::new();
+                for _ in 0..k {
+                    let i = rng.below(all.len() as u64) as usize;
+                    side.push(all.swap_remove(i));
+                }
+                side.sort_unstable();
+                Fault::Partition {
+                    side,
+                    at,
+                    for_us: lasts(&mut rng),
+                }
+            }
+        };
+        cfg.faults = vec![fault];
+        cfg
+    }
+
     /// A flooding client and a slow server on top of the random scenario of
     /// `seed`, with a small admission window so that it fills up often.
     pub fn flood(seed: u64) -> Self {
