@@ -110,10 +110,14 @@ fn grammar_payload() -> BoxedStrategy<Vec<u8>> {
                 w.u8(4).varint(c).varint(n);
             }))
             .boxed(),
-        // TOTAL_FINAL: counter, room, n, server
-        (ident(), ident(), v(), ident())
-            .prop_map(|(c, r, n, s)| enc(|w| {
+        // TOTAL_FINAL: counter, room, n, server, excluded servers
+        (ident(), ident(), v(), ident(), vec(ident(), 0..3))
+            .prop_map(|(c, r, n, s, ex)| enc(|w| {
                 w.u8(5).varint(c).varint(r).varint(n).varint(s);
+                w.varint(ex.len() as u64);
+                for e in &ex {
+                    w.varint(*e);
+                }
             }))
             .boxed(),
         // CAUSAL_MSG: counter, room, clock length, (count, incarnation if count > 0)*, line
@@ -907,7 +911,7 @@ fn total_refuses_priorities_without_headroom() {
         .unwrap();
     let fin = |n: u64| {
         enc(|w| {
-            w.u8(5).varint(7).varint(1).varint(n).varint(1);
+            w.u8(5).varint(7).varint(1).varint(n).varint(1).varint(0);
         })
     };
     assert!(
@@ -928,7 +932,8 @@ fn total_refuses_priorities_without_headroom() {
             .varint(1)
             .u8(1)
             .varint(u64::MAX)
-            .varint(1);
+            .varint(1)
+            .varint(0);
     });
     assert!(
         s.handle_peer(Time(1), ServerId(2), &answer, &mut out)

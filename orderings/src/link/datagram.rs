@@ -11,7 +11,7 @@ use crate::wire::{Reader, WireError, Writer, stuff_into, unstuff};
 /// First byte of every server-to-server datagram.
 pub const MAGIC: u8 = 0xC5;
 /// Wire version; bumped on any incompatible change.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Length of the authentication tag when a cluster secret is set.
 pub const MAC_LEN: usize = 16;
 
