@@ -601,8 +601,8 @@ impl Replica {
         for (i, slot) in self.links.iter_mut().enumerate() {
             if let Some(link) = slot {
                 // Keep what we know of a member, so our first datagrams prove
-                // the new incarnation at once. Of a server we had excluded we
-                // know only the marker that ended its incarnation: ask anew.
+                // the new incarnation at once. A server we had excluded comes
+                // back as a new incarnation: ask anew.
                 let peer_incarnation = if self.membership.is_member(ServerId(i as u16)) {
                     link.peer_incarnation()
                 } else {

@@ -420,6 +420,7 @@ proptest! {
             ack,
             delivered: ack.rotate_left(7),
             report_wanted: ack % 3 == 0,
+            excluded: false,
             gaps,
             frames: frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
@@ -444,6 +445,7 @@ proptest! {
             ack,
             delivered: ack.rotate_left(7),
             report_wanted: ack % 3 == 0,
+            excluded: false,
             gaps,
             frames: frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
@@ -631,6 +633,7 @@ impl Forged {
             ack: self.ack,
             delivered: self.ack / 2,
             report_wanted: self.ack % 2 == 1,
+            excluded: false,
             gaps: self.gaps.clone(),
             frames: self.frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };

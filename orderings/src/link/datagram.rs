@@ -19,6 +19,9 @@ const FLAG_MAC: u8 = 0x01;
 /// "Tell me your delivery count now": the sender's admission window is
 /// full because of us (a report may have been lost).
 const FLAG_REPORT: u8 = 0x02;
+/// "Your incarnation (the one this datagram names) is out of my view": the
+/// receiver must come back as a new incarnation.
+const FLAG_EXCLUDED: u8 = 0x08;
 
 /// Decoded header and control part of a datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +37,8 @@ pub struct Datagram<'a> {
     pub delivered: u64,
     /// The sender asks for an immediate delivery report.
     pub report_wanted: bool,
+    /// The sender excluded `dst_incarnation` from its view.
+    pub excluded: bool,
     /// Ranges `(first, count)` above `ack` that the receiver is missing.
     pub gaps: Vec<(u64, u64)>,
     /// `(sequence number, strategy payload)` per frame.
@@ -48,7 +53,8 @@ impl<'a> Datagram<'a> {
         w.u8(MAGIC)
             .u8(VERSION)
             .u8(if authenticated { FLAG_MAC } else { 0 }
-                | if self.report_wanted { FLAG_REPORT } else { 0 });
+                | if self.report_wanted { FLAG_REPORT } else { 0 }
+                | if self.excluded { FLAG_EXCLUDED } else { 0 });
         w.varint(self.src_incarnation)
             .varint(self.dst_incarnation)
             .varint(self.ack)
@@ -76,7 +82,7 @@ impl<'a> Datagram<'a> {
             return Err(WireError::Version(v));
         }
         let flags = r.u8()?;
-        if flags & !(FLAG_MAC | FLAG_REPORT) != 0 {
+        if flags & !(FLAG_MAC | FLAG_REPORT | FLAG_EXCLUDED) != 0 {
             return Err(WireError::OutOfRange("flags"));
         }
         let src_incarnation = r.varint()?;
@@ -108,6 +114,7 @@ impl<'a> Datagram<'a> {
                 ack,
                 delivered,
                 report_wanted: flags & FLAG_REPORT != 0,
+                excluded: flags & FLAG_EXCLUDED != 0,
                 gaps,
                 frames,
             },
@@ -180,6 +187,7 @@ mod tests {
             ack: 3,
             delivered: 4,
             report_wanted: true,
+            excluded: false,
             gaps: vec![],
             frames: vec![(1, b"hello\0world")],
         };

@@ -173,6 +173,9 @@ pub(crate) struct PeerLink {
     delivered_reported: u64,
     /// Ask the peer for a delivery report in the next datagram.
     report_wanted: bool,
+    /// The peer's current incarnation is out of our view: nothing of it is
+    /// accepted, and our datagrams tell it so.
+    excluded: bool,
     last_report_request: Option<Time>,
 
     pub stats: LinkStats,
@@ -197,6 +200,7 @@ impl PeerLink {
             early: BTreeMap::new(),
             ack_due: None,
             probe: None,
+            excluded: false,
             last_probe: None,
             delivered_reported: 0,
             report_wanted: false,
@@ -228,6 +232,7 @@ impl PeerLink {
 
     fn reset_for(&mut self, incarnation: u64) {
         self.peer_incarnation = incarnation;
+        self.excluded = false;
         self.next_seq = 1;
         self.queue.clear();
         self.first_unsent = 0;
@@ -314,12 +319,13 @@ impl PeerLink {
 
     /// The peer's current incarnation is excluded from our view: nothing of
     /// it is accepted any more, nothing queued for it is sent, and our
-    /// datagrams address the incarnation after it, which tells the peer (if
-    /// it is alive after all) that it must come back as a new one. Returns
-    /// the excluded incarnation (0 if it was never heard from).
+    /// datagrams say so (flagged, addressed to that incarnation), which
+    /// tells the peer, if it is alive after all, to come back as a new one.
+    /// Returns the excluded incarnation (0 if it was never heard from).
     pub(crate) fn exclude(&mut self) -> u64 {
         let excluded = self.peer_incarnation;
-        self.reset_for(excluded.saturating_add(1));
+        self.reset_for(excluded);
+        self.excluded = true;
         excluded
     }
 
@@ -328,14 +334,22 @@ impl PeerLink {
     /// [`crate::replica::ReplicaConfig::clock_at_zero`]).
     pub(crate) fn receive(&mut self, now: Time, clock_at_zero: u64, d: &Datagram<'_>) -> Received {
         let mut out = Received::default();
-        if d.dst_incarnation > self.my_incarnation
-            && d.src_incarnation == self.peer_incarnation
-            && self.peer_incarnation != 0
-        {
-            // Only an exclusion makes a peer address a life of ours that has
-            // not begun (see `exclude`).
+        if d.excluded {
+            // The peer we know, addressing this very incarnation of ours,
+            // says it is out of its view (see `exclude`).
+            if d.dst_incarnation == self.my_incarnation
+                && d.src_incarnation == self.peer_incarnation
+                && self.peer_incarnation != 0
+                && !self.excluded
+            {
+                out.excluded_us = true;
+            }
             self.stats.stale += 1;
-            out.excluded_us = true;
+            return out;
+        }
+        if self.excluded && d.src_incarnation <= self.peer_incarnation {
+            // The incarnation we excluded: it is over for us.
+            self.stats.stale += 1;
             return out;
         }
         if d.dst_incarnation != 0 && d.dst_incarnation != self.my_incarnation {
@@ -371,6 +385,7 @@ impl PeerLink {
                 // until we know whom they are for), and answer at once.
                 out.first_contact = true;
                 self.peer_incarnation = d.src_incarnation;
+                self.excluded = false;
                 self.probe = None;
                 self.last_sent = None;
             }
@@ -610,6 +625,7 @@ impl PeerLink {
                     ack: 0,
                     delivered: 0,
                     report_wanted: false,
+                    excluded: false,
                     gaps: Vec::new(),
                     frames: Vec::new(),
                 }
@@ -624,6 +640,7 @@ impl PeerLink {
             ack: self.recv_upto,
             delivered,
             report_wanted: std::mem::take(&mut self.report_wanted),
+            excluded: self.excluded,
             gaps,
             frames: Vec::new(),
         };
@@ -749,6 +766,7 @@ mod tests {
                 ack: 0,
                 delivered: 0,
                 report_wanted: false,
+                excluded: false,
                 gaps: vec![],
                 frames: vec![],
             };
