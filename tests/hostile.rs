@@ -296,6 +296,7 @@ fn replayed_damaged_and_forged_peer_packets_are_dropped_and_counted() {
             ack: d.ack,
             delivered: d.delivered,
             report_wanted: false,
+            excluded: false,
             gaps: vec![],
             frames: (0..4).map(|k| (next + k, &payload[..])).collect(),
         };
@@ -506,6 +507,7 @@ fn flood(target: SocketAddr, senders: usize, seed: u64, max: usize, halt: &Atomi
             ack: 0,
             delivered: 0,
             report_wanted: false,
+            excluded: false,
             gaps: vec![],
             frames: vec![(1, &payload[..])],
         }
@@ -593,6 +595,7 @@ fn garbage_flood_does_not_disturb_chatting_clients() {
             ack: 0,
             delivered: 0,
             report_wanted: false,
+            excluded: false,
             gaps: vec![(1, 2)],
             frames: vec![(1, &payload[..])],
         }

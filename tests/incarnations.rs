@@ -95,6 +95,7 @@ fn heartbeat(src_incarnation: u64, dst_incarnation: u64) -> Vec<u8> {
         ack: 0,
         delivered: 0,
         report_wanted: false,
+        excluded: false,
         gaps: vec![],
         frames: vec![],
     };

@@ -67,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
                     ack: 0,
                     delivered: 0,
                     report_wanted: false,
+                    excluded: false,
                     gaps: vec![],
                     frames,
                 };

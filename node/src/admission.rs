@@ -60,6 +60,9 @@ pub(crate) enum Refusal {
 pub(crate) struct FairAdmission {
     in_flight: HashMap<SocketAddr, u32>,
     owner: HashMap<MsgId, SocketAddr>,
+    /// After a rejoin: messages of the old incarnation, until each is
+    /// posted again (`renamed`) or given up (`forget_stale`).
+    stale: HashMap<MsgId, SocketAddr>,
     heavy: usize,
     /// Refusals of clients with messages in flight; the entry goes with
     /// their last delivery.
@@ -109,6 +112,28 @@ impl FairAdmission {
             self.heavy += 1;
         }
         self.owner.insert(id, client);
+    }
+
+    /// The server rejoined as a new incarnation: its messages in flight are
+    /// now either posted again ([`FairAdmission::renamed`]) or gone.
+    pub(crate) fn rejoined(&mut self) {
+        self.stale.extend(self.owner.drain());
+    }
+
+    /// Message `old` was posted again as `new`.
+    pub(crate) fn renamed(&mut self, old: MsgId, new: MsgId) {
+        if let Some(client) = self.stale.remove(&old).or_else(|| self.owner.remove(&old)) {
+            self.owner.insert(new, client);
+        }
+    }
+
+    /// Releases the old incarnation's messages that were not posted again:
+    /// they will never be delivered here.
+    pub(crate) fn forget_stale(&mut self) {
+        for (id, client) in std::mem::take(&mut self.stale) {
+            self.owner.insert(id, client);
+            self.delivered(id);
+        }
     }
 
     /// Message `id` of this server was delivered here.

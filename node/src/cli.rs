@@ -79,6 +79,19 @@ pub struct ServerArgs {
     /// the future than this is refused as forged.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub max_clock_skew_ms: u64,
+    /// Every peer hears from this server at least this often (heartbeats on
+    /// idle links); default: the file's `[membership] heartbeat_ms`, else 100
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub heartbeat_ms: Option<u64>,
+    /// A server silent this long is suspected and leaves the view (if the
+    /// rest still make up the quorum); default: the file's
+    /// `[membership] suspect_ms`, else 700
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub suspect_ms: Option<u64>,
+    /// Servers a view needs to order `total` messages; default: the file's
+    /// `[membership] quorum`, else a majority of the servers listed
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=65_535))]
+    pub quorum: Option<u64>,
     /// Create this file once the server is ready (bound, serving) and
     /// remove it when it stops: a readiness probe for supervisors such as
     /// Kubernetes (`test -e PATH`)
@@ -205,6 +218,29 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     });
     let rooms = args.rooms.unwrap_or(cluster.rooms);
     anyhow::ensure!(rooms >= 1, "--rooms must be at least 1");
+    let mut membership = cluster.membership.clone();
+    if args.heartbeat_ms.is_some() {
+        membership.heartbeat_ms = args.heartbeat_ms;
+    }
+    if args.suspect_ms.is_some() {
+        membership.suspect_ms = args.suspect_ms;
+    }
+    if let Some(q) = args.quorum {
+        anyhow::ensure!(
+            q as usize <= cluster.servers.len(),
+            "--quorum {q} is more than the {} servers of {}",
+            cluster.servers.len(),
+            args.config.display()
+        );
+        membership.quorum = Some(q as usize);
+    }
+    let membership = membership.to_config();
+    anyhow::ensure!(
+        membership.suspect_us >= 2 * membership.heartbeat_us,
+        "the suspicion time ({} ms) must be at least two heartbeats ({} ms each)",
+        membership.suspect_us / 1000,
+        membership.heartbeat_us / 1000
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -242,6 +278,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             busy_poll_us: args.busy_poll_us,
             window: args.admission_window as usize,
             max_clock_skew_us: args.max_clock_skew_ms.saturating_mul(1000),
+            membership,
             session_policy: crate::session::SessionPolicy {
                 idle_us: args.session_idle_s.saturating_mul(1_000_000),
                 unconfirmed_allowance: args.unconfirmed_allowance,

@@ -130,6 +130,34 @@ pub struct ClusterConfig {
     pub ordering: Option<String>,
     pub rooms: u32,
     pub servers: Vec<ServerEntry>,
+    /// Failure detection and quorum (TOML `[membership]`); unset values
+    /// take the defaults of [`orderings::MembershipConfig`].
+    pub membership: MembershipSettings,
+}
+
+/// The `[membership]` table: each value optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipSettings {
+    pub heartbeat_ms: Option<u64>,
+    pub suspect_ms: Option<u64>,
+    pub quorum: Option<usize>,
+}
+
+impl MembershipSettings {
+    /// These settings over the defaults.
+    pub fn to_config(&self) -> orderings::MembershipConfig {
+        let mut m = orderings::MembershipConfig::default();
+        if let Some(h) = self.heartbeat_ms {
+            m.heartbeat_us = h * 1000;
+        }
+        if let Some(s) = self.suspect_ms {
+            m.suspect_us = s * 1000;
+        }
+        if self.quorum.is_some() {
+            m.quorum = self.quorum;
+        }
+        m
+    }
 }
 
 /// A configuration error, naming the file, the line and what is wrong.
@@ -320,6 +348,7 @@ pub fn parse_legacy_with(
             ordering: None,
             rooms: DEFAULT_ROOMS,
             servers,
+            membership: MembershipSettings::default(),
         },
         &origins,
     )

@@ -56,6 +56,7 @@ struct File {
     cluster: Option<Table<ClusterTable>>,
     nodes: Option<Spanned<Table<NodesTable>>>,
     node: Option<Spanned<NodeList>>,
+    membership: Option<Spanned<Table<MembershipTable>>>,
     // The launcher's tables.
     #[serde(rename = "supervise")]
     _supervise: Option<IgnoredAny>,
@@ -110,6 +111,19 @@ struct NodeTable {
     bind: Option<Spanned<String>>,
     advertise: Option<Spanned<String>>,
     forward: Option<Spanned<String>>,
+}
+
+/// Failure detection and quorum (see `orderings::MembershipConfig`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipTable {
+    heartbeat_ms: Option<Int<1, 60_000>>,
+    suspect_ms: Option<Int<1, 3_600_000>>,
+    quorum: Option<Spanned<Int<1, 65535>>>,
+}
+
+impl TomlTable for MembershipTable {
+    const EXPECTING: &'static str = "one [membership] table";
 }
 
 impl TomlTable for NodeTable {
@@ -352,6 +366,7 @@ pub fn parse_toml_with(path: &Path, text: &str, limits: ConfigLimits) -> Result<
         ordering: None,
         rooms: DEFAULT_ROOMS,
         servers: Vec::new(),
+        membership: config::MembershipSettings::default(),
     };
     if let Some(Table(c)) = file.cluster {
         if let Some(o) = c.ordering {
@@ -382,6 +397,41 @@ pub fn parse_toml_with(path: &Path, text: &str, limits: ConfigLimits) -> Result<
         }
     };
     cfg.servers = servers;
+    if let Some(m) = file.membership {
+        let span = m.span();
+        let Table(m) = m.into_inner();
+        let defaults = orderings::MembershipConfig::default();
+        let heartbeat = m.heartbeat_ms.map(|Int(h)| h as u64);
+        let suspect = m.suspect_ms.map(|Int(s)| s as u64);
+        let h = heartbeat.unwrap_or(defaults.heartbeat_us / 1000);
+        let s = suspect.unwrap_or(defaults.suspect_us / 1000);
+        if s < 2 * h {
+            return Err(doc.err(
+                span,
+                "membership.suspect_ms",
+                format!(
+                    "{s} ms is less than two heartbeats ({h} ms each): every lost heartbeat would exclude a server"
+                ),
+            ));
+        }
+        let mut quorum = None;
+        if let Some(q) = m.quorum {
+            let n = q.get_ref().0 as usize;
+            if n > cfg.servers.len() {
+                return Err(doc.err(
+                    q.span(),
+                    "membership.quorum",
+                    format!("{n} is more than the {} servers listed", cfg.servers.len()),
+                ));
+            }
+            quorum = Some(n);
+        }
+        cfg.membership = config::MembershipSettings {
+            heartbeat_ms: heartbeat,
+            suspect_ms: suspect,
+            quorum,
+        };
+    }
     config::finish(cfg, &origins)
 }
 
@@ -717,7 +767,7 @@ mod tests {
             &[
                 "bogus",
                 "unknown table",
-                "cluster, nodes, node, supervise, faults",
+                "cluster, nodes, node, membership, supervise, faults",
             ],
         );
         assert_err(

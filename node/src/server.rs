@@ -12,7 +12,7 @@ use crate::session::{Outcome, SessionLimits, SessionPolicy, SessionStats, Sessio
 use crate::udp::{RECV_BATCH, RecvBatch, SendQueue};
 use bytes::Bytes;
 use orderings::{
-    Replica, ReplicaConfig, ReplicaStats, RoomId, ServerId, StrategyContext, StrategySpec, Time,
+    Replica, ReplicaConfig, ReplicaEvent, ReplicaStats, RoomId, ServerId, StrategySpec, Time,
 };
 use std::future::Future;
 use std::io;
@@ -42,6 +42,8 @@ pub struct ServerSetup {
     pub window: usize,
     /// How far in the future a peer's incarnation (start time) may lie.
     pub max_clock_skew_us: u64,
+    /// Failure detection and quorum.
+    pub membership: orderings::MembershipConfig,
     /// Session expiry, address validation (see [`SessionPolicy`]).
     pub session_policy: SessionPolicy,
     /// Rate limits of `-ERR` replies.
@@ -469,6 +471,39 @@ impl Server {
         }
     }
 
+    /// Logs what the replica did on its own; a message posted again under a
+    /// new id keeps its client's share of the window.
+    fn note_replica_event(&mut self, e: ReplicaEvent) {
+        match e {
+            ReplicaEvent::Excluded {
+                server,
+                members,
+                by,
+            } => match by {
+                Some(by) => tracing::info!(
+                    "View change: {server} left the view ({by} excluded it); {members} member(s)"
+                ),
+                None => tracing::info!(
+                    "View change: {server} suspected (silent) and left the view; {members} member(s)"
+                ),
+            },
+            ReplicaEvent::Admitted { server, members } => {
+                tracing::info!("View change: {server} joined the view; {members} member(s)");
+            }
+            ReplicaEvent::Rejoined { by, incarnation } => {
+                self.admission.rejoined();
+                tracing::warn!(
+                    "{} was excluded by {by}: rejoining as incarnation {incarnation}",
+                    self.replica.me()
+                );
+            }
+            ReplicaEvent::Reposted { old, new } => {
+                self.admission.renamed(old, new);
+                tracing::info!("Posted {old} again as {new} after rejoining");
+            }
+        }
+    }
+
     /// Queues what the replica wants sent and delivers what it has ordered,
     /// then sends it all in batches.
     async fn flush(&mut self) {
@@ -500,6 +535,10 @@ impl Server {
                 self.send_out().await;
             }
         }
+        while let Some(e) = self.replica.poll_event() {
+            self.note_replica_event(e);
+        }
+        self.admission.forget_stale();
         while let Some(d) = self.replica.poll_delivery() {
             if d.id.origin == self.replica.me() {
                 self.admission.delivered(d.id);
@@ -552,11 +591,7 @@ pub async fn run(
     rcfg.key = setup.key;
     rcfg.window = setup.window.max(1);
     rcfg.link.max_incarnation_ahead_us = setup.max_clock_skew_us;
-    let strategy = (setup.strategy.build)(&StrategyContext {
-        me: setup.me,
-        servers,
-        incarnation: setup.incarnation,
-    });
+    rcfg.membership = setup.membership.clone();
     let book = PeerBook::new(
         setup.me,
         setup.cluster.servers.iter().map(|s| {
@@ -579,7 +614,7 @@ pub async fn run(
         .any(|(i, s)| i != setup.me.index() && s.forward_name.is_some());
     let mut server = Server {
         socket,
-        replica: Replica::new(rcfg, strategy),
+        replica: Replica::with_builder(rcfg, setup.strategy.build),
         sessions: Sessions::with_policy(
             SessionLimits {
                 rooms: setup.rooms,

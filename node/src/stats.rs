@@ -73,6 +73,14 @@ counters! {
     bad_confirmations,
     dropped_sends,
     unanswered_refusals,
+    /// View changes this server made (exclusions, admissions, rejoins).
+    views_installed,
+    /// Members of the view at the end, this server included.
+    view_members,
+    /// Times this server was excluded and rejoined as a new incarnation.
+    rejoins,
+    /// Own messages posted again after a rejoin.
+    reposted,
 }
 
 impl From<&ServerStats> for ServerCounters {
@@ -118,6 +126,10 @@ impl From<&ServerStats> for ServerCounters {
             bad_confirmations: s.sessions.bad_confirmations,
             dropped_sends: s.dropped_sends,
             unanswered_refusals: s.unanswered_refusals,
+            views_installed: r.views_installed,
+            view_members: r.view_members as u64,
+            rejoins: r.rejoins,
+            reposted: r.reposted,
         }
     }
 }

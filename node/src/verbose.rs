@@ -123,6 +123,7 @@ mod tests {
             ack: 3,
             delivered: 0,
             report_wanted: false,
+            excluded: false,
             gaps: vec![],
             frames: vec![],
         };

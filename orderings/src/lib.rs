@@ -30,6 +30,7 @@
 //! hostile-peer tests build and decode datagrams and strategy messages.
 
 mod link;
+mod membership;
 mod registry;
 mod replica;
 mod strategies;
@@ -42,10 +43,14 @@ pub use link::{
     Datagram, LinkConfig, LinkStats, MAC_LEN, MAGIC, VERSION, open_datagram, seal_datagram,
     sender_of, stamp_sender,
 };
+pub use membership::{MembershipConfig, View, ViewChange};
 pub use registry::{
     Guarantees, StrategySpec, UnknownStrategy, duplicate_names, help_text, lookup, registered,
 };
-pub use replica::{DEFAULT_WINDOW, PostError, Replica, ReplicaConfig, ReplicaStats, Transmit};
+pub use replica::{
+    DEFAULT_WINDOW, MEMBERSHIP_KIND, PostError, Replica, ReplicaConfig, ReplicaEvent, ReplicaStats,
+    StrategyBuilder, Transmit,
+};
 pub use strategies::{
     CausalMessage, ChatMessage, ClockEntry, MAX_PRIORITY, Priority, StreamMessage, StreamStart,
     TotalMessage,
@@ -157,6 +162,9 @@ pub struct Outbox {
     /// "Server X runs incarnation N or later", learned from a third party:
     /// the replica then treats X's older incarnation as dead at once.
     pub incarnation_hints: Vec<(ServerId, u64)>,
+    /// The strategy found out that `server`'s view no longer includes this
+    /// server (a `total` final it had no say in): the replica rejoins.
+    pub excluded_by: Option<ServerId>,
 }
 
 impl Outbox {
@@ -174,7 +182,10 @@ impl Outbox {
     }
     /// Nothing written.
     pub fn is_empty(&self) -> bool {
-        self.sends.is_empty() && self.deliveries.is_empty() && self.incarnation_hints.is_empty()
+        self.sends.is_empty()
+            && self.deliveries.is_empty()
+            && self.incarnation_hints.is_empty()
+            && self.excluded_by.is_none()
     }
 }
 
@@ -205,7 +216,13 @@ pub struct StrategyStats {
 ///
 /// The replica guarantees that payloads from a live peer arrive exactly once
 /// and in the order that peer sent them (per peer FIFO), and that a strategy
-/// sees its own posts through [`Ordering::handle_post`] only.
+/// sees its own posts through [`Ordering::handle_post`] only. Payloads
+/// starting with [`MEMBERSHIP_KIND`] are the replica's own.
+///
+/// Membership: a peer that leaves the view is announced with
+/// [`Ordering::handle_member_left`]; when it comes back it is a new
+/// incarnation ([`Ordering::handle_peer_incarnation`] with `restarted`).
+/// Payloads for a server outside the view are not sent.
 pub trait Ordering: Send {
     /// A local client posted a message.
     fn handle_post(&mut self, now: Time, post: Post, out: &mut Outbox);
@@ -233,6 +250,20 @@ pub trait Ordering: Send {
         out: &mut Outbox,
     ) {
         let _ = (now, peer, incarnation, restarted, out);
+    }
+
+    /// Peer `peer` left the view: its incarnations before `dead_below` will
+    /// never be heard from again, and nothing sent to it arrives. By
+    /// default this is handled like a restart of the peer.
+    fn handle_member_left(&mut self, now: Time, peer: ServerId, dead_below: u64, out: &mut Outbox) {
+        self.handle_peer_incarnation(now, peer, dead_below, true, out);
+    }
+
+    /// This server's own posts whose order is not settled yet (nobody can
+    /// have delivered them): posted again when the server rejoins after an
+    /// exclusion. Strategies that deliver own posts at once have none.
+    fn unsettled_posts(&self) -> Vec<Post> {
+        Vec::new()
     }
 
     /// A timer this strategy asked for (via [`Ordering::poll_timeout`]) fired.

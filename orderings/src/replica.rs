@@ -11,13 +11,35 @@
 //! holdback limit that drops breaks agreement). A slow peer slows admission
 //! at the origin instead: back-pressure reaches the clients, who are refused
 //! at the edge, fairly (see the server's admission).
+//!
+//! Membership ([`crate::membership`]): the replica detects silent peers,
+//! excludes them from its view (quorum permitting), tells the other members,
+//! sends nothing more to an excluded incarnation and accepts nothing from
+//! it, and admits a server again when a new incarnation of it shows up. An
+//! excluded server learns of it from its peers' datagrams (they address
+//! the incarnation after its own) or from a `total` final it had no say in,
+//! and *rejoins*: it starts its strategy afresh as a new incarnation, like a
+//! restart that keeps the clients, and posts its own unsettled messages
+//! again ([`ReplicaEvent::Reposted`]).
 
 use crate::link::{self, Datagram, LinkConfig, LinkStats, PeerLink};
+use crate::membership::{Membership, MembershipConfig, ViewChange};
+use crate::wire::{Reader, Writer};
 use crate::{
-    Delivery, Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyStats, Time, WireError,
+    Delivery, Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext,
+    StrategyStats, Time, WireError,
 };
 use bytes::Bytes;
 use std::collections::VecDeque;
+
+/// First byte of the replica's own payloads (membership), which never
+/// reach the strategy; strategies' payloads must not start with it.
+pub const MEMBERSHIP_KIND: u8 = 0xFF;
+/// Membership payload: "I excluded `server`'s incarnation `incarnation`".
+const EXCLUDE: u8 = 1;
+
+/// Builds a strategy for a (re)start (a registered strategy's `build`).
+pub type StrategyBuilder = fn(&StrategyContext) -> Box<dyn Ordering>;
 
 /// How a replica is set up.
 #[derive(Debug, Clone)]
@@ -43,6 +65,8 @@ pub struct ReplicaConfig {
     /// against the clock-skew bound. In the server it is this start's
     /// incarnation (the clock starts with the server).
     pub clock_at_zero: u64,
+    /// Failure detection and quorum.
+    pub membership: MembershipConfig,
 }
 
 impl ReplicaConfig {
@@ -57,6 +81,7 @@ impl ReplicaConfig {
             max_backlog: 64 * 1024,
             window: DEFAULT_WINDOW,
             clock_at_zero: incarnation,
+            membership: MembershipConfig::default(),
         }
     }
 }
@@ -84,6 +109,50 @@ pub enum PostError {
     /// A server has [`ReplicaConfig::window`] of our messages or more undelivered.
     #[error("the cluster is busy ordering earlier messages; message not sent")]
     WindowFull,
+    /// This server hears too few servers to order messages, and already
+    /// keeps [`MembershipConfig::cut_off_backlog`] of its clients' messages
+    /// waiting for the rest of the cluster.
+    #[error(
+        "this server is cut off from most of the cluster; earlier messages wait for it to rejoin, this one was not sent"
+    )]
+    CutOff,
+}
+
+/// What the replica did on its own, for logs and for the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaEvent {
+    /// `server` was silent for the suspicion time, or another member
+    /// excluded it: it left this server's view.
+    Excluded {
+        /// The server that left.
+        server: ServerId,
+        /// The view's members after the change.
+        members: usize,
+        /// Who said so: `None` when this server noticed the silence itself.
+        by: Option<ServerId>,
+    },
+    /// A new incarnation of `server` joined the view.
+    Admitted {
+        /// The server that joined.
+        server: ServerId,
+        /// The view's members after the change.
+        members: usize,
+    },
+    /// This server was excluded by `by` and rejoined as a new incarnation.
+    Rejoined {
+        /// The member that excluded us.
+        by: ServerId,
+        /// The new incarnation.
+        incarnation: u64,
+    },
+    /// An own message that was not yet ordered when this server rejoined
+    /// was posted again under a new id.
+    Reposted {
+        /// Its id before.
+        old: MsgId,
+        /// Its id now.
+        new: MsgId,
+    },
 }
 
 /// Counters of a replica.
@@ -109,6 +178,18 @@ pub struct ReplicaStats {
     pub peak_outstanding: usize,
     /// The admission window.
     pub window: usize,
+    /// View changes this server made (exclusions, admissions, rejoins).
+    pub views_installed: u64,
+    /// Members of the current view, this server included.
+    pub view_members: usize,
+    /// Times this server was excluded and rejoined as a new incarnation.
+    pub rejoins: u64,
+    /// Own messages posted again after a rejoin.
+    pub reposted: u64,
+    /// This server hears too few members to make up the quorum.
+    pub cut_off: bool,
+    /// Members a view needs to order `total` messages.
+    pub quorum: usize,
 }
 
 /// See the module docs.
@@ -137,13 +218,42 @@ pub struct Replica {
     /// deliver those: they are not outstanding at it).
     peer_base: Vec<u64>,
     peak_outstanding: usize,
+    membership: Membership,
+    /// Rebuilds the strategy when this server rejoins; without it a rejoin
+    /// is impossible and an exclusion is only counted.
+    builder: Option<StrategyBuilder>,
+    events: VecDeque<ReplicaEvent>,
+    rejoins: u64,
+    reposted: u64,
+    /// Exclusions of this server that could not be acted on (no builder).
+    excluded_unhandled: u64,
 }
 
 impl Replica {
-    /// A replica running `strategy`, with a link to every peer.
+    /// A replica running the strategy `builder` makes, with a link to
+    /// every peer; it can rejoin after an exclusion.
+    pub fn with_builder(cfg: ReplicaConfig, builder: StrategyBuilder) -> Self {
+        let strategy = builder(&StrategyContext {
+            me: cfg.me,
+            servers: cfg.servers,
+            incarnation: cfg.incarnation,
+        });
+        let mut r = Self::new(cfg, strategy);
+        r.builder = Some(builder);
+        r
+    }
+
+    /// A replica running `strategy`, with a link to every peer. Without a
+    /// builder it cannot rejoin after an exclusion (see
+    /// [`Replica::with_builder`]).
     pub fn new(mut cfg: ReplicaConfig, strategy: Box<dyn Ordering>) -> Self {
         let next_counter = cfg.incarnation.max(1);
         let n = cfg.servers;
+        cfg.link.heartbeat_us = cfg
+            .link
+            .heartbeat_us
+            .min(cfg.membership.heartbeat_us.max(1));
+        let membership = Membership::new(cfg.me, n, cfg.membership.clone());
         // Report deliveries well before the origin's window runs out.
         cfg.link.delivered_report_every = cfg
             .link
@@ -181,6 +291,12 @@ impl Replica {
             peer_confirmed: vec![0; n],
             peer_base: vec![0; n],
             peak_outstanding: 0,
+            membership,
+            builder: None,
+            events: VecDeque::new(),
+            rejoins: 0,
+            reposted: 0,
+            excluded_unhandled: 0,
         }
     }
 
@@ -189,7 +305,12 @@ impl Replica {
         self.cfg.me
     }
 
-    fn admission(&self) -> Result<(), PostError> {
+    fn admission(&self, now: Time) -> Result<(), PostError> {
+        if self.membership.cut_off(now)
+            && self.strategy.stats().in_flight >= self.membership.config().cut_off_backlog
+        {
+            return Err(PostError::CutOff);
+        }
         if self.max_backlog() >= self.cfg.max_backlog {
             return Err(PostError::Congested);
         }
@@ -213,7 +334,8 @@ impl Replica {
     /// own delivery can lag behind a peer's too (in `total`, behind another
     /// origin's message whose final reached the peers first). A peer we
     /// have not heard from yet counts too: the link keeps our messages for
-    /// it and it receives them all at once when it comes up.
+    /// it and it receives them all at once when it comes up. A server
+    /// outside the view does not: it gets none of them.
     pub fn outstanding(&self) -> usize {
         let own = self
             .posts
@@ -221,7 +343,7 @@ impl Replica {
         self.links
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.is_some())
+            .filter(|(i, l)| l.is_some() && self.membership.is_member(ServerId(*i as u16)))
             .map(|(i, _)| self.outstanding_at(i))
             .max()
             .unwrap_or(0)
@@ -240,7 +362,8 @@ impl Replica {
     /// them send one.
     pub fn request_reports(&mut self, now: Time, at_least: usize) {
         for i in 0..self.links.len() {
-            let behind = self.outstanding_at(i) >= at_least;
+            let behind =
+                self.outstanding_at(i) >= at_least && self.membership.is_member(ServerId(i as u16));
             if let Some(link) = self.links[i].as_mut()
                 && behind
             {
@@ -269,7 +392,7 @@ impl Replica {
     /// A local client posted `line` (already formatted as `<nick> text`) to
     /// `room`.
     pub fn post(&mut self, now: Time, room: RoomId, line: Bytes) -> Result<MsgId, PostError> {
-        if let Err(e) = self.admission() {
+        if let Err(e) = self.admission(now) {
             if e == PostError::WindowFull {
                 self.request_reports(now, self.cfg.window);
             }
@@ -349,6 +472,13 @@ impl Replica {
         };
         let (d, _) = Datagram::decode_raw(raw)?;
         let received = link.receive(now, self.cfg.clock_at_zero, &d);
+        if received.excluded_us {
+            self.rejoin(now, from);
+            return Ok(());
+        }
+        if received.current {
+            self.membership.heard(now, from);
+        }
         if received.peer_restarted {
             tracing::info!("{from} restarted (incarnation {})", d.src_incarnation);
             self.peer_restarted(from);
@@ -357,16 +487,33 @@ impl Replica {
             let c = &mut self.peer_confirmed[from.index()];
             *c = (*c).max(n);
         }
-        if received.peer_restarted || received.first_contact {
+        let rejoining = received.current && !self.membership.is_member(from);
+        if rejoining {
+            if let Some(change) = self.membership.admit(now, from) {
+                self.note_change(change, None);
+            }
+            // Whatever it ran before, it starts from nothing with us.
+            if !received.peer_restarted {
+                self.peer_restarted(from);
+            }
+        }
+        if received.peer_restarted || received.first_contact || rejoining {
             self.strategy.handle_peer_incarnation(
                 now,
                 from,
                 d.src_incarnation,
-                received.peer_restarted,
+                received.peer_restarted || rejoining,
                 &mut self.scratch,
             );
         }
         for payload in received.payloads {
+            if payload.first() == Some(&MEMBERSHIP_KIND) {
+                if let Err(e) = self.handle_membership_payload(now, from, &payload) {
+                    self.bad_payloads += 1;
+                    tracing::warn!("dropped a bad membership payload from {from}: {e}");
+                }
+                continue;
+            }
             if let Err(e) = self
                 .strategy
                 .handle_peer(now, from, &payload, &mut self.scratch)
@@ -374,14 +521,202 @@ impl Replica {
                 self.bad_payloads += 1;
                 tracing::warn!("dropped a bad payload from {from}: {e}");
             }
+            if let Some(by) = self.scratch.excluded_by.take() {
+                // A final we had no say in: the origin's view left us out.
+                // What was decided before it stands.
+                self.flush_outbox();
+                self.rejoin(now, by);
+                return Ok(());
+            }
         }
         self.flush_outbox();
         Ok(())
     }
 
+    /// A membership payload from member `from`.
+    fn handle_membership_payload(
+        &mut self,
+        now: Time,
+        from: ServerId,
+        payload: &[u8],
+    ) -> Result<(), WireError> {
+        let mut r = Reader::new(payload);
+        let _kind = r.u8()?;
+        match r.u8()? {
+            EXCLUDE => {
+                let server = ServerId(r.varint_u16("server")?);
+                let incarnation = r.varint()?;
+                r.finish()?;
+                if server.index() >= self.cfg.servers {
+                    return Err(WireError::OutOfRange("server"));
+                }
+                if server == self.cfg.me {
+                    // Our peers' datagrams tell us too; this one is early.
+                    if incarnation == self.cfg.incarnation {
+                        self.rejoin(now, from);
+                    }
+                    return Ok(());
+                }
+                let current = self.links[server.index()]
+                    .as_ref()
+                    .is_some_and(|l| l.peer_incarnation() == incarnation);
+                if current {
+                    self.exclude_peer(now, server, Some(from));
+                }
+                Ok(())
+            }
+            k => Err(WireError::UnknownKind(k)),
+        }
+    }
+
+    /// `peer`'s current incarnation leaves the view, if the quorum allows:
+    /// its link goes dead, the strategy settles what it left behind, and
+    /// the other members are told.
+    fn exclude_peer(&mut self, now: Time, peer: ServerId, by: Option<ServerId>) -> bool {
+        let Some(change) = self.membership.exclude(peer) else {
+            return false;
+        };
+        let Some(Some(link)) = self.links.get_mut(peer.index()) else {
+            return false;
+        };
+        let incarnation = link.exclude();
+        self.peer_restarted(peer);
+        self.note_change(change, by);
+        let mut w = Writer::with_capacity(16);
+        w.u8(MEMBERSHIP_KIND)
+            .u8(EXCLUDE)
+            .varint(u64::from(peer.0))
+            .varint(incarnation);
+        let notice = w.into_bytes();
+        for (i, link) in self.links.iter_mut().enumerate() {
+            if let Some(link) = link
+                && self.membership.is_member(ServerId(i as u16))
+            {
+                link.push(notice.clone());
+            }
+        }
+        self.strategy.handle_member_left(
+            now,
+            peer,
+            incarnation.saturating_add(1),
+            &mut self.scratch,
+        );
+        true
+    }
+
+    fn note_change(&mut self, change: ViewChange, by: Option<ServerId>) {
+        let members = self.membership.view().len();
+        let event = match change {
+            ViewChange::Excluded(server) => ReplicaEvent::Excluded {
+                server,
+                members,
+                by,
+            },
+            ViewChange::Admitted(server) => ReplicaEvent::Admitted { server, members },
+        };
+        self.events.push_back(event);
+    }
+
+    /// Member `by` excluded this incarnation: start again as a new one,
+    /// keeping the clients (the server's sessions) and posting our own
+    /// unsettled messages again. Deliveries already made stay made.
+    fn rejoin(&mut self, now: Time, by: ServerId) {
+        let Some(builder) = self.builder else {
+            self.excluded_unhandled += 1;
+            return;
+        };
+        let incarnation = self
+            .cfg
+            .clock_at_zero
+            .saturating_add(now.as_micros())
+            .max(self.cfg.incarnation.saturating_add(1));
+        let unsettled = self.strategy.unsettled_posts();
+        self.cfg.incarnation = incarnation;
+        self.strategy = builder(&StrategyContext {
+            me: self.cfg.me,
+            servers: self.cfg.servers,
+            incarnation,
+        });
+        self.scratch = Outbox::default();
+        for (i, slot) in self.links.iter_mut().enumerate() {
+            if let Some(link) = slot {
+                // Keep what we know of a member, so our first datagrams prove
+                // the new incarnation at once. A server we had excluded comes
+                // back as a new incarnation: ask anew.
+                let peer_incarnation = if self.membership.is_member(ServerId(i as u16)) {
+                    link.peer_incarnation()
+                } else {
+                    0
+                };
+                let mut fresh = PeerLink::new(incarnation, self.cfg.link.clone());
+                fresh.adopt(peer_incarnation);
+                *link = fresh;
+            }
+            self.peer_base[i] = self.posts;
+            self.peer_confirmed[i] = 0;
+            self.delivered_from[i] = 0;
+        }
+        self.membership.restart(now);
+        self.next_counter = self.next_counter.max(incarnation);
+        self.rejoins += 1;
+        self.events
+            .push_back(ReplicaEvent::Rejoined { by, incarnation });
+        for post in unsettled {
+            let id = MsgId {
+                origin: self.cfg.me,
+                counter: self.next_counter,
+            };
+            self.next_counter += 1;
+            self.posts += 1;
+            self.reposted += 1;
+            self.events.push_back(ReplicaEvent::Reposted {
+                old: post.id,
+                new: id,
+            });
+            self.strategy.handle_post(
+                now,
+                Post {
+                    id,
+                    room: post.room,
+                    line: post.line,
+                },
+                &mut self.scratch,
+            );
+        }
+        self.flush_outbox();
+    }
+
+    /// What the replica did on its own since the last call (view changes,
+    /// rejoins, reposted messages).
+    pub fn poll_event(&mut self) -> Option<ReplicaEvent> {
+        self.events.pop_front()
+    }
+
+    /// Members of this server's current view, in server order.
+    pub fn view_members(&self) -> Vec<ServerId> {
+        self.membership.view().iter().collect()
+    }
+
+    /// This server's incarnation (it changes when the server rejoins).
+    pub fn incarnation(&self) -> u64 {
+        self.cfg.incarnation
+    }
+
     /// Timers are due.
     pub fn handle_timeout(&mut self, now: Time) {
         self.last_now = now;
+        if self.membership.next_tick() <= now {
+            let silent = self.membership.tick(now);
+            // Only a server that hears a quorum shrinks its view: on the
+            // minority side of a partition, everybody waits (and nothing
+            // it could send would exclude a member of the majority).
+            if !silent.is_empty() && !self.membership.cut_off(now) {
+                for peer in silent {
+                    self.exclude_peer(now, peer, None);
+                }
+            }
+            self.flush_outbox();
+        }
         for link in self.links.iter_mut().flatten() {
             link.handle_timeout(now);
         }
@@ -399,6 +734,7 @@ impl Replica {
             .flatten()
             .filter_map(|l| l.poll_timeout())
             .chain(self.strategy.poll_timeout())
+            .chain(Some(self.membership.next_tick()))
             .min()
     }
 
@@ -448,12 +784,33 @@ impl Replica {
             outstanding: self.outstanding(),
             peak_outstanding: self.peak_outstanding,
             window: self.cfg.window,
+            views_installed: self.membership.changes,
+            view_members: self.membership.view().len(),
+            rejoins: self.rejoins,
+            reposted: self.reposted,
+            cut_off: self.membership.cut_off(self.last_now),
+            quorum: self.membership.quorum(),
         }
     }
 
     fn flush_outbox(&mut self) {
         // Hints may make the strategy write more (including more hints).
         while let Some((peer, inc)) = self.scratch.incarnation_hints.pop() {
+            let Some(Some(link)) = self.links.get_mut(peer.index()) else {
+                continue;
+            };
+            if !self.membership.is_member(peer) {
+                // Out of the view already: its next incarnation proves
+                // itself when it shows up.
+                continue;
+            }
+            if link.peer_incarnation() != 0 && inc > link.peer_incarnation() {
+                // A member says the incarnation we know is over (it crashed
+                // and restarted, or that member excluded it): so do we.
+                if self.exclude_peer(self.last_now, peer, None) {
+                    continue;
+                }
+            }
             let Some(Some(link)) = self.links.get_mut(peer.index()) else {
                 continue;
             };
@@ -473,16 +830,24 @@ impl Replica {
                 );
             }
         }
+        // Nothing goes to a server outside the view: it will come back as
+        // a new incarnation that knows none of it.
         for (dest, payload) in self.scratch.sends.drain(..) {
             match dest {
                 Dest::Peer(p) => {
-                    if let Some(Some(link)) = self.links.get_mut(p.index()) {
+                    if let Some(Some(link)) = self.links.get_mut(p.index())
+                        && self.membership.is_member(p)
+                    {
                         link.push(payload);
                     }
                 }
                 Dest::AllPeers => {
-                    for link in self.links.iter_mut().flatten() {
-                        link.push(payload.clone());
+                    for (i, link) in self.links.iter_mut().enumerate() {
+                        if let Some(link) = link
+                            && self.membership.is_member(ServerId(i as u16))
+                        {
+                            link.push(payload.clone());
+                        }
                     }
                 }
             }

@@ -110,10 +110,14 @@ fn grammar_payload() -> BoxedStrategy<Vec<u8>> {
                 w.u8(4).varint(c).varint(n);
             }))
             .boxed(),
-        // TOTAL_FINAL: counter, room, n, server
-        (ident(), ident(), v(), ident())
-            .prop_map(|(c, r, n, s)| enc(|w| {
+        // TOTAL_FINAL: counter, room, n, server, excluded servers
+        (ident(), ident(), v(), ident(), vec(ident(), 0..3))
+            .prop_map(|(c, r, n, s, ex)| enc(|w| {
                 w.u8(5).varint(c).varint(r).varint(n).varint(s);
+                w.varint(ex.len() as u64);
+                for e in &ex {
+                    w.varint(*e);
+                }
             }))
             .boxed(),
         // CAUSAL_MSG: counter, room, clock length, (count, incarnation if count > 0)*, line
@@ -423,6 +427,7 @@ proptest! {
             ack,
             delivered: ack.rotate_left(7),
             report_wanted: ack % 3 == 0,
+            excluded: false,
             gaps,
             frames: frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
@@ -454,6 +459,7 @@ proptest! {
             ack,
             delivered: ack.rotate_left(7),
             report_wanted: ack % 3 == 0,
+            excluded: false,
             gaps,
             frames: frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
@@ -646,6 +652,7 @@ impl Forged {
             ack: self.ack,
             delivered: self.ack / 2,
             report_wanted: self.ack % 2 == 1,
+            excluded: false,
             gaps: self.gaps.clone(),
             frames: self.frames.iter().map(|(s, p)| (*s, &p[..])).collect(),
         };
@@ -926,7 +933,7 @@ fn total_refuses_priorities_without_headroom() {
         .unwrap();
     let fin = |n: u64| {
         enc(|w| {
-            w.u8(5).varint(7).varint(1).varint(n).varint(1);
+            w.u8(5).varint(7).varint(1).varint(n).varint(1).varint(0);
         })
     };
     assert!(
@@ -947,7 +954,8 @@ fn total_refuses_priorities_without_headroom() {
             .varint(1)
             .u8(1)
             .varint(u64::MAX)
-            .varint(1);
+            .varint(1)
+            .varint(0);
     });
     assert!(
         s.handle_peer(Time(1), ServerId(2), &answer, &mut out)

@@ -63,13 +63,18 @@ fn total_message() -> impl Strategy<Value = TotalMessage> {
         (any::<bool>(), chat()).prop_map(|(resent, chat)| TotalMessage::Chat { resent, chat }),
         (any::<u64>(), 0..=MAX_PRIORITY)
             .prop_map(|(counter, priority)| TotalMessage::Propose { counter, priority }),
-        (any::<u64>(), any::<u32>(), priority()).prop_map(|(counter, room, priority)| {
-            TotalMessage::Final {
+        (
+            any::<u64>(),
+            any::<u32>(),
+            priority(),
+            vec(any::<u16>(), 0..8)
+        )
+            .prop_map(|(counter, room, priority, excluded)| TotalMessage::Final {
                 counter,
                 room,
                 priority,
-            }
-        }),
+                excluded,
+            }),
         stream_start().prop_map(TotalMessage::StreamStart),
         (any::<u16>(), any::<u64>(), vec(any::<u64>(), 0..50)).prop_map(
             |(origin, incarnation, counters)| TotalMessage::Query {
@@ -80,7 +85,13 @@ fn total_message() -> impl Strategy<Value = TotalMessage> {
         ),
         (
             any::<u16>(),
-            vec((any::<u64>(), proptest::option::of(priority())), 0..50)
+            vec(
+                (
+                    any::<u64>(),
+                    proptest::option::of((priority(), vec(any::<u16>(), 0..8)))
+                ),
+                0..50
+            )
         )
             .prop_map(|(origin, answers)| TotalMessage::Answer {
                 origin: ServerId(origin),
@@ -182,12 +193,17 @@ fn layout(m: &TotalMessage) -> Vec<u8> {
             counter,
             room,
             priority,
+            excluded,
         } => {
             w.u8(5)
                 .varint(*counter)
                 .varint(u64::from(*room))
                 .varint(priority.n)
-                .varint(u64::from(priority.server));
+                .varint(u64::from(priority.server))
+                .varint(excluded.len() as u64);
+            for &s in excluded {
+                w.varint(u64::from(s));
+            }
         }
         TotalMessage::StreamStart(s) => {
             w.u8(2).varint(u64::from(s.room)).varint(s.next);
@@ -212,8 +228,18 @@ fn layout(m: &TotalMessage) -> Vec<u8> {
             for (c, a) in answers {
                 w.varint(*c);
                 match a {
-                    Some(p) => w.u8(1).varint(p.n).varint(u64::from(p.server)),
-                    None => w.u8(0),
+                    Some((p, excluded)) => {
+                        w.u8(1)
+                            .varint(p.n)
+                            .varint(u64::from(p.server))
+                            .varint(excluded.len() as u64);
+                        for &s in excluded {
+                            w.varint(u64::from(s));
+                        }
+                    }
+                    None => {
+                        w.u8(0);
+                    }
                 };
             }
         }

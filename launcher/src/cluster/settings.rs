@@ -175,6 +175,8 @@ struct File {
     _nodes: Option<IgnoredAny>,
     #[serde(rename = "node")]
     _node: Option<IgnoredAny>,
+    #[serde(rename = "membership")]
+    _membership: Option<IgnoredAny>,
     supervise: Option<Table<SuperviseKeys>>,
     faults: Option<Table<FaultKeys>>,
 }

@@ -18,7 +18,7 @@ use crate::wire::{Reader, WireError, Writer, stuff_into, unstuff};
 /// First byte of every server-to-server datagram.
 pub const MAGIC: u8 = 0xC5;
 /// Wire version; bumped on any incompatible change.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Length of the authentication tag when a cluster secret is set.
 pub const MAC_LEN: usize = 16;
 
@@ -32,6 +32,9 @@ pub(super) const FLAG_SENDER: u8 = 0x04;
 /// The most [`stamp_sender`] adds to a stuffed datagram: a varint of a
 /// 16-bit index (3 bytes), each byte stuffed to at most 2.
 pub(crate) const SENDER_MAX_STUFFED: usize = 6;
+/// "Your incarnation (the one this datagram names) is out of my view": the
+/// receiver must come back as a new incarnation.
+const FLAG_EXCLUDED: u8 = 0x08;
 
 /// Decoded header and control part of a datagram (the default: a
 /// heartbeat of incarnation 0 to an unknown one).
@@ -48,6 +51,8 @@ pub struct Datagram<'a> {
     pub delivered: u64,
     /// The sender asks for an immediate delivery report.
     pub report_wanted: bool,
+    /// The sender excluded `dst_incarnation` from its view.
+    pub excluded: bool,
     /// Ranges `(first, count)` above `ack` that the receiver is missing.
     pub gaps: Vec<(u64, u64)>,
     /// `(sequence number, strategy payload)` per frame.
@@ -62,7 +67,8 @@ impl<'a> Datagram<'a> {
         w.u8(MAGIC)
             .u8(VERSION)
             .u8(if authenticated { FLAG_MAC } else { 0 }
-                | if self.report_wanted { FLAG_REPORT } else { 0 });
+                | if self.report_wanted { FLAG_REPORT } else { 0 }
+                | if self.excluded { FLAG_EXCLUDED } else { 0 });
         w.varint(self.src_incarnation)
             .varint(self.dst_incarnation)
             .varint(self.ack)
@@ -112,6 +118,7 @@ impl<'a> Datagram<'a> {
                 ack,
                 delivered,
                 report_wanted: flags & FLAG_REPORT != 0,
+                excluded: flags & FLAG_EXCLUDED != 0,
                 gaps,
                 frames,
             },
@@ -151,7 +158,7 @@ fn read_head(r: &mut Reader<'_>) -> Result<(u8, Option<u16>), WireError> {
         return Err(WireError::Version(v));
     }
     let flags = r.u8()?;
-    if flags & !(FLAG_MAC | FLAG_REPORT | FLAG_SENDER) != 0 {
+    if flags & !(FLAG_MAC | FLAG_REPORT | FLAG_SENDER | FLAG_EXCLUDED) != 0 {
         return Err(WireError::OutOfRange("flags"));
     }
     let sender = if flags & FLAG_SENDER != 0 {
@@ -225,6 +232,7 @@ mod tests {
             ack: 3,
             delivered: 4,
             report_wanted: false,
+            excluded: false,
             gaps: vec![(5, 1)],
             frames: vec![(6, b"x")],
         }
@@ -299,6 +307,7 @@ mod tests {
             ack: 3,
             delivered: 4,
             report_wanted: true,
+            excluded: false,
             gaps: vec![],
             frames: vec![(1, b"hello\0world")],
         };

@@ -133,6 +133,12 @@ pub(crate) struct Received {
     /// How many of our messages the peer says it delivered (from a datagram
     /// of its adopted incarnation).
     pub peer_delivered: Option<u64>,
+    /// The datagram came from the peer's adopted incarnation and was meant
+    /// for ours: the peer is alive and talking to us (failure detection).
+    pub current: bool,
+    /// The peer, in its adopted incarnation, addresses a *later* incarnation
+    /// of ours than this one: it has excluded this incarnation from its view.
+    pub excluded_us: bool,
 }
 
 /// The link to one peer.
@@ -167,6 +173,9 @@ pub(crate) struct PeerLink {
     delivered_reported: u64,
     /// Ask the peer for a delivery report in the next datagram.
     report_wanted: bool,
+    /// The peer's current incarnation is out of our view: nothing of it is
+    /// accepted, and our datagrams tell it so.
+    excluded: bool,
     last_report_request: Option<Time>,
 
     pub stats: LinkStats,
@@ -191,6 +200,7 @@ impl PeerLink {
             early: BTreeMap::new(),
             ack_due: None,
             probe: None,
+            excluded: false,
             last_probe: None,
             delivered_reported: 0,
             report_wanted: false,
@@ -222,6 +232,7 @@ impl PeerLink {
 
     fn reset_for(&mut self, incarnation: u64) {
         self.peer_incarnation = incarnation;
+        self.excluded = false;
         self.next_seq = 1;
         self.queue.clear();
         self.first_unsent = 0;
@@ -298,11 +309,49 @@ impl PeerLink {
         Some(restarted)
     }
 
+    /// A fresh link (ours is a new incarnation) to a peer whose incarnation
+    /// we already know: our datagrams name it at once, which proves our
+    /// new incarnation to the peer.
+    pub(crate) fn adopt(&mut self, peer_incarnation: u64) {
+        self.peer_incarnation = peer_incarnation;
+        self.last_sent = None;
+    }
+
+    /// The peer's current incarnation is excluded from our view: nothing of
+    /// it is accepted any more, nothing queued for it is sent, and our
+    /// datagrams say so (flagged, addressed to that incarnation), which
+    /// tells the peer, if it is alive after all, to come back as a new one.
+    /// Returns the excluded incarnation (0 if it was never heard from).
+    pub(crate) fn exclude(&mut self) -> u64 {
+        let excluded = self.peer_incarnation;
+        self.reset_for(excluded);
+        self.excluded = true;
+        excluded
+    }
+
     /// Handles a decoded datagram from the peer. `clock_at_zero` is the
     /// incarnation clock's reading at `Time::ZERO` (see
     /// [`crate::replica::ReplicaConfig::clock_at_zero`]).
     pub(crate) fn receive(&mut self, now: Time, clock_at_zero: u64, d: &Datagram<'_>) -> Received {
         let mut out = Received::default();
+        if d.excluded {
+            // The peer we know, addressing this very incarnation of ours,
+            // says it is out of its view (see `exclude`).
+            if d.dst_incarnation == self.my_incarnation
+                && d.src_incarnation == self.peer_incarnation
+                && self.peer_incarnation != 0
+                && !self.excluded
+            {
+                out.excluded_us = true;
+            }
+            self.stats.stale += 1;
+            return out;
+        }
+        if self.excluded && d.src_incarnation <= self.peer_incarnation {
+            // The incarnation we excluded: it is over for us.
+            self.stats.stale += 1;
+            return out;
+        }
         if d.dst_incarnation != 0 && d.dst_incarnation != self.my_incarnation {
             // Addressed to an earlier life of ours.
             self.stats.stale += 1;
@@ -336,11 +385,13 @@ impl PeerLink {
                 // until we know whom they are for), and answer at once.
                 out.first_contact = true;
                 self.peer_incarnation = d.src_incarnation;
+                self.excluded = false;
                 self.probe = None;
                 self.last_sent = None;
             }
         }
         if d.dst_incarnation == self.my_incarnation {
+            out.current = true;
             out.peer_delivered = Some(d.delivered);
             if d.report_wanted {
                 self.ack_due = Some(now);
@@ -574,6 +625,7 @@ impl PeerLink {
                     ack: 0,
                     delivered: 0,
                     report_wanted: false,
+                    excluded: false,
                     gaps: Vec::new(),
                     frames: Vec::new(),
                 }
@@ -588,6 +640,7 @@ impl PeerLink {
             ack: self.recv_upto,
             delivered,
             report_wanted: std::mem::take(&mut self.report_wanted),
+            excluded: self.excluded,
             gaps,
             frames: Vec::new(),
         };
@@ -713,6 +766,7 @@ mod tests {
                 ack: 0,
                 delivered: 0,
                 report_wanted: false,
+                excluded: false,
                 gaps: vec![],
                 frames: vec![],
             };

@@ -22,6 +22,16 @@
 //! known final settles the message everywhere, and "unknown" from all means
 //! nobody delivered it: every survivor drops it. Rounds of ours that waited
 //! for `k` are sent again to its new incarnation.
+//!
+//! Membership: a round waits for the proposals of the members of the
+//! origin's view only, and the final names who is *not* in it. A server
+//! delivers a message only if its own proposal counted: that is what makes
+//! the ISIS argument hold between any two servers that both deliver two
+//! messages, whatever their views. A server that receives a final (or a
+//! recovery answer) it had no say in learns that the origin's view left it
+//! out, and rejoins as a new incarnation. When a member leaves, the rounds
+//! that waited for it complete without it and its tentative messages are
+//! settled by the recovery above, as if it had crashed.
 
 use super::kind;
 use super::stream::{ChatMessage, StreamCounters, StreamHoldback, StreamMsg, StreamStart};
@@ -31,7 +41,7 @@ use crate::{
     Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext, StrategyStats, Time,
 };
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A proposed or final position in a room's order; ties broken by server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -109,6 +119,9 @@ pub enum TotalMessage {
         room: RoomId,
         /// The agreed priority.
         priority: Priority,
+        /// Servers whose proposals did not count (outside the origin's
+        /// view): they must not deliver the message.
+        excluded: Vec<u16>,
     },
     /// Where the sender's stream for a room continues (after a restart).
     StreamStart(StreamStart),
@@ -126,8 +139,9 @@ pub enum TotalMessage {
     Answer {
         /// The crashed origin.
         origin: ServerId,
-        /// `(counter, final priority if known)` per message asked about.
-        answers: Vec<(u64, Option<Priority>)>,
+        /// `(counter, final priority and its excluded servers if known)` per
+        /// message asked about.
+        answers: Vec<(u64, Option<(Priority, Vec<u16>)>)>,
     },
 }
 
@@ -152,13 +166,15 @@ impl TotalMessage {
                 counter,
                 room,
                 priority,
+                excluded,
             } => {
-                w = Writer::with_capacity(20);
+                w = Writer::with_capacity(21 + 3 * excluded.len());
                 w.u8(kind::TOTAL_FINAL)
                     .varint(*counter)
                     .varint(u64::from(*room))
                     .varint(priority.n)
                     .varint(u64::from(priority.server));
+                write_servers(&mut w, excluded);
             }
             TotalMessage::StreamStart(start) => {
                 w = Writer::with_capacity(12);
@@ -187,8 +203,13 @@ impl TotalMessage {
                 for (c, answer) in answers {
                     w.varint(*c);
                     match answer {
-                        Some(p) => w.u8(1).varint(p.n).varint(u64::from(p.server)),
-                        None => w.u8(0),
+                        Some((p, excluded)) => {
+                            w.u8(1).varint(p.n).varint(u64::from(p.server));
+                            write_servers(&mut w, excluded);
+                        }
+                        None => {
+                            w.u8(0);
+                        }
                     };
                 }
             }
@@ -220,6 +241,7 @@ impl TotalMessage {
                     n: priority_number(&mut r)?,
                     server: r.varint_u16("server")?,
                 },
+                excluded: read_servers(&mut r)?,
             },
             kind::STREAM_START => TotalMessage::StreamStart(StreamStart::read(&mut r)?),
             kind::TOTAL_QUERY => {
@@ -248,10 +270,13 @@ impl TotalMessage {
                     let counter = r.varint()?;
                     let answer = match r.u8()? {
                         0 => None,
-                        1 => Some(Priority {
-                            n: priority_number(&mut r)?,
-                            server: r.varint_u16("server")?,
-                        }),
+                        1 => Some((
+                            Priority {
+                                n: priority_number(&mut r)?,
+                                server: r.varint_u16("server")?,
+                            },
+                            read_servers(&mut r)?,
+                        )),
                         _ => return Err(WireError::OutOfRange("answer")),
                     };
                     answers.push((counter, answer));
@@ -263,6 +288,23 @@ impl TotalMessage {
         r.finish()?;
         Ok(message)
     }
+}
+
+/// A list of server numbers: a count, then each.
+fn write_servers(w: &mut Writer, servers: &[u16]) {
+    w.varint(servers.len() as u64);
+    for &s in servers {
+        w.varint(u64::from(s));
+    }
+}
+
+fn read_servers(r: &mut Reader<'_>) -> Result<Vec<u16>, WireError> {
+    let n = r.varint()?;
+    // Each number takes a byte at least: bounds the allocation.
+    if n > r.remaining() as u64 {
+        return Err(WireError::OutOfRange("servers"));
+    }
+    (0..n).map(|_| r.varint_u16("server")).collect()
 }
 
 /// Most messages held back per origin. An honest origin never gets near it:
@@ -281,21 +323,19 @@ fn release(held: &mut HashMap<ServerId, usize>, origin: ServerId) {
 #[derive(Debug)]
 struct Recovery {
     room: RoomId,
-    /// The incarnation that replaced the origin's crashed one.
-    incarnation: u64,
     /// Per server: `None` = no answer yet; `Some(None)` = does not know.
-    answers: Vec<Option<Option<Priority>>>,
+    answers: Vec<Option<Option<(Priority, Vec<u16>)>>>,
 }
 
 #[derive(Debug, Default)]
 struct RecentFinals {
     order: std::collections::VecDeque<u64>,
-    by_counter: HashMap<u64, Priority>,
+    by_counter: HashMap<u64, (Priority, Vec<u16>)>,
 }
 
 impl RecentFinals {
-    fn remember(&mut self, counter: u64, p: Priority) {
-        if self.by_counter.insert(counter, p).is_none() {
+    fn remember(&mut self, counter: u64, p: Priority, excluded: Vec<u16>) {
+        if self.by_counter.insert(counter, (p, excluded)).is_none() {
             self.order.push_back(counter);
             if self.order.len() > RECENT_FINALS
                 && let Some(old) = self.order.pop_front()
@@ -318,10 +358,19 @@ pub(super) struct Total {
     streams: StreamHoldback,
     rooms: HashMap<RoomId, RoomQueue>,
     rounds: BTreeMap<MsgId, ProposalRound>,
+    /// Per room: the counters of our open rounds, so that they are
+    /// finalized in stream order.
+    open_by_room: HashMap<RoomId, BTreeSet<u64>>,
+    /// Per room: the final of our latest finalized message. A later one's
+    /// final must be above it (FIFO), which the proposals alone no longer
+    /// guarantee once a member that proposed for the earlier one has left.
+    own_last_final: HashMap<RoomId, Priority>,
     recent_finals: HashMap<ServerId, RecentFinals>,
     recoveries: BTreeMap<MsgId, Recovery>,
     /// Held messages per origin, for the holdback limit.
     held_by_origin: HashMap<ServerId, usize>,
+    /// Per server: in this server's view (rounds wait for its proposal).
+    members: Vec<bool>,
     /// Payloads that named messages we do not know (stale or hostile).
     pub ignored: u64,
     /// Messages dropped by the holdback limit.
@@ -340,9 +389,12 @@ impl Total {
             streams: StreamHoldback::default(),
             rooms: HashMap::new(),
             rounds: BTreeMap::new(),
+            open_by_room: HashMap::new(),
+            own_last_final: HashMap::new(),
             recent_finals: HashMap::new(),
             recoveries: BTreeMap::new(),
             held_by_origin: HashMap::new(),
+            members: vec![true; ctx.servers],
             ignored: 0,
             refused: 0,
             recovered: (0, 0),
@@ -406,28 +458,97 @@ impl Total {
             return;
         };
         *slot = Some(p);
-        if round.proposals.iter().any(Option::is_none) {
-            return;
+        self.try_finish_round(id, out);
+    }
+
+    /// Finalizes our message `id` once every member of our view proposed
+    /// and our earlier messages of the room are final; then the next one.
+    fn try_finish_round(&mut self, id: MsgId, out: &mut Outbox) {
+        let mut next = Some(id);
+        while let Some(id) = next.take() {
+            let Some(room) = self.finish_round(id, out) else {
+                return;
+            };
+            next = self
+                .open_by_room
+                .get(&room)
+                .and_then(|open| open.first())
+                .map(|&counter| MsgId {
+                    origin: self.me,
+                    counter,
+                });
         }
-        let final_p = round
-            .proposals
-            .iter()
-            .flatten()
-            .copied()
-            .max()
-            .expect("all proposals present");
+    }
+
+    /// [`Total::try_finish_round`] for one round; returns its room if it
+    /// was finalized.
+    fn finish_round(&mut self, id: MsgId, out: &mut Outbox) -> Option<RoomId> {
+        let round = self.rounds.get(&id)?;
+        let first_open = self
+            .open_by_room
+            .get(&round.room)
+            .and_then(|open| open.first().copied());
+        if first_open != Some(id.counter) {
+            return None;
+        }
+        let mut final_p: Option<Priority> = None;
+        let mut excluded = Vec::new();
+        for (i, proposal) in round.proposals.iter().enumerate() {
+            if !self.members[i] {
+                excluded.push(i as u16);
+                continue;
+            }
+            match proposal {
+                Some(p) => final_p = final_p.max(Some(*p)),
+                None => return None,
+            }
+        }
+        let mut final_p = final_p?;
         let room = round.room;
+        if let Some(last) = self.own_last_final.get(&room)
+            && final_p <= *last
+            && let Some(rq) = self.rooms.get_mut(&room)
+        {
+            // A fresh priority of ours: above everything agreed here, and
+            // so above `last` and every proposal counted.
+            rq.highest += 1;
+            final_p = Priority {
+                n: rq.highest,
+                server: self.me.0,
+            };
+        }
+        self.own_last_final.insert(room, final_p);
         self.rounds.remove(&id);
+        if let Some(open) = self.open_by_room.get_mut(&room) {
+            open.remove(&id.counter);
+        }
         let announcement = TotalMessage::Final {
             counter: id.counter,
             room,
             priority: final_p,
+            excluded: excluded.clone(),
         };
         out.send(Dest::AllPeers, announcement.encode());
-        self.apply_final(id, room, final_p, out);
+        self.apply_final(id, room, final_p, excluded, out);
+        Some(room)
     }
 
-    fn apply_final(&mut self, id: MsgId, room: RoomId, p: Priority, out: &mut Outbox) {
+    fn apply_final(
+        &mut self,
+        id: MsgId,
+        room: RoomId,
+        p: Priority,
+        excluded: Vec<u16>,
+        out: &mut Outbox,
+    ) {
+        if excluded.contains(&self.me.0) {
+            // Our proposal did not count: delivering could invert the order
+            // against the servers whose did. The origin's view has left us.
+            if out.excluded_by.is_none() {
+                out.excluded_by = Some(id.origin);
+            }
+            return;
+        }
         let Some(rq) = self.rooms.get_mut(&room) else {
             self.ignored += 1;
             return;
@@ -456,7 +577,7 @@ impl Total {
             self.recent_finals
                 .entry(id.origin)
                 .or_default()
-                .remember(id.counter, p);
+                .remember(id.counter, p, excluded);
         }
         self.drain_room(room, out);
     }
@@ -515,7 +636,7 @@ impl Total {
         let known = self.recent_finals.get(&origin);
         let answers = counters
             .into_iter()
-            .map(|c| (c, known.and_then(|k| k.by_counter.get(&c)).copied()))
+            .map(|c| (c, known.and_then(|k| k.by_counter.get(&c)).cloned()))
             .collect();
         out.send(
             Dest::Peer(from),
@@ -528,7 +649,7 @@ impl Total {
         &mut self,
         from: ServerId,
         origin: ServerId,
-        answers: Vec<(u64, Option<Priority>)>,
+        answers: Vec<(u64, Option<(Priority, Vec<u16>)>)>,
         out: &mut Outbox,
     ) {
         for (counter, answer) in answers {
@@ -548,13 +669,13 @@ impl Total {
         let Some(rec) = self.recoveries.get(&id) else {
             return;
         };
-        let known = rec.answers.iter().flatten().flatten().copied().next();
+        let known = rec.answers.iter().flatten().flatten().next().cloned();
         let all_answered = rec.answers.iter().all(Option::is_some);
         let room = rec.room;
-        if let Some(p) = known {
+        if let Some((p, excluded)) = known {
             self.recoveries.remove(&id);
             self.recovered.0 += 1;
-            self.apply_final(id, room, p, out);
+            self.apply_final(id, room, p, excluded, out);
         } else if all_answered {
             self.recoveries.remove(&id);
             self.recovered.1 += 1;
@@ -577,6 +698,10 @@ impl Ordering for Total {
             seq: self.counters.next(post.room),
             line: post.line,
         };
+        self.open_by_room
+            .entry(msg.room)
+            .or_default()
+            .insert(msg.id.counter);
         self.rounds.insert(
             msg.id,
             ProposalRound {
@@ -627,12 +752,13 @@ impl Ordering for Total {
                 counter,
                 room,
                 priority,
+                excluded,
             } => {
                 let id = MsgId {
                     origin: from,
                     counter,
                 };
-                self.apply_final(id, room, priority, out);
+                self.apply_final(id, room, priority, excluded, out);
             }
             TotalMessage::StreamStart(start) => {
                 for m in self.streams.restart_at(from, start.room, start.next) {
@@ -662,59 +788,13 @@ impl Ordering for Total {
         if !restarted {
             return;
         }
-        self.streams.forget_origin(peer);
-
-        // The crashed incarnation's tentative messages: ask the survivors.
-        // Its counters are below the new incarnation (they start there).
-        let mut stuck: Vec<(MsgId, RoomId)> = Vec::new();
-        for (&room, rq) in &self.rooms {
-            for held in rq.queue.values() {
-                if held.id.origin == peer && !held.is_final && held.id.counter < incarnation {
-                    stuck.push((held.id, room));
-                }
-            }
+        let was_member = self.members.get(peer.index()).copied().unwrap_or(false);
+        if let Some(m) = self.members.get_mut(peer.index()) {
+            *m = true;
         }
-        stuck.sort_unstable();
-        for &(id, room) in &stuck {
-            let mut answers: Vec<Option<Option<Priority>>> = vec![None; self.servers];
-            // We hold it tentatively: we do not know its final.
-            answers[self.me.index()] = Some(None);
-            // The crashed origin has no say.
-            answers[peer.index()] = Some(None);
-            self.recoveries.insert(
-                id,
-                Recovery {
-                    room,
-                    incarnation,
-                    answers,
-                },
-            );
-        }
-        if !stuck.is_empty() {
-            let counters: Vec<u64> = stuck.iter().map(|(id, _)| id.counter).collect();
-            for s in 0..self.servers {
-                let s = ServerId(s as u16);
-                if s != self.me && s != peer {
-                    self.send_query(Dest::Peer(s), peer, incarnation, &counters, out);
-                }
-            }
-            for (id, _) in stuck {
-                self.try_settle(id, out);
-            }
-        }
-        // Queries of ours that waited for the restarted server's answer:
-        // ask its new incarnation (it knows nothing, which is an answer).
-        let mut again: BTreeMap<(ServerId, u64), Vec<u64>> = BTreeMap::new();
-        for (id, rec) in &self.recoveries {
-            if id.origin != peer && rec.answers.get(peer.index()).is_some_and(Option::is_none) {
-                again
-                    .entry((id.origin, rec.incarnation))
-                    .or_default()
-                    .push(id.counter);
-            }
-        }
-        for ((origin, inc), counters) in again {
-            self.send_query(Dest::Peer(peer), origin, inc, &counters, out);
+        if was_member {
+            // Counters start at the incarnation: the old one's are below.
+            self.settle_departed(peer, incarnation, incarnation, out);
         }
 
         // The new incarnation knows none of our open rounds: tell it where
@@ -759,12 +839,122 @@ impl Ordering for Total {
         }
     }
 
+    fn handle_member_left(
+        &mut self,
+        _now: Time,
+        peer: ServerId,
+        dead_below: u64,
+        out: &mut Outbox,
+    ) {
+        let Some(m) = self.members.get_mut(peer.index()) else {
+            return;
+        };
+        if !*m {
+            return;
+        }
+        *m = false;
+        // Nothing of a later incarnation can be held yet: every tentative
+        // message of `peer` is the departed incarnation's.
+        self.settle_departed(peer, dead_below, u64::MAX, out);
+        // Rounds that waited for its proposal complete without it.
+        let open: Vec<MsgId> = self.rounds.keys().copied().collect();
+        for id in open {
+            self.try_finish_round(id, out);
+        }
+    }
+
+    fn unsettled_posts(&self) -> Vec<Post> {
+        self.rounds
+            .iter()
+            .map(|(&id, round)| Post {
+                id,
+                room: round.room,
+                line: round.line.clone(),
+            })
+            .collect()
+    }
+
     fn stats(&self) -> StrategyStats {
         StrategyStats {
             refused: self.refused + self.streams.refused,
             held_back: self.streams.held()
                 + self.rooms.values().map(|r| r.queue.len()).sum::<usize>(),
             in_flight: self.rounds.len() + self.recoveries.len(),
+        }
+    }
+}
+
+impl Total {
+    /// Everything `peer`'s incarnations before `incarnation` left behind:
+    /// its stream position, its tentative messages with counters below
+    /// `counters_below` (settled by asking the other members, who learn
+    /// from the query that those incarnations are over), and our queries
+    /// that waited for its answer.
+    fn settle_departed(
+        &mut self,
+        peer: ServerId,
+        incarnation: u64,
+        counters_below: u64,
+        out: &mut Outbox,
+    ) {
+        self.streams.forget_origin(peer);
+
+        // The crashed incarnation's tentative messages: ask the survivors.
+        // Its counters are below the new incarnation (they start there).
+        let mut stuck: Vec<(MsgId, RoomId)> = Vec::new();
+        for (&room, rq) in &self.rooms {
+            for held in rq.queue.values() {
+                if held.id.origin == peer
+                    && !held.is_final
+                    && held.id.counter < counters_below
+                    && !self.recoveries.contains_key(&held.id)
+                {
+                    stuck.push((held.id, room));
+                }
+            }
+        }
+        stuck.sort_unstable();
+        for &(id, room) in &stuck {
+            // Servers outside our view have no say, nor has the crashed
+            // origin; we hold it tentatively, so we do not know its final.
+            let mut answers: Vec<Option<Option<(Priority, Vec<u16>)>>> = self
+                .members
+                .iter()
+                .map(|&m| if m { None } else { Some(None) })
+                .collect();
+            answers[self.me.index()] = Some(None);
+            answers[peer.index()] = Some(None);
+            self.recoveries.insert(id, Recovery { room, answers });
+        }
+        if !stuck.is_empty() {
+            let counters: Vec<u64> = stuck.iter().map(|(id, _)| id.counter).collect();
+            for s in 0..self.servers {
+                let s = ServerId(s as u16);
+                if s != self.me && s != peer && self.members[s.index()] {
+                    self.send_query(Dest::Peer(s), peer, incarnation, &counters, out);
+                }
+            }
+            for (id, _) in stuck {
+                self.try_settle(id, out);
+            }
+        }
+        // Queries of ours that waited for its answer: it has none now (a
+        // member that left has no say; a new incarnation knows nothing).
+        let waiting: Vec<MsgId> = self
+            .recoveries
+            .iter()
+            .filter(|(id, rec)| {
+                id.origin != peer && rec.answers.get(peer.index()).is_some_and(Option::is_none)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in waiting {
+            if let Some(rec) = self.recoveries.get_mut(&id)
+                && let Some(slot) = rec.answers.get_mut(peer.index())
+            {
+                *slot = Some(None);
+            }
+            self.try_settle(id, out);
         }
     }
 }

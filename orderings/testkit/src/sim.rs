@@ -1,6 +1,8 @@
 //! A deterministic simulator: N servers running a strategy, a virtual clock,
 //! a seeded network that delays, reorders, loses and duplicates datagrams,
-//! clients posting to rooms, and optional crash-and-restart of a server. One
+//! clients posting to rooms, optional crash-and-restart of a server, and
+//! membership faults ([`Fault`]: a server killed for good, a server paused
+//! and maybe resumed, a partition and maybe its heal). One
 //! seed reproduces a run exactly (VOPR style); a failing run prints its seed
 //! and the tail of a readable event trace.
 //!
@@ -15,8 +17,8 @@ use crate::SimRng;
 use crate::check::{History, MemberOpts, MessageId, Properties, Report};
 use bytes::Bytes;
 use orderings::{
-    Dest, MsgId, Ordering, Outbox, Post, Replica, ReplicaConfig, RoomId, ServerId, StrategyContext,
-    StrategySpec, Time,
+    Dest, MembershipConfig, MsgId, Ordering, Outbox, Post, Replica, ReplicaConfig, ReplicaEvent,
+    RoomId, ServerId, StrategyContext, StrategySpec, Time,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -39,6 +41,38 @@ pub struct Crash {
     pub at: Time,
     /// How long it stays down before restarting as a new incarnation.
     pub down_us: u64,
+}
+
+/// A fault the membership layer must survive.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// The server stops at `at` and never comes back.
+    Kill {
+        /// The server.
+        server: ServerId,
+        /// When.
+        at: Time,
+    },
+    /// The server freezes at `at` (SIGSTOP: it neither runs nor reads;
+    /// what arrives waits), and resumes `for_us` later, or never.
+    Pause {
+        /// The server.
+        server: ServerId,
+        /// When.
+        at: Time,
+        /// How long; `None` = never resumed.
+        for_us: Option<u64>,
+    },
+    /// From `at`, nothing passes between `side` and the other servers; the
+    /// partition heals `for_us` later, or never.
+    Partition {
+        /// One side (the rest is the other).
+        side: Vec<ServerId>,
+        /// When.
+        at: Time,
+        /// How long; `None` = never healed.
+        for_us: Option<u64>,
+    },
 }
 
 /// One simulated run.
@@ -66,6 +100,10 @@ pub struct SimConfig {
     pub post_gap_us: u64,
     /// A server crash and restart, if any.
     pub crash: Option<Crash>,
+    /// Membership faults.
+    pub faults: Vec<Fault>,
+    /// Failure detection and quorum of the replicas (default: theirs).
+    pub membership: Option<MembershipConfig>,
     /// Virtual time after which the run stops (and missing deliveries count).
     pub time_limit: Time,
     /// The replicas' admission window (default: the replica's default).
@@ -106,12 +144,62 @@ impl SimConfig {
             network,
             post_gap_us: rng.range(50, 5_000),
             crash: None,
+            faults: Vec::new(),
+            membership: None,
             time_limit: Time::from_millis(120_000),
             window: None,
             flooders: 0,
             flood_messages: 0,
             slow: None,
         }
+    }
+
+    /// A membership fault on top of a random scenario of `seed` over links:
+    /// 3 to 5 servers, clients posting for a while, and one of: a server
+    /// killed for good, a server paused (resumed after 0.1 to 3 s, or
+    /// never), a partition (healed after 0.1 to 3 s, or never).
+    pub fn membership(seed: u64) -> Self {
+        let mut cfg = Self::random(seed, Network::Links);
+        let mut rng = SimRng::new(seed ^ 0x3E3B_E125);
+        cfg.servers = rng.range(3, 6) as usize;
+        cfg.clients = rng.range(cfg.servers as u64, 10) as usize;
+        cfg.messages_per_client = rng.range(5, 30) as usize;
+        cfg.post_gap_us = rng.range(2_000, 40_000);
+        // Faults land while clients are still posting.
+        let at = Time(rng.range(1_000, 300_000));
+        let server = ServerId(rng.below(cfg.servers as u64) as u16);
+        let lasts = |rng: &mut SimRng| {
+            if rng.chance(0.3) {
+                None
+            } else {
+                Some(rng.range(100_000, 3_000_000))
+            }
+        };
+        let fault = match rng.below(3) {
+            0 => Fault::Kill { server, at },
+            1 => Fault::Pause {
+                server,
+                at,
+                for_us: lasts(&mut rng),
+            },
+            _ => {
+                let k = rng.range(1, cfg.servers as u64) as usize;
+                let mut all: Vec<ServerId> = (0..cfg.servers as u16).map(ServerId).collect();
+                let mut side = Vec::new();
+                for _ in 0..k {
+                    let i = rng.below(all.len() as u64) as usize;
+                    side.push(all.swap_remove(i));
+                }
+                side.sort_unstable();
+                Fault::Partition {
+                    side,
+                    at,
+                    for_us: lasts(&mut rng),
+                }
+            }
+        };
+        cfg.faults = vec![fault];
+        cfg
     }
 
     /// A flooding client and a slow server on top of the random scenario of
@@ -218,6 +306,22 @@ enum Event {
     Restart {
         server: ServerId,
     },
+    Kill {
+        server: ServerId,
+    },
+    Pause {
+        server: ServerId,
+        until: Option<Time>,
+    },
+    Resume {
+        server: ServerId,
+    },
+    PartitionStart {
+        index: usize,
+    },
+    PartitionEnd {
+        index: usize,
+    },
 }
 
 struct Client {
@@ -226,9 +330,13 @@ struct Client {
     sent: usize,
     /// Dropped from the checks once its server crashed (its session is gone).
     alive: bool,
+    /// Its server was paused, cut off or excluded: what it sent need not
+    /// arrive and it may miss deliveries; what it gets must still be in
+    /// order.
+    affected: bool,
 }
 
-const TRACE_KEEP: usize = 400;
+const TRACE_KEEP: usize = 400000;
 
 struct Sim {
     cfg: SimConfig,
@@ -257,6 +365,11 @@ struct Sim {
     holdback_refused: u64,
     peak_held: usize,
     refused_posts: u64,
+    /// Per server: frozen until (`Some(None)`: for good).
+    frozen: Vec<Option<Option<Time>>>,
+    /// Active partitions: per server, which side it is on.
+    partitions: Vec<Option<Vec<bool>>>,
+    cut_datagrams: u64,
 }
 
 /// Runs one simulation of strategy `spec`, checking what it guarantees.
@@ -282,6 +395,7 @@ pub fn run_checking(
             room: 1 + rng.below(u64::from(cfg.rooms)) as u32,
             sent: 0,
             alive: true,
+            affected: false,
         })
         .collect();
     let mut history = History::new();
@@ -314,6 +428,9 @@ pub fn run_checking(
         holdback_refused: 0,
         peak_held: 0,
         refused_posts: 0,
+        frozen: vec![None; cfg.servers],
+        partitions: vec![None; cfg.faults.len()],
+        cut_datagrams: 0,
         cfg,
     };
     sim.nodes = (0..sim.cfg.servers)
@@ -329,6 +446,24 @@ pub fn run_checking(
             cr.at.plus_micros(cr.down_us),
             Event::Restart { server: cr.server },
         );
+    }
+    for (index, fault) in sim.cfg.faults.clone().into_iter().enumerate() {
+        match fault {
+            Fault::Kill { server, at } => sim.schedule(at, Event::Kill { server }),
+            Fault::Pause { server, at, for_us } => {
+                let until = for_us.map(|d| at.plus_micros(d));
+                sim.schedule(at, Event::Pause { server, until });
+                if let Some(u) = until {
+                    sim.schedule(u, Event::Resume { server });
+                }
+            }
+            Fault::Partition { at, for_us, .. } => {
+                sim.schedule(at, Event::PartitionStart { index });
+                if let Some(d) = for_us {
+                    sim.schedule(at.plus_micros(d), Event::PartitionEnd { index });
+                }
+            }
+        }
     }
     for i in 0..sim.cfg.servers {
         sim.after_step(ServerId(i as u16));
@@ -372,7 +507,11 @@ impl Sim {
                 if let Some(w) = self.cfg.window {
                     rc.window = w;
                 }
-                Node::Replica(Box::new(Replica::new(rc, strategy)))
+                if let Some(m) = &self.cfg.membership {
+                    rc.membership = m.clone();
+                }
+                drop(strategy);
+                Node::Replica(Box::new(Replica::with_builder(rc, self.spec.build)))
             }
         }
     }
@@ -395,7 +534,7 @@ impl Sim {
         self.clients
             .iter()
             .enumerate()
-            .all(|(i, c)| !c.alive || c.sent >= self.cfg.messages_of(i))
+            .all(|(i, c)| !c.alive || c.affected || c.sent >= self.cfg.messages_of(i))
     }
 
     fn all_delivered(&self) -> bool {
@@ -405,8 +544,12 @@ impl Sim {
         // sender (the crashed server's clients' messages may be lost).
         self.clients.iter().enumerate().all(|(i, c)| {
             !c.alive
+                || c.affected
                 || self.clients.iter().enumerate().all(|(s, sc)| {
-                    !sc.alive || sc.room != c.room || self.delivered[i][s] >= self.sent_count[s]
+                    !sc.alive
+                        || sc.affected
+                        || sc.room != c.room
+                        || self.delivered[i][s] >= self.sent_count[s]
                 })
         })
     }
@@ -421,6 +564,28 @@ impl Sim {
             let Some(ev) = self.events.remove(&id) else {
                 continue;
             };
+            // A frozen server does nothing: what reaches it waits (in order)
+            // until it resumes, or is lost with it.
+            let target = match &ev {
+                Event::Arrive { to, .. } => Some(*to),
+                Event::Timer { server } => Some(*server),
+                Event::Post { client } => Some(self.clients[*client].server),
+                _ => None,
+            };
+            if let Some(t) = target
+                && let Some(until) = self.frozen[t.index()]
+            {
+                if let Some(u) = until {
+                    if let Event::Timer { server } = &ev {
+                        self.timer_at[server.index()] = None;
+                        self.schedule(u, Event::Timer { server: *server });
+                        self.timer_at[server.index()] = Some(u);
+                    } else {
+                        self.schedule(u, ev);
+                    }
+                }
+                continue;
+            }
             match ev {
                 Event::Post { client } => self.post(client),
                 Event::Arrive {
@@ -450,6 +615,56 @@ impl Sim {
                     for c in self.clients.iter_mut().filter(|c| c.server == server) {
                         c.alive = false;
                     }
+                }
+                Event::Kill { server } => {
+                    self.note(format!("{server} KILLED (for good)"));
+                    self.count_refusals(server);
+                    self.nodes[server.index()] = Node::Down;
+                    self.timer_at[server.index()] = None;
+                    for c in self.clients.iter_mut().filter(|c| c.server == server) {
+                        c.alive = false;
+                    }
+                }
+                Event::Pause { server, until } => {
+                    self.note(format!("{server} PAUSED until {until:?}"));
+                    self.frozen[server.index()] = Some(until);
+                    for c in self.clients.iter_mut().filter(|c| c.server == server) {
+                        c.affected = true;
+                        if until.is_none() {
+                            c.alive = false;
+                        }
+                    }
+                }
+                Event::Resume { server } => {
+                    self.note(format!("{server} RESUMES"));
+                    self.frozen[server.index()] = None;
+                }
+                Event::PartitionStart { index } => {
+                    if let Some(Fault::Partition { side, .. }) = self.cfg.faults.get(index).cloned()
+                    {
+                        let mut on_side = vec![false; self.cfg.servers];
+                        for s in &side {
+                            if let Some(x) = on_side.get_mut(s.index()) {
+                                *x = true;
+                            }
+                        }
+                        let n = on_side.iter().filter(|x| **x).count();
+                        self.note(format!("PARTITION {side:?} | rest"));
+                        // The side without a majority is cut off; with no
+                        // majority anywhere, both are.
+                        for c in self.clients.iter_mut() {
+                            let inside = on_side[c.server.index()];
+                            let side_size = if inside { n } else { self.cfg.servers - n };
+                            if 2 * side_size <= self.cfg.servers {
+                                c.affected = true;
+                            }
+                        }
+                        self.partitions[index] = Some(on_side);
+                    }
+                }
+                Event::PartitionEnd { index } => {
+                    self.note("PARTITION HEALS".into());
+                    self.partitions[index] = None;
                 }
                 Event::Restart { server } => {
                     // Counters start at the incarnation: leave room for
@@ -546,6 +761,15 @@ impl Sim {
 
     fn send_datagram(&mut self, from: ServerId, to: ServerId, data: Vec<u8>) {
         self.datagrams += 1;
+        let cut = self
+            .partitions
+            .iter()
+            .flatten()
+            .any(|side| side[from.index()] != side[to.index()]);
+        if cut {
+            self.cut_datagrams += 1;
+            return;
+        }
         if self.rng.chance(self.cfg.loss) {
             self.dropped += 1;
             self.note(format!("{from}->{to} {}B LOST", data.len()));
@@ -628,6 +852,7 @@ impl Sim {
         let mut transmits = Vec::new();
         let mut deliveries = Vec::new();
         let mut timer = None;
+        let mut events = Vec::new();
         if let Node::Replica(r) = &mut self.nodes[s.index()] {
             while let Some(t) = r.poll_transmit(now) {
                 transmits.push(t);
@@ -635,12 +860,26 @@ impl Sim {
             while let Some(d) = r.poll_delivery() {
                 deliveries.push(d);
             }
+            while let Some(e) = r.poll_event() {
+                events.push(e);
+            }
             timer = r.poll_timeout();
             if self.cfg.flooders > 0 {
                 self.peak_held = self.peak_held.max(r.held_back());
             }
         } else if let Node::Raw(st) = &self.nodes[s.index()] {
             timer = st.poll_timeout();
+        }
+        for e in events {
+            if let ReplicaEvent::Rejoined { .. } = e {
+                // It left the view for a while: its clients missed what was
+                // said meanwhile, and what it had delivered alone may be
+                // missing elsewhere.
+                for c in self.clients.iter_mut().filter(|c| c.server == s) {
+                    c.affected = true;
+                }
+            }
+            self.note(format!("{s} {e:?}"));
         }
         for t in transmits {
             self.send_datagram(s, t.to, t.payload);
@@ -669,9 +908,20 @@ impl Sim {
     fn finish(mut self) -> SimOutcome {
         for i in 0..self.cfg.servers {
             self.count_refusals(ServerId(i as u16));
+            if let Node::Replica(r) = &self.nodes[i] {
+                let st = r.stats();
+                let line = format!(
+                    "S{:02} at the end: view {:?}, {:?}, outstanding {}",
+                    i + 1,
+                    r.view_members(),
+                    st.strategy,
+                    st.outstanding
+                );
+                self.note(line);
+            }
         }
         for (i, c) in self.clients.iter().enumerate() {
-            if !c.alive {
+            if !c.alive || c.affected {
                 // Its server crashed: it saw only part, and what it sent may
                 // be lost with the server.
                 self.history.set_opts(

@@ -262,3 +262,43 @@ fn without_a_window_a_flood_piles_up() {
         "the held-back bound never failed without a window"
     );
 }
+
+/// Membership: a server killed for good, paused (and maybe resumed) or cut
+/// off by a partition (maybe healed), over a lossy, duplicating, reordering
+/// network. Checked: the guarantees of the mode among everybody (clients
+/// of a server that was paused, cut off or excluded are checked on what
+/// they received, and their messages need not arrive), and liveness: every
+/// message of a client of the majority reaches every such member of its
+/// room before the time limit.
+#[test]
+fn every_strategy_survives_kills_pauses_and_partitions() {
+    let started = std::time::Instant::now();
+    let mut runs = 0;
+    let mut excluded_somewhere = 0;
+    for spec in registered() {
+        for seed in seeds(400) {
+            let cfg = SimConfig::membership(seed);
+            let out = sim::run(spec, cfg);
+            assert!(
+                out.passed(),
+                "strategy {} failed.\nre-run: SIM_SEED={seed} cargo test -p testkit --test sim every_strategy_survives_kills -- --nocapture\n{}",
+                spec.name,
+                out.explain()
+            );
+            if out.trace.iter().any(|l| l.contains("Excluded")) {
+                excluded_somewhere += 1;
+            }
+            runs += 1;
+        }
+    }
+    eprintln!(
+        "{runs} membership runs in {:.1}s; a server left a view in {excluded_somewhere}",
+        started.elapsed().as_secs_f64()
+    );
+    if std::env::var("SIM_SEED").is_err() {
+        assert!(
+            excluded_somewhere * 4 > runs,
+            "the scenarios hardly ever exclude a server ({excluded_somewhere} of {runs}): they test nothing"
+        );
+    }
+}
