@@ -546,16 +546,18 @@ fn fifo_survives_a_killed_server() {
     survives_a_killed_server("fifo");
 }
 
-/// Issue 15: SIGSTOP of server 2 for a second in `total`. Total order
-/// needs every server, so deliveries stop everywhere while it is stopped
-/// and resume after SIGCONT: the run passes, every message reaches every
-/// member (server 2's clients too), and the longest pause shows the stop.
+/// SIGSTOP of server 2 for half a second in `total`, shorter than the
+/// suspicion time (700 ms): server 2 stays in the view, so total order
+/// waits for it everywhere while it is stopped and resumes after SIGCONT;
+/// the run passes, every message reaches every member (server 2's clients
+/// too), and the longest pause shows the stop. (Longer stops exclude the
+/// server: tests/membership.rs.)
 #[test]
 fn total_pauses_while_a_server_is_stopped() {
     let (out, r) = stress_with_fault(
         "stress-stop-total",
         "total",
-        &["--stop-server", "2", "--at", "500ms", "--for", "1s"],
+        &["--stop-server", "2", "--at", "500ms", "--for", "500ms"],
     );
     let text = out.text();
     assert!(out.status.success(), "{text}");
@@ -568,15 +570,15 @@ fn total_pauses_while_a_server_is_stopped() {
     let f = &r["server_faults"][0];
     assert_eq!(f["kind"], "stop", "{r:#}");
     assert_eq!(f["server"], 2, "{r:#}");
-    assert_eq!(f["for_ms"], 1000, "{r:#}");
+    assert_eq!(f["for_ms"], 500, "{r:#}");
     let stopped = ms(&f["done_at_ms"]);
     let resumed = ms(&f["resumed_at_ms"]);
-    assert!(stopped >= 500.0 && resumed >= stopped + 1000.0, "{r:#}");
+    assert!(stopped >= 500.0 && resumed >= stopped + 500.0, "{r:#}");
     assert_eq!(f["continued_at_end"], false, "{r:#}");
     // Nothing was delivered while server 2 was stopped.
     let pause = ms(&r["longest_pause_ms"]);
-    assert!(pause >= 800.0, "longest pause {pause} ms\n{text}");
-    assert!(ms(&f["first_delivery_after_ms"]) >= 800.0, "{r:#}");
+    assert!(pause >= 400.0, "longest pause {pause} ms\n{text}");
+    assert!(ms(&f["first_delivery_after_ms"]) >= 400.0, "{r:#}");
     let start = ms(&r["longest_pause_start_ms"]);
     assert!(
         (stopped - 100.0..resumed).contains(&start),
