@@ -172,7 +172,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             crate::udp::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
         let socket = tokio::net::UdpSocket::from_std(std_sock)?;
         // Bound before `ready`, so that a taken port fails the start.
-        let metrics = match args.metrics {
+        let metrics = match args.metrics.or(entry.metrics) {
             Some(addr) => {
                 let (listener, local) = crate::metrics::bind(addr)
                     .with_context(|| format!("binding the metrics address {addr}"))?;
