@@ -93,7 +93,7 @@ pub fn metric_name(field: &str) -> String {
 }
 
 /// The fields of `c` with their values, by serde: whatever the record
-/// holds, in declaration order. Non-integer fields (none today) are left
+/// holds, ordered by name. Non-integer fields (none today) are left
 /// out, since a sample is a number.
 pub fn counter_fields(c: &ServerCounters) -> Vec<(String, u64)> {
     match serde_json::to_value(c) {
