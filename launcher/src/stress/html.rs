@@ -2,7 +2,7 @@
 //! (inline CSS and SVG, no script, nothing fetched): the figures, a
 //! latency histogram and a timeline of sends and deliveries.
 
-use super::report::{StressReport, check_text};
+use super::report::{StressReport, check_text, peak_rss_text};
 use crate::load::TimelineEvent;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -178,17 +178,7 @@ pub(super) fn page(r: &StressReport, latency: &Histogram<u64>, events: &[Timelin
                 r.messages_per_s, r.deliveries_per_s
             ),
         ),
-        (
-            "latency",
-            format!(
-                "p50 {}, p90 {}, p99 {}, max {} ({} samples)",
-                ms(r.latency.p50_us),
-                ms(r.latency.p90_us),
-                ms(r.latency.p99_us),
-                ms(r.latency.max_us),
-                r.latency.count
-            ),
-        ),
+        ("latency", r.latency.text()),
         ("stopped", r.stop_reason.clone()),
     ];
     if let Some(f) = &r.faults {
@@ -209,17 +199,8 @@ pub(super) fn page(r: &StressReport, latency: &Histogram<u64>, events: &[Timelin
             ),
         ));
     }
-    if !r.server_peak_rss_kib.is_empty() {
-        let each: Vec<String> = r
-            .server_peak_rss_kib
-            .iter()
-            .enumerate()
-            .map(|(i, k)| match k {
-                Some(k) => format!("s{} {:.1} MiB", i + 1, *k as f64 / 1024.0),
-                None => format!("s{} unknown", i + 1),
-            })
-            .collect();
-        rows.push(("peak RSS", each.join(", ")));
+    if let Some(each) = peak_rss_text(r) {
+        rows.push(("peak RSS", each));
     }
     let mut table = String::new();
     for (k, v) in rows {
