@@ -61,6 +61,9 @@ pub struct ServerEntry {
     pub bind_name: Option<String>,
     /// 1-based line in the source file the entry came from.
     pub line: usize,
+    /// Where to serve `/metrics` (TOML `metrics_base_port` or `metrics`);
+    /// `chatserver --metrics` overrides it.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerEntry {
@@ -329,6 +332,7 @@ pub fn parse_legacy_with(
             }
         };
         servers.push(ServerEntry {
+            metrics: None,
             name: format!("s{}", servers.len() + 1),
             forward: forward.addr,
             bind: bind.addr,

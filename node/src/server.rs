@@ -504,6 +504,27 @@ impl Server {
         }
     }
 
+    /// Copies the replica's and the sessions' counters into `stats`.
+    fn fill_stats(&mut self) {
+        self.stats.replica = self.replica.stats();
+        self.stats.unanswered_refusals = self.admission.silent_refusals;
+        self.stats.sessions = self.sessions.stats().clone();
+    }
+
+    /// Publishes a metrics snapshot: the same counters as the stopped line.
+    fn publish(&mut self, metrics: Option<&crate::metrics::MetricsHandle>) {
+        let Some(m) = metrics else { return };
+        self.fill_stats();
+        let rooms = self.sessions.rooms();
+        m.publish(crate::metrics::Snapshot {
+            counters: crate::stats::ServerCounters::from(&self.stats),
+            clients: self.sessions.len() as u64,
+            room_members: (1..=rooms)
+                .map(|r| (r, self.sessions.members(r).len() as u64))
+                .collect(),
+        });
+    }
+
     /// Queues what the replica wants sent and delivers what it has ordered,
     /// then sends it all in batches.
     async fn flush(&mut self) {
@@ -580,11 +601,14 @@ impl Server {
     }
 }
 
-/// Runs a server on `socket` until `shutdown` completes; returns its counters.
+/// Runs a server on `socket` until `shutdown` completes; returns its
+/// counters. With `metrics`, publishes a snapshot every
+/// [`crate::metrics::PUBLISH_EVERY`] and whenever a scrape asks.
 pub async fn run(
     socket: UdpSocket,
     setup: ServerSetup,
     shutdown: impl Future<Output = ()>,
+    metrics: Option<crate::metrics::MetricsHandle>,
 ) -> Result<ServerStats, ServerError> {
     let servers = setup.cluster.servers.len();
     let mut rcfg = ReplicaConfig::new(setup.me, servers, setup.incarnation);
@@ -638,6 +662,9 @@ pub async fn run(
     let mut batch = RecvBatch::new();
     let busy_poll = std::time::Duration::from_micros(setup.busy_poll_us);
     tokio::pin!(shutdown);
+    let mut publish = tokio::time::interval(crate::metrics::PUBLISH_EVERY);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_publish = tokio::time::Instant::now();
     // Announce ourselves (heartbeats carry our incarnation).
     server.flush().await;
     loop {
@@ -653,6 +680,29 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            // Metrics: a snapshot now and then, never per message.
+            _ = publish.tick(), if metrics.is_some() => {
+                server.publish(metrics.as_ref());
+                last_publish = tokio::time::Instant::now();
+                continue;
+            }
+            _ = async {
+                match &metrics {
+                    Some(m) => m.wanted().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // At most one snapshot per gap: a later ask is answered by
+                // the tick, moved to the gap's end.
+                let next = last_publish + crate::metrics::MIN_PUBLISH_GAP;
+                if tokio::time::Instant::now() >= next {
+                    server.publish(metrics.as_ref());
+                    last_publish = tokio::time::Instant::now();
+                } else {
+                    publish.reset_at(next);
+                }
+                continue;
+            }
             r = server.socket.readable() => {
                 r?;
                 server.drain(&mut batch);
@@ -691,9 +741,9 @@ pub async fn run(
             server.busy_poll(&mut batch, busy_poll).await;
         }
     }
-    server.stats.replica = server.replica.stats();
-    server.stats.unanswered_refusals = server.admission.silent_refusals;
-    server.stats.sessions = server.sessions.stats().clone();
+    server.fill_stats();
+    // The last snapshot is the stopped line's counters.
+    server.publish(metrics.as_ref());
     Ok(server.stats)
 }
 
