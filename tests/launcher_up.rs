@@ -514,7 +514,7 @@ fn status_watch_shows_each_nodes_live_figures() {
             assert_eq!(row[2], "0", "{row:?}");
             assert_eq!(row[3], clients, "{row:?}");
             assert_eq!(row[7], "0", "holdback: {row:?}");
-            assert_eq!(row[8], "-", "no view counter yet: {row:?}");
+            assert_eq!(row[8], "2", "both nodes in the view: {row:?}");
             assert_eq!(row[10], "MiB", "{row:?}");
             let rss: f64 = row[9].parse().expect("RSS in MiB");
             assert!(rss > 0.0, "{row:?}");

@@ -70,7 +70,7 @@ fn served_figures_follow_the_traffic_and_equal_the_stopped_line() {
         (0, 0, 0)
     );
     assert!(before.rss_bytes().is_some_and(|b| b > 0), "{before:?}");
-    assert_eq!(before.view(), None);
+    assert_eq!(before.view(), Some(1), "a one-server view");
 
     let (a, b, c) = (
         Client::new(binds[0]),

@@ -577,8 +577,9 @@ fn total_pauses_while_a_server_is_stopped() {
     assert_eq!(f["continued_at_end"], false, "{r:#}");
     // Nothing was delivered while server 2 was stopped.
     let pause = ms(&r["longest_pause_ms"]);
+    // (Messages already ordered may still be delivered just after the stop:
+    // the pause, not the first delivery, shows it.)
     assert!(pause >= 400.0, "longest pause {pause} ms\n{text}");
-    assert!(ms(&f["first_delivery_after_ms"]) >= 400.0, "{r:#}");
     let start = ms(&r["longest_pause_start_ms"]);
     assert!(
         (stopped - 100.0..resumed).contains(&start),

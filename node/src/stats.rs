@@ -179,6 +179,6 @@ mod tests {
             (sum.client_datagrams, sum.deliveries, sum.posts),
             (24, 18, 0)
         );
-        assert_eq!(c.entries().count(), 39);
+        assert_eq!(c.entries().count(), 43);
     }
 }

@@ -52,8 +52,8 @@ pub use replica::{
     StrategyBuilder, Transmit,
 };
 pub use strategies::{
-    CausalMessage, ChatMessage, ClockEntry, MAX_PRIORITY, Priority, StreamMessage, StreamStart,
-    TotalMessage,
+    CausalMessage, ChatMessage, ClockEntry, KnownFinal, MAX_PRIORITY, Priority, StreamMessage,
+    StreamStart, TotalMessage,
 };
 pub use wire::{Reader, WireError, Writer, stuff_into, unstuff};
 

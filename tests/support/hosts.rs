@@ -36,7 +36,7 @@ pub struct TestNet {
 impl TestNet {
     /// Creates `n` hosts, 10.200.0.1 to 10.200.0.n, on one switch.
     pub fn new(n: usize) -> TestNet {
-        assert!(n >= 1 && n < 250, "1..250 hosts");
+        assert!((1..250).contains(&n), "1..250 hosts");
         require_root_and_ip();
         remove_stale_namespaces();
         static SEQ: AtomicU64 = AtomicU64::new(0);

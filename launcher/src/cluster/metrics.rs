@@ -213,7 +213,7 @@ mod tests {
         );
         assert_eq!(s.clients(), 3);
         assert_eq!(s.rss_bytes(), Some(8192));
-        assert_eq!(s.view(), None);
+        assert_eq!(s.view(), Some(0));
         assert_eq!(s.room_members, BTreeMap::from([(1, 2), (2, 1)]));
         assert_eq!(s.refusals.get("post"), Some(&4));
         let all: BTreeMap<String, u64> =

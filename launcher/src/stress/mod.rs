@@ -14,8 +14,8 @@
 //! the report says how long deliveries paused ([`pause`]).
 
 mod faults;
-mod pause;
 mod html;
+mod pause;
 mod report;
 
 use crate::cluster::fault_proxy::{self, FaultArgs, faults_active};

@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(
             f,
             [
-                "s1", "up", "1", "3", "2.5", "250", "0.0", "2", "-", "3.0", "MiB"
+                "s1", "up", "1", "3", "2.5", "250", "0.0", "2", "0", "3.0", "MiB"
             ]
         );
         let f: Vec<&str> = lines[2].split_whitespace().collect();

@@ -12,7 +12,7 @@ mod unordered;
 
 pub use causal::{CausalMessage, ClockEntry};
 pub use stream::{ChatMessage, StreamMessage, StreamStart};
-pub use total::{MAX_PRIORITY, Priority, TotalMessage};
+pub use total::{KnownFinal, MAX_PRIORITY, Priority, TotalMessage};
 
 /// Packet kinds; one byte at the start of every strategy payload. Only the
 /// message enums' `encode` and `decode` use them.

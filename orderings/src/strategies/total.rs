@@ -91,6 +91,9 @@ fn priority_number(r: &mut Reader<'_>) -> Result<u64, WireError> {
     Ok(n)
 }
 
+/// A final priority and the servers whose proposals did not count.
+pub type KnownFinal = (Priority, Vec<u16>);
+
 /// The peer messages of `total`: one kind byte, then fields. Every
 /// encoding and decoding of them is here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +144,7 @@ pub enum TotalMessage {
         origin: ServerId,
         /// `(counter, final priority and its excluded servers if known)` per
         /// message asked about.
-        answers: Vec<(u64, Option<(Priority, Vec<u16>)>)>,
+        answers: Vec<(u64, Option<KnownFinal>)>,
     },
 }
 
@@ -324,13 +327,13 @@ fn release(held: &mut HashMap<ServerId, usize>, origin: ServerId) {
 struct Recovery {
     room: RoomId,
     /// Per server: `None` = no answer yet; `Some(None)` = does not know.
-    answers: Vec<Option<Option<(Priority, Vec<u16>)>>>,
+    answers: Vec<Option<Option<KnownFinal>>>,
 }
 
 #[derive(Debug, Default)]
 struct RecentFinals {
     order: std::collections::VecDeque<u64>,
-    by_counter: HashMap<u64, (Priority, Vec<u16>)>,
+    by_counter: HashMap<u64, KnownFinal>,
 }
 
 impl RecentFinals {
@@ -649,7 +652,7 @@ impl Total {
         &mut self,
         from: ServerId,
         origin: ServerId,
-        answers: Vec<(u64, Option<(Priority, Vec<u16>)>)>,
+        answers: Vec<(u64, Option<KnownFinal>)>,
         out: &mut Outbox,
     ) {
         for (counter, answer) in answers {
@@ -917,7 +920,7 @@ impl Total {
         for &(id, room) in &stuck {
             // Servers outside our view have no say, nor has the crashed
             // origin; we hold it tentatively, so we do not know its final.
-            let mut answers: Vec<Option<Option<(Priority, Vec<u16>)>>> = self
+            let mut answers: Vec<Option<Option<KnownFinal>>> = self
                 .members
                 .iter()
                 .map(|&m| if m { None } else { Some(None) })
