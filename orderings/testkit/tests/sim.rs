@@ -276,7 +276,7 @@ fn every_strategy_survives_kills_pauses_and_partitions() {
     let mut runs = 0;
     let mut excluded_somewhere = 0;
     for spec in registered() {
-        for seed in seeds(400) {
+        for seed in seeds(2000) {
             let cfg = SimConfig::membership(seed);
             let out = sim::run(spec, cfg);
             assert!(
