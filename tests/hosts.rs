@@ -685,3 +685,67 @@ fn a_partition_across_hosts_the_majority_goes_on_the_minority_waits() {
         assert_eq!(recv(s), "<alice> after");
     }
 }
+
+/// The pause a partition costs: `n` servers on their own hosts, clients on
+/// another, the last server's cable cut once traffic flows and mended three
+/// seconds later. The run passes, and the longest pause in deliveries
+/// (printed: BENCHMARKS.md quotes it) is the suspicion time, not the cut.
+fn partition_pause(n: usize) {
+    let net = TestNet::new(n + 1);
+    let dir = Scratch::new(&format!("hosts-partition-pause-{n}"));
+    let cfg = cluster_file(&dir, n);
+    let _servers: Vec<Proc> = (1..=n)
+        .map(|i| start_on_host(&net, &cfg, i, "total"))
+        .collect();
+    let client_servers: Vec<String> = (1..n).map(|i| i.to_string()).collect();
+    let client_servers = client_servers.join(",");
+    let mut run = start_stress(
+        &net,
+        n + 1,
+        &dir,
+        &cfg,
+        &[
+            "-o",
+            "total",
+            "--clients",
+            "10",
+            "--rooms",
+            "2",
+            "--messages",
+            "300",
+            "--rate",
+            "500",
+            "--client-servers",
+            &client_servers,
+        ],
+    );
+    run.wait_for_traffic();
+    net.cut(n);
+    std::thread::sleep(Duration::from_secs(3));
+    net.mend(n);
+    let (status, text, report) = run.finish();
+    assert!(status.success(), "{n} hosts, partition:\n{text}");
+    assert_eq!(report["ok"], true, "{text}");
+    assert_eq!(
+        report["expected_deliveries"], report["distinct_deliveries"],
+        "{text}"
+    );
+    let pause = report["longest_pause_ms"]
+        .as_f64()
+        .expect("longest_pause_ms");
+    eprintln!("{n} servers, server {n} cut off for 3 s: longest pause in deliveries {pause:.0} ms");
+    assert!(
+        pause < 2_500.0,
+        "the majority waited for the cut host ({pause} ms):\n{text}"
+    );
+}
+
+#[test]
+fn a_partition_costs_three_servers_a_suspicion_time() {
+    partition_pause(3);
+}
+
+#[test]
+fn a_partition_costs_ten_servers_a_suspicion_time() {
+    partition_pause(10);
+}
