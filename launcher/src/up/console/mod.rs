@@ -57,7 +57,6 @@ struct NodeLive {
     /// At the last sample.
     last_posts: u64,
     last_deliveries: u64,
-    rss_kib: Option<u64>,
     /// Members per room, as the node's last delivery in that room said.
     members: BTreeMap<u32, u32>,
     history: VecDeque<Sample>,
@@ -139,7 +138,7 @@ impl Console {
         let Inner { state, nodes, .. } = &mut *g;
         for (st, n) in state.nodes.iter().zip(nodes.iter_mut()) {
             let up = st.status == NodeStatus::Up;
-            n.rss_kib = if up {
+            let rss_kib = if up {
                 st.pid.and_then(procfs::memory).map(|m| m.rss_kib)
             } else {
                 None
@@ -147,7 +146,7 @@ impl Console {
             let s = Sample {
                 t,
                 up,
-                rss_kib: n.rss_kib,
+                rss_kib,
                 posts_per_s: (n.posts - n.last_posts) as f64,
                 deliveries_per_s: (n.deliveries - n.last_deliveries) as f64,
             };
@@ -192,15 +191,23 @@ impl Console {
             .zip(&g.nodes)
             .map(|(st, n)| {
                 let last = n.history.back();
+                let up = st.status == NodeStatus::Up;
+                // Read now, not at the last sample: a node that has just
+                // come up has its figure at once.
+                let rss_kib = if up {
+                    st.pid.and_then(procfs::memory).map(|m| m.rss_kib)
+                } else {
+                    None
+                };
                 NodeView {
                     name: st.name.clone(),
                     index: st.index,
                     bind: st.bind.clone(),
                     status: st.status.to_string(),
-                    up: st.status == NodeStatus::Up,
+                    up,
                     pid: st.pid,
                     restarts: st.restarts,
-                    rss_kib: n.rss_kib,
+                    rss_kib,
                     posts_per_s: last.map_or(0.0, |s| s.posts_per_s),
                     deliveries_per_s: last.map_or(0.0, |s| s.deliveries_per_s),
                     posts: n.posts,
