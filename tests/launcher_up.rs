@@ -448,3 +448,98 @@ fn node_ignoring_sigterm_is_killed_after_stop_timeout() {
     assert_eq!(l.wait_exit().code(), Some(0));
     assert!(pids.iter().all(|&(p, t)| !is_alive(p, t)));
 }
+
+#[test]
+fn status_watch_shows_each_nodes_live_figures() {
+    let dir = Scratch::new("lup-watch");
+    let (file, binds) = toml_cluster(&dir, 2, "");
+    let _l = up(&file, 2);
+    // `up` recorded where each node serves /metrics (a free port each).
+    let st = read_state(&dir);
+    for n in &st.nodes {
+        let a: SocketAddr = n
+            .metrics
+            .as_deref()
+            .unwrap_or_else(|| panic!("no metrics address for {}", n.name))
+            .parse()
+            .expect("a socket address");
+        assert_ne!(a.port(), 0);
+    }
+    let a = Client::new(binds[0]);
+    let b = Client::new(binds[1]);
+    let b2 = Client::new(binds[1]);
+    join_all(&[&a, &b, &b2], 4);
+
+    // Chat between the first table and the second: the second shows rates.
+    let mut w = Proc::spawn(
+        "launcher status --watch",
+        launcher(&["status", "--watch", "--count", "2"], &file),
+    );
+    let mut lines = w.wait_stdout("s2 ");
+    for i in 0..5 {
+        chat(&a, &[&a, &b, &b2], &format!("watched {i}"));
+    }
+    let code = w.wait_exit();
+    // The rest of stdout, until the pipe closes.
+    if let Some(rx) = &w.stdout_lines {
+        while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+            lines.push(l);
+        }
+    }
+    let out = lines.join("\n");
+    assert!(code.success(), "{out}");
+    // Not a terminal: plain lines, two tables one after the other, no
+    // escape sequences.
+    assert!(!out.contains('\x1b'), "{out:?}");
+    let headers: Vec<&str> = out.lines().filter(|l| l.starts_with("NAME ")).collect();
+    assert_eq!(headers.len(), 2, "{out}");
+    for h in [
+        "STATE", "RESTARTS", "CLIENTS", "POSTS/S", "DELIV/S", "RETX/S", "HOLDBACK", "VIEW", "RSS",
+    ] {
+        assert!(headers[0].contains(h), "{h} missing: {}", headers[0]);
+    }
+    let rows = |name: &str| -> Vec<Vec<String>> {
+        out.lines()
+            .filter(|l| l.starts_with(&format!("{name} ")))
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect()
+    };
+    for (name, clients) in [("s1", "1"), ("s2", "2")] {
+        let r = rows(name);
+        assert_eq!(r.len(), 2, "two rows for {name}: {out}");
+        for row in &r {
+            // NAME STATE RESTARTS CLIENTS POSTS/S DELIV/S RETX/S HOLDBACK VIEW RSS MiB
+            assert_eq!(row.len(), 11, "{row:?}");
+            assert_eq!(row[1], "up", "{row:?}");
+            assert_eq!(row[2], "0", "{row:?}");
+            assert_eq!(row[3], clients, "{row:?}");
+            assert_eq!(row[7], "0", "holdback: {row:?}");
+            assert_eq!(row[8], "-", "no view counter yet: {row:?}");
+            assert_eq!(row[10], "MiB", "{row:?}");
+            let rss: f64 = row[9].parse().expect("RSS in MiB");
+            assert!(rss > 0.0, "{row:?}");
+        }
+        // Rates from the second table on: 5 posts at s1, delivered at both.
+        assert_eq!(r[0][4], "-", "{:?}", r[0]);
+        let rate = |i: usize| -> f64 { r[1][i].parse().expect("a rate") };
+        assert!(rate(5) > 0.0, "deliveries/s of {name}: {:?}", r[1]);
+        if name == "s1" {
+            assert!(rate(4) > 0.0, "posts/s of s1: {:?}", r[1]);
+        } else {
+            assert_eq!(rate(4), 0.0, "posts/s of s2: {:?}", r[1]);
+        }
+    }
+
+    // --count without --watch is refused.
+    let bad = run(&["status", "--count", "2"], &file);
+    assert!(!bad.status.success(), "{}", text(&bad));
+}
+
+#[test]
+fn status_watch_of_a_stopped_cluster_says_not_running() {
+    let dir = Scratch::new("lup-watch-none");
+    let (file, _) = toml_cluster(&dir, 1, "");
+    let w = run(&["status", "--watch", "--count", "1"], &file);
+    assert_eq!(w.status.code(), Some(3), "{}", text(&w));
+    assert!(text(&w).contains("not running"), "{}", text(&w));
+}

@@ -446,3 +446,60 @@ fn stress_clients_confirm_their_address() {
     assert_eq!(report["garbled"], 0, "{report:#}");
     assert_eq!(report["servers"], 1);
 }
+
+#[test]
+fn report_writes_self_contained_html_with_the_svgs_and_the_counts() {
+    let (dir, cfg) = three_servers("stress-report");
+    let html = dir.path().join("run.html");
+    let out = stress(
+        &cfg,
+        &[
+            "--ordering",
+            "total",
+            "--clients",
+            "4",
+            "--rooms",
+            "2",
+            "--messages",
+            "10",
+            "--report",
+            html.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", out.text());
+    let page = std::fs::read_to_string(&html).expect("the report was written");
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert!(page.contains("stress run: <span class=\"pass\">PASS</span>"));
+    // 4 clients x 10 messages; 2 rooms of 2 members: 80 deliveries.
+    assert!(page.contains("<tr><th>sent</th><td>40</td></tr>"), "{page}");
+    assert!(
+        page.contains("<tr><th>deliveries (distinct / expected)</th><td>80 / 80</td></tr>"),
+        "{page}"
+    );
+    assert!(page.contains("(80 samples)"), "{page}");
+    // The histogram: bars whose counts add up to the 80 samples.
+    assert!(page.contains("<svg id=\"latency-histogram\""), "{page}");
+    let bar_total: u64 = page
+        .split("class=\"bar\"")
+        .skip(1)
+        .map(|bar| {
+            let title = bar.split("<title>").nth(1).expect("a bar has a title");
+            let count = title.split("</title>").next().expect("title end");
+            count
+                .rsplit(": ")
+                .next()
+                .and_then(|c| c.parse::<u64>().ok())
+                .expect("a count")
+        })
+        .sum();
+    assert_eq!(bar_total, 80);
+    // The timeline: every send and every delivery (few enough to show all).
+    assert!(page.contains("<svg id=\"timeline\""), "{page}");
+    assert!(page.contains("all 120 events"), "{page}");
+    assert_eq!(page.matches("class=\"send\"").count(), 40);
+    assert_eq!(page.matches("class=\"delivery\"").count(), 80);
+    // Self-contained: nothing to fetch, no script.
+    for outside in ["<script", " src=", "href=", "<link", "url("] {
+        assert!(!page.contains(outside), "{outside} in the page");
+    }
+}

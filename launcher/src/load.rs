@@ -280,6 +280,17 @@ impl Shared {
     }
 }
 
+/// One send or delivery, for the timeline of `stress --report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineEvent {
+    /// Microseconds since the run started.
+    pub at_us: u64,
+    /// The client that sent or received (flooding clients after the others).
+    pub client: u32,
+    /// A send (else a delivery to `client`).
+    pub send: bool,
+}
+
 /// The outcome of a run.
 pub struct LoadResult {
     pub history: History,
@@ -309,6 +320,9 @@ pub struct LoadResult {
     pub flood_delivered: u64,
     pub flood_deliveries: u64,
     pub flood_refused: u64,
+    /// Every send and delivery of every client (flood sends included),
+    /// ordered by time.
+    pub timeline: Vec<TimelineEvent>,
 }
 
 /// Runs the workload on a fresh single-threaded runtime.
@@ -613,6 +627,28 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
             }
         }
     }
+    let mut timeline = Vec::new();
+    for (c, st) in clients.iter().enumerate() {
+        for ev in &st.log {
+            let (at_us, send) = match *ev {
+                Ev::Sent { at, .. } => (at, true),
+                Ev::Delivered { at, .. } | Ev::Garbled { at } => (at, false),
+            };
+            timeline.push(TimelineEvent {
+                at_us,
+                client: c as u32,
+                send,
+            });
+        }
+    }
+    for (f, log) in flood_log.iter().enumerate() {
+        timeline.extend(log.iter().map(|&(_, at_us)| TimelineEvent {
+            at_us,
+            client: (plan.clients + f) as u32,
+            send: true,
+        }));
+    }
+    timeline.sort_by_key(|e| e.at_us);
     let first = sh.first_send.get().unwrap_or(0);
     let send_duration = Duration::from_micros(sh.last_send.get().saturating_sub(first));
     let run_duration = Duration::from_micros(
@@ -643,6 +679,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         flood_delivered,
         flood_deliveries: sh.flood_deliveries.get(),
         flood_refused: sh.flood_refused.get(),
+        timeline,
     })
 }
 

@@ -75,6 +75,11 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = orderings::DEFAULT_WINDOW as u32, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub admission_window: u32,
+    /// Serve the Prometheus text format on http://IP:PORT/metrics (port 0:
+    /// any free port; the `ready` line says which). Overrides the cluster
+    /// file's `metrics` for this node.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Clock-skew bound: a peer's incarnation (its start time) further in
     /// the future than this is refused as forged.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
@@ -166,6 +171,19 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (std_sock, granted) =
             crate::udp::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
         let socket = tokio::net::UdpSocket::from_std(std_sock)?;
+        // Bound before `ready`, so that a taken port fails the start.
+        let metrics = match args.metrics.or(entry.metrics) {
+            Some(addr) => {
+                let (listener, local) = crate::metrics::bind(addr)
+                    .with_context(|| format!("binding the metrics address {addr}"))?;
+                Some((crate::metrics::serve(listener)?, local))
+            }
+            None => None,
+        };
+        let metrics_note = match &metrics {
+            Some((_, a)) => format!(", {}{a}/metrics", crate::metrics::READY_MARK),
+            None => String::new(),
+        };
         if key.is_none() && cluster.servers.len() > 1 {
             eprintln!("{me} note: no cluster secret; server-to-server packets are not authenticated");
         }
@@ -173,7 +191,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         // the moment it reads that line.
         let shutdown = shutdown_signal()?;
         eprintln!(
-            "{me} ready: listening on {} (ordering {}, {} rooms, incarnation {incarnation}, receive buffer {} KiB)",
+            "{me} ready: listening on {} (ordering {}, {} rooms, incarnation {incarnation}, receive buffer {} KiB){metrics_note}",
             entry.bind,
             strategy.name,
             rooms,
@@ -201,7 +219,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
                 total_rate: args.error_rate_total,
             },
         };
-        let stats = server::run(socket, setup, shutdown).await?;
+        let stats = server::run(socket, setup, shutdown, metrics.map(|(m, _)| m)).await?;
         eprintln!(
             "{}",
             crate::stats::ServerCounters::from(&stats).stopped_line(&me.to_string())

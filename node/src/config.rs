@@ -51,6 +51,9 @@ pub struct ServerEntry {
     pub bind: SocketAddr,
     /// 1-based line in the source file the entry came from.
     pub line: usize,
+    /// Where to serve `/metrics` (TOML `metrics_base_port` or `metrics`);
+    /// `chatserver --metrics` overrides it.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Which syntax a file was written in.
@@ -239,6 +242,7 @@ pub fn parse_legacy_with(
             }
         };
         servers.push(ServerEntry {
+            metrics: None,
             name: format!("s{}", servers.len() + 1),
             forward,
             bind,

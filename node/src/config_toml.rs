@@ -13,11 +13,13 @@
 //! host = "127.0.0.1"         # default 127.0.0.1; hostnames are resolved
 //! base_port = 5000           # required
 //! forward_base_port = 8000   # default: forwarding address = bind address
+//! metrics_base_port = 9100   # default: no /metrics (node i serves host:port+i-1)
 //!
 //! [[node]]                   # ... or explicit nodes (not both)
 //! name = "s1"                # default s<i>
 //! bind = "127.0.0.1:5000"    # required
 //! forward = "127.0.0.1:8000" # default: = bind
+//! metrics = "127.0.0.1:9100" # default: no /metrics; port 0: any free port
 //! ```
 //!
 //! The same file carries the launcher's settings (`name`, `chatserver`,
@@ -94,6 +96,7 @@ struct NodesTable {
     host: Option<Spanned<String>>,
     base_port: Option<Spanned<Port>>,
     forward_base_port: Option<Spanned<Port>>,
+    metrics_base_port: Option<Spanned<Port>>,
 }
 
 impl TomlTable for NodesTable {
@@ -106,6 +109,7 @@ struct NodeTable {
     name: Option<Spanned<String>>,
     bind: Option<Spanned<String>>,
     forward: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
 }
 
 impl TomlTable for NodeTable {
@@ -398,6 +402,25 @@ fn resolve(doc: &TomlDoc<'_>, span: Range<usize>, key: &str, text: &str) -> Resu
     })
 }
 
+/// [`resolve`] for a metrics address, where port 0 is allowed: the
+/// node's address is what other servers send to and must be known, but a
+/// metrics listener may take any free port (its `ready` line names it).
+fn resolve_metrics(
+    doc: &TomlDoc<'_>,
+    span: Range<usize>,
+    key: &str,
+    text: &str,
+) -> Result<SocketAddr> {
+    match text.rsplit_once(':') {
+        Some((host, "0")) => {
+            let mut a = resolve(doc, span, key, &format!("{host}:1"))?;
+            a.set_port(0);
+            Ok(a)
+        }
+        _ => resolve(doc, span, key, text),
+    }
+}
+
 fn missing(doc: &TomlDoc<'_>, span: Range<usize>, key: &str) -> ConfigError {
     doc.err(span, key, "missing (required)")
 }
@@ -426,6 +449,7 @@ fn nodes_shorthand(
     for (p, key) in [
         (Some(&base), "nodes.base_port"),
         (n.forward_base_port.as_ref(), "nodes.forward_base_port"),
+        (n.metrics_base_port.as_ref(), "nodes.metrics_base_port"),
     ] {
         if let Some(p) = p
             && p.get_ref().0 + c - 1 > 65535
@@ -473,6 +497,10 @@ fn nodes_shorthand(
                     .map_or(bind, |f| SocketAddr::new(ip, port(f, i))),
                 bind,
                 line: bind_line,
+                metrics: n
+                    .metrics_base_port
+                    .as_ref()
+                    .map(|m| SocketAddr::new(ip, port(m, i))),
             }
         })
         .collect();
@@ -519,6 +547,31 @@ fn node_list(
             ),
             None => (bind, (bind_line, key("bind"))),
         };
+        let metrics = match &t.metrics {
+            Some(m) => {
+                let addr = resolve_metrics(doc, m.span(), &key("metrics"), m.get_ref())?;
+                // Two nodes cannot serve on one TCP port (port 0 picks a
+                // free one each).
+                if addr.port() != 0
+                    && let Some((j, other)) = servers
+                        .iter()
+                        .enumerate()
+                        .find(|(_, o)| o.metrics == Some(addr))
+                {
+                    return Err(doc.err(
+                        m.span(),
+                        &key("metrics"),
+                        format!(
+                            "metrics address {addr} is also node[{}]'s (line {})",
+                            j + 1,
+                            other.line
+                        ),
+                    ));
+                }
+                Some(addr)
+            }
+            None => None,
+        };
         // Explicit names and defaults may collide (`name = "s2"` on node 1).
         if let Some((j, other)) = servers.iter().enumerate().find(|(_, o)| o.name == name) {
             return Err(doc.err(
@@ -536,6 +589,7 @@ fn node_list(
             forward,
             bind,
             line: bind_line,
+            metrics,
         });
         origins.push(Origin {
             bind: (bind_line, key("bind")),
@@ -632,6 +686,56 @@ mod tests {
         for n in needles {
             assert!(msg.contains(n), "{msg:?} should contain {n:?}");
         }
+    }
+
+    #[test]
+    fn metrics_addresses() {
+        let c = p("[nodes]\ncount = 3\nbase_port = 5000\nmetrics_base_port = 9100\n").unwrap();
+        let m: Vec<_> = c.servers.iter().map(|s| s.metrics).collect();
+        assert_eq!(
+            m,
+            ["127.0.0.1:9100", "127.0.0.1:9101", "127.0.0.1:9102"]
+                .map(|a| Some(a.parse().unwrap()))
+        );
+        assert_eq!(p(NODES).unwrap().servers[0].metrics, None);
+        let c = p(
+            "[[node]]\nbind = \"127.0.0.1:5000\"\nmetrics = \"127.0.0.1:0\"\n\
+                   [[node]]\nbind = \"127.0.0.1:5001\"\nmetrics = \"127.0.0.1:0\"\n\
+                   [[node]]\nbind = \"127.0.0.1:5002\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers[1].metrics, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(c.servers[2].metrics, None);
+    }
+
+    #[test]
+    fn error_metrics_addresses() {
+        assert_err(
+            "[nodes]\ncount = 3\nbase_port = 5000\nmetrics_base_port = 65534\n",
+            4,
+            &["nodes.metrics_base_port", "past port 65535"],
+        );
+        assert_err(
+            "[nodes]\ncount = 3\nbase_port = 5000\nmetrics_base_port = 0\n",
+            4,
+            &["nodes.metrics_base_port"],
+        );
+        assert_err(
+            "[nodes]\ncount = 1\nbase_port = 5000\nmetrics_port = 9100\n",
+            4,
+            &["nodes.metrics_port", "unknown key"],
+        );
+        assert_err(
+            "[[node]]\nbind = \"127.0.0.1:5000\"\nmetrics = \"127.0.0.1\"\n",
+            3,
+            &["node[1].metrics"],
+        );
+        assert_err(
+            "[[node]]\nbind = \"127.0.0.1:5000\"\nmetrics = \"127.0.0.1:9100\"\n\
+             [[node]]\nbind = \"127.0.0.1:5001\"\nmetrics = \"127.0.0.1:9100\"\n",
+            6,
+            &["node[2].metrics", "node[1]", "line 2"],
+        );
     }
 
     #[test]

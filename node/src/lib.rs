@@ -20,6 +20,8 @@
 //! - `admission`: each client's fair share of the replica's admission
 //!   window.
 //! - [`guard`]: rate limits of `-ERR` replies.
+//! - [`metrics`]: `--metrics`, the Prometheus text format of the server's
+//!   counters, served by hyper from snapshots the event loop publishes.
 //! - `verbose`: the `-v` log format.
 //!
 //! # From socket to delivery
@@ -50,6 +52,7 @@ pub mod command;
 pub mod config;
 pub mod config_toml;
 pub mod guard;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod stats;

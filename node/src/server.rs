@@ -388,6 +388,27 @@ impl Server {
         }
     }
 
+    /// Copies the replica's and the sessions' counters into `stats`.
+    fn fill_stats(&mut self) {
+        self.stats.replica = self.replica.stats();
+        self.stats.unanswered_refusals = self.admission.silent_refusals;
+        self.stats.sessions = self.sessions.stats().clone();
+    }
+
+    /// Publishes a metrics snapshot: the same counters as the stopped line.
+    fn publish(&mut self, metrics: Option<&crate::metrics::MetricsHandle>) {
+        let Some(m) = metrics else { return };
+        self.fill_stats();
+        let rooms = self.sessions.rooms();
+        m.publish(crate::metrics::Snapshot {
+            counters: crate::stats::ServerCounters::from(&self.stats),
+            clients: self.sessions.len() as u64,
+            room_members: (1..=rooms)
+                .map(|r| (r, self.sessions.members(r).len() as u64))
+                .collect(),
+        });
+    }
+
     /// Queues what the replica wants sent and delivers what it has ordered,
     /// then sends it all in batches.
     async fn flush(&mut self) {
@@ -457,11 +478,14 @@ impl Server {
     }
 }
 
-/// Runs a server on `socket` until `shutdown` completes; returns its counters.
+/// Runs a server on `socket` until `shutdown` completes; returns its
+/// counters. With `metrics`, publishes a snapshot every
+/// [`crate::metrics::PUBLISH_EVERY`] and whenever a scrape asks.
 pub async fn run(
     socket: UdpSocket,
     setup: ServerSetup,
     shutdown: impl Future<Output = ()>,
+    metrics: Option<crate::metrics::MetricsHandle>,
 ) -> Result<ServerStats, ServerError> {
     let servers = setup.cluster.servers.len();
     let mut rcfg = ReplicaConfig::new(setup.me, servers, setup.incarnation);
@@ -511,6 +535,8 @@ pub async fn run(
     let mut batch = RecvBatch::new();
     let busy_poll = std::time::Duration::from_micros(setup.busy_poll_us);
     tokio::pin!(shutdown);
+    let mut publish = tokio::time::interval(crate::metrics::PUBLISH_EVERY);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Announce ourselves (heartbeats carry our incarnation).
     server.flush().await;
     loop {
@@ -526,6 +552,20 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            // Metrics: a snapshot now and then, never per message.
+            _ = publish.tick(), if metrics.is_some() => {
+                server.publish(metrics.as_ref());
+                continue;
+            }
+            _ = async {
+                match &metrics {
+                    Some(m) => m.wanted().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                server.publish(metrics.as_ref());
+                continue;
+            }
             r = server.socket.readable() => {
                 r?;
                 server.drain(&mut batch);
@@ -562,9 +602,9 @@ pub async fn run(
             server.busy_poll(&mut batch, busy_poll).await;
         }
     }
-    server.stats.replica = server.replica.stats();
-    server.stats.unanswered_refusals = server.admission.silent_refusals;
-    server.stats.sessions = server.sessions.stats().clone();
+    server.fill_stats();
+    // The last snapshot is the stopped line's counters.
+    server.publish(metrics.as_ref());
     Ok(server.stats)
 }
 

@@ -49,6 +49,8 @@ counters! {
     peer_restarts,
     held_back,
     in_flight,
+    /// The largest backlog of a peer link (frames not yet acknowledged).
+    link_backlog,
     /// Peer messages dropped by the strategy's holdback limit.
     refused_by_holdback_limit,
     future_incarnations,
@@ -93,6 +95,7 @@ impl From<&ServerStats> for ServerCounters {
             peer_restarts: link(|l| l.peer_restarts),
             held_back: r.strategy.held_back as u64,
             in_flight: r.strategy.in_flight as u64,
+            link_backlog: r.max_backlog as u64,
             refused_by_holdback_limit: r.strategy.refused,
             future_incarnations: link(|l| l.future_incarnations),
             unproven_incarnation_claims: link(|l| l.unproven_claims),
@@ -160,6 +163,6 @@ mod tests {
             (sum.client_datagrams, sum.deliveries, sum.posts),
             (24, 18, 0)
         );
-        assert_eq!(c.entries().count(), 36);
+        assert_eq!(c.entries().count(), 37);
     }
 }

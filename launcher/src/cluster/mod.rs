@@ -4,11 +4,13 @@
 //! when to restart it ([`restart`], pure), what a running `launcher up`
 //! records ([`state`]), what /proc says about a known pid ([`procfs`]), a
 //! throw-away cluster on free ports for `stress` and `bench` ([`local`]),
+//! a node's `/metrics` read back ([`metrics`]),
 //! and the fault-injecting proxy that sits between servers
 //! ([`fault_proxy`]).
 
 pub mod fault_proxy;
 pub mod local;
+pub mod metrics;
 pub mod plan;
 pub mod process;
 pub mod procfs;

@@ -55,6 +55,9 @@ pub struct NodePlan {
     pub name: String,
     pub bind: SocketAddr,
     pub forward: SocketAddr,
+    /// Where the node serves `/metrics`: the cluster file's address, else
+    /// 127.0.0.1 port 0 (a free port, named in its `ready` line).
+    pub metrics: SocketAddr,
     pub program: PathBuf,
     pub args: Vec<String>,
 }
@@ -168,12 +171,24 @@ impl Plan {
                     args.push("--secret-file".into());
                     args.push(f.to_string_lossy().into_owned());
                 }
+                // Every node serves /metrics, so that `status` can show
+                // its figures; the file's address when it has one.
+                let metrics = s.metrics.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+                if !settings
+                    .node_args
+                    .iter()
+                    .any(|a| a.starts_with("--metrics"))
+                {
+                    args.push("--metrics".into());
+                    args.push(metrics.to_string());
+                }
                 args.extend(settings.node_args.iter().cloned());
                 NodePlan {
                     index: i + 1,
                     name: s.name.clone(),
                     bind: s.bind,
                     forward: s.forward,
+                    metrics,
                     program: chatserver.clone(),
                     args,
                 }

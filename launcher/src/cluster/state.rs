@@ -37,6 +37,10 @@ pub struct NodeState {
     pub restarts: u32,
     /// How the previous process ended, e.g. `exited with status 1`.
     pub last_exit: Option<String>,
+    /// Where the current process serves `/metrics` (from its `ready`
+    /// line); absent in files of older launchers.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +146,7 @@ mod tests {
                 status: NodeStatus::Restarting,
                 restarts: 1,
                 last_exit: None,
+                metrics: Some("127.0.0.1:9100".into()),
             }],
         };
         write(&p, &st).unwrap();

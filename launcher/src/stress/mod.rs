@@ -9,6 +9,7 @@
 //! receive-buffer drops and violations. Exit code 0 only when every check
 //! passed.
 
+mod html;
 mod report;
 
 use crate::cluster::fault_proxy::{self, FaultArgs, faults_active};
@@ -54,6 +55,10 @@ pub struct StressArgs {
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Write the report as one self-contained HTML file (results, a
+    /// latency histogram and a timeline of sends and deliveries, inline SVG).
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
     /// Check these properties too (comma list of exactly-once, fifo, total,
     /// causal, all), beyond what the mode claims.
     #[arg(long, value_name = "PROPS", value_parser = Properties::parse)]
@@ -242,7 +247,10 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         proxy_counts = c.stop(Duration::from_secs(3));
         server_counters = c.summed_counters();
     }
-    let load = load?;
+    let mut load = load?;
+    // Kept for the HTML report, which `report::build` does not need.
+    let timeline = std::mem::take(&mut load.timeline);
+    let latency = a.report.as_ref().map(|_| load.latency.clone());
     let check_started = std::time::Instant::now();
     let check = load.history.check(props);
     let check_s = check_started.elapsed().as_secs_f64();
@@ -267,6 +275,13 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(path), Some(latency)) = (&a.report, &latency) {
+        std::fs::write(path, html::page(&report, latency, &timeline))
+            .with_context(|| format!("writing {}", path.display()))?;
+        if !a.quiet {
+            eprintln!("stress: report written to {}", path.display());
+        }
     }
     Ok(if report.ok {
         ExitCode::SUCCESS

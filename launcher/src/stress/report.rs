@@ -19,6 +19,21 @@ pub struct Latency {
     pub mean_us: f64,
 }
 
+impl Latency {
+    /// `p50 1.485 ms, p90 1.779 ms, p99 2.117 ms, max 2.127 ms (160 samples)`.
+    pub fn text(&self) -> String {
+        let ms = |us: u64| us as f64 / 1000.0;
+        format!(
+            "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
+            ms(self.p50_us),
+            ms(self.p90_us),
+            ms(self.p99_us),
+            ms(self.max_us),
+            self.count
+        )
+    }
+}
+
 /// The report (`--json` writes it).
 #[derive(Debug, Clone, Serialize)]
 pub struct StressReport {
@@ -205,6 +220,24 @@ pub fn check_text(r: &Report) -> String {
     s
 }
 
+/// Each server's peak RSS, `s1 4.6 MiB, s2 unknown`; `None` when not known
+/// at all.
+pub(super) fn peak_rss_text(r: &StressReport) -> Option<String> {
+    if r.server_peak_rss_kib.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = r
+        .server_peak_rss_kib
+        .iter()
+        .enumerate()
+        .map(|(i, k)| match k {
+            Some(k) => format!("s{} {:.1} MiB", i + 1, *k as f64 / 1024.0),
+            None => format!("s{} unknown", i + 1),
+        })
+        .collect();
+    Some(each.join(", "))
+}
+
 pub(super) fn print(r: &StressReport) {
     let ms = |us: u64| us as f64 / 1000.0;
     crate::outln!(
@@ -237,14 +270,7 @@ pub(super) fn print(r: &StressReport) {
         r.messages_per_s,
         r.deliveries_per_s
     );
-    crate::outln!(
-        "  latency send->delivery: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
-        ms(r.latency.p50_us),
-        ms(r.latency.p90_us),
-        ms(r.latency.p99_us),
-        ms(r.latency.max_us),
-        r.latency.count
-    );
+    crate::outln!("  latency send->delivery: {}", r.latency.text());
     if let Some(f) = &r.flood {
         crate::outln!(
             "  flood: {} client{} in room 1 sent {} messages; {} reached the room ({} deliveries), {} -ERR replies (refusals are answered at most every 250 ms)",
@@ -264,17 +290,8 @@ pub(super) fn print(r: &StressReport) {
     }
     if r.attached {
         crate::outln!("  servers' peak RSS: not known (attached to a running cluster)");
-    } else if !r.server_peak_rss_kib.is_empty() {
-        let each: Vec<String> = r
-            .server_peak_rss_kib
-            .iter()
-            .enumerate()
-            .map(|(i, k)| match k {
-                Some(k) => format!("s{} {:.1} MiB", i + 1, *k as f64 / 1024.0),
-                None => format!("s{} unknown", i + 1),
-            })
-            .collect();
-        crate::outln!("  servers' peak RSS (VmHWM): {}", each.join(", "));
+    } else if let Some(each) = peak_rss_text(r) {
+        crate::outln!("  servers' peak RSS (VmHWM): {each}");
     }
     if r.confirmations > 0 {
         crate::outln!(

@@ -1,5 +1,9 @@
 //! `launcher up/check/status/down`.
 //!
+//! `status --watch` ([`watch`]) scrapes each node's `/metrics`: `up`
+//! starts every node with one (the file's address, else a free port) and
+//! records the bound address in the state file.
+//!
 //! `up` runs every node of a cluster file under the [`supervisor`] and
 //! keeps `STATE_DIR/launcher.json` current; `status` and `down` work from
 //! that file in another terminal, checking each pid's start time in `/proc`
@@ -8,6 +12,7 @@
 mod console;
 mod output;
 mod supervisor;
+mod watch;
 
 use crate::cluster::fault_proxy;
 use crate::cluster::plan::{self, Plan, SecretPlan};
@@ -48,6 +53,16 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     pub file: PathBuf,
+    /// Refresh a table of live figures every second (from each node's
+    /// /metrics): state, restarts, clients, posts/s, deliveries/s,
+    /// retransmits/s, holdback, view, RSS. Ctrl+C stops it.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: stop after N tables (plain lines when stdout is not a
+    /// terminal).
+    #[arg(long, value_name = "N", requires = "watch",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +221,20 @@ pub fn run_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
 pub fn run_status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let settings = plan::load_config(&a.file)?.settings;
     let path = plan::state_file(&settings)?;
+    if a.watch {
+        let running = watch::watch(a.count, Duration::from_secs(1), || {
+            Ok(state::read(&path)?.filter(live_launcher))
+        })?;
+        if !running {
+            crate::outln!(
+                "cluster {}: not running (no live launcher in {})",
+                settings.name,
+                path.display()
+            );
+            return Ok(ExitCode::from(NOT_RUNNING));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(st) = state::read(&path)? else {
         crate::outln!(
             "cluster {}: not running (no state file {})",

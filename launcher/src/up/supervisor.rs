@@ -83,11 +83,14 @@ impl Shared {
         &self.plan.nodes[node]
     }
 
-    /// The `ready` line of process `pid` of `node` arrived.
-    fn mark_up(&self, node: usize, pid: i32) {
+    /// The `ready` line of process `pid` of `node` arrived; it names the
+    /// bound metrics address (port 0 resolved), which `status` scrapes.
+    fn mark_up(&self, node: usize, pid: i32, line: &str) {
+        let metrics = node::metrics::addr_in_ready_line(line).map(|a| a.to_string());
         let became_up = self.update(node, |n| {
             if n.pid == Some(pid) && n.status == NodeStatus::Starting {
                 n.status = NodeStatus::Up;
+                n.metrics = metrics;
                 true
             } else {
                 false
@@ -138,6 +141,7 @@ async fn main_loop(plan: Plan, out: Output) -> anyhow::Result<ExitCode> {
                 status: NodeStatus::Starting,
                 restarts: 0,
                 last_exit: None,
+                metrics: None,
             })
             .collect(),
     };
@@ -285,7 +289,7 @@ async fn pump<R: AsyncRead + Unpin>(
         }
         if stderr && !ready && is_ready_line(&line) {
             ready = true;
-            sh.mark_up(node, pid);
+            sh.mark_up(node, pid, &line);
         }
     }
 }
@@ -317,6 +321,8 @@ async fn run_once(sh: &Arc<Shared>, i: usize, stop: &mut watch::Receiver<Stop>) 
         n.pid = Some(pid);
         n.start_time = start;
         n.status = NodeStatus::Starting;
+        // A new process binds its own (port 0: another) metrics address.
+        n.metrics = None;
     });
     sh.out.event(i, &format!("starting (pid {pid})"));
     let out_task = tokio::spawn(pump(sh.clone(), i, pid, child.stdout.take(), false));

@@ -497,6 +497,7 @@ mod tests {
                     status: NodeStatus::Up,
                     restarts: 0,
                     last_exit: None,
+                    metrics: None,
                 })
                 .collect(),
         }
