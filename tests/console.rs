@@ -130,7 +130,7 @@ async fn browser(chromium: &Path, driver: &Driver) -> Client {
                 "--headless", "--no-sandbox", "--disable-gpu",
                 "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-quic",
-                "--window-size=1280,1100",
+                "--window-size=1280,1400",
                 format!("--user-data-dir={}", driver.profile_dir.display()),
             ]
         }),
@@ -358,14 +358,22 @@ async fn console_and_trace_in_a_browser() {
     })
     .await;
 
-    // 3. The diagram of room 4: both messages delivered at all three
+    // 3. The diagram of room 4: every message delivered at all three
     // servers, each with the same place in every server's order (total).
-    let ranks = eventually("six deliveries in the diagram", || async {
+    // Three more lines from the terminal, sent at once, give the order
+    // something to agree on.
+    for t in ["one", "two", "three"] {
+        term.send(t);
+    }
+    for t in ["one", "two", "three"] {
+        term.expect(&format!("<term> {t}"));
+    }
+    let ranks = eventually("15 deliveries in the diagram", || async {
         let dots = c
             .find_all(Locator::Css("#diagram circle.delivery"))
             .await
             .ok()?;
-        if dots.len() < 6 {
+        if dots.len() < 15 {
             return None;
         }
         let mut ranks: HashMap<String, Vec<String>> = HashMap::new();
@@ -377,7 +385,7 @@ async fn console_and_trace_in_a_browser() {
         Some(ranks)
     })
     .await;
-    assert_eq!(ranks.len(), 2, "two messages in room 4: {ranks:?}");
+    assert_eq!(ranks.len(), 5, "five messages in room 4: {ranks:?}");
     for (id, r) in &ranks {
         assert_eq!(r.len(), 3, "{id} delivered at every server: {r:?}");
         assert!(
@@ -385,6 +393,19 @@ async fn console_and_trace_in_a_browser() {
             "{id}: one order in total: {r:?}"
         );
     }
+    eventually(
+        "s1's client count from its /metrics in the page",
+        || async {
+            text_of(&c, "tr[data-node='s1'] .clients")
+                .await
+                .filter(|t| t.parse::<u64>().is_ok_and(|n| n >= 1))
+        },
+    )
+    .await;
+    // Joining scrolled the page down to the chat; the picture shows it all.
+    c.execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .expect("scroll to the top");
     let shot = c.screenshot().await.expect("screenshot of the console");
     let console_png = keep_screenshot(&shot, "console.png", &dir);
 
@@ -421,11 +442,11 @@ async fn console_and_trace_in_a_browser() {
     let text = text_of(&c, "body").await.expect("metrics text");
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .expect("Prometheus text");
-    let value = |name: &str, node: &str| {
+    let value_with = |name: &str, labels: &[(&str, &str)]| {
         scrape
             .samples
             .iter()
-            .find(|s| s.metric == name && s.labels.get("node") == Some(node))
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
             .map(|s| match s.value {
                 prometheus_parse::Value::Gauge(v)
                 | prometheus_parse::Value::Counter(v)
@@ -433,6 +454,7 @@ async fn console_and_trace_in_a_browser() {
                 _ => f64::NAN,
             })
     };
+    let value = |name: &str, node: &str| value_with(name, &[("node", node)]);
     for n in ["s1", "s2", "s3"] {
         assert_eq!(value("chat_node_up", n), Some(1.0), "{n} up in {text}");
         assert!(
@@ -447,6 +469,22 @@ async fn console_and_trace_in_a_browser() {
     assert_eq!(value("chat_node_restarts_total", "s3"), Some(1.0));
     assert_eq!(value("chat_node_restarts_total", "s1"), Some(0.0));
     assert!(value("chat_node_deliveries_total", "s1").is_some_and(|v| v >= 2.0));
+    // The nodes' own figures, scraped from their /metrics and labelled:
+    // `term` is a client of s1 and posted there; the page is in room 4
+    // at s2.
+    assert!(
+        value("chatserver_clients", "s1").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert!(
+        value("chatserver_posts_total", "s1").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value_with("chatserver_room_members", &[("node", "s2"), ("room", "4")]),
+        Some(1.0),
+        "{text}"
+    );
 
     // 6. The trace of this run, from the node logs, drawn by the same
     // script in a self-contained page.
@@ -472,7 +510,7 @@ async fn console_and_trace_in_a_browser() {
             .await
             .ok()?
             .len();
-        (n == 6).then_some(())
+        (n == 15).then_some(())
     })
     .await;
     let shot = c.screenshot().await.expect("screenshot of the trace");

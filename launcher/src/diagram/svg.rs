@@ -16,12 +16,14 @@ const TOP: f64 = 40.0;
 const ROW: f64 = 70.0;
 const STEP: f64 = 26.0;
 
-/// The colour of a message: a hue from a hash of its id, so that the same
-/// message has the same colour in every picture (the script uses the same).
+/// The colour of a message: a hue from a hash of its id (32-bit FNV-1a,
+/// which spreads ids that differ only in the last digit), so that the
+/// same message has the same colour in every picture (the script uses
+/// the same hash).
 pub fn colour(id: &str) -> String {
-    let mut h: u32 = 0;
+    let mut h: u32 = 2_166_136_261;
     for b in id.bytes() {
-        h = h.wrapping_mul(31).wrapping_add(u32::from(b));
+        h = (h ^ u32::from(b)).wrapping_mul(16_777_619);
     }
     format!("hsl({}, 70%, 42%)", h % 360)
 }
@@ -131,6 +133,16 @@ fn room_svg(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_match_the_script() {
+        // diagram.js computes the same FNV-1a: hsl(h % 360) for "S01#1".
+        assert_eq!(
+            colour(""),
+            format!("hsl({}, 70%, 42%)", 2_166_136_261u32 % 360)
+        );
+        assert_ne!(colour("S01#10"), colour("S01#11"));
+    }
 
     #[test]
     fn one_message_three_servers() {

@@ -15,10 +15,11 @@ var ChatDiagram = (function () {
   var LEFT = 70, TOP = 40, ROW = 70, STEP = 26;
 
   function colour(id) {
-    // The hash of diagram/svg.rs, so both pictures agree.
-    var h = 0;
+    // The hash of diagram/svg.rs (32-bit FNV-1a over the id's ASCII
+    // bytes), so both pictures agree.
+    var h = 2166136261;
     for (var i = 0; i < id.length; i++) {
-      h = (Math.imul(h, 31) + (id.charCodeAt(i) & 0xff)) >>> 0;
+      h = Math.imul(h ^ (id.charCodeAt(i) & 0xff), 16777619) >>> 0;
     }
     return "hsl(" + (h % 360) + ", 70%, 42%)";
   }

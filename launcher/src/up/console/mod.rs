@@ -4,8 +4,10 @@
 //! It knows what the supervisor knows (each node's state, pid, restarts:
 //! [`Console::set_state`] on every change), what the nodes print with
 //! `-v` ([`Console::node_line`]: posts and deliveries, for the space-time
-//! diagram, the rates and the room members), and what /proc says of each
-//! pid (RSS, sampled each second into the charts' history). Chat goes
+//! diagram), and what each node's `/metrics` says (scraped each second
+//! with [`crate::cluster::metrics::scrape`]: clients, rates, holdback,
+//! members per room, RSS), kept for the charts' history. Where a node
+//! serves no metrics, the figures come from its `-v` lines and /proc. Chat goes
 //! through [`chat`]: the console is an ordinary UDP client of the node the
 //! person picks. HTTP is axum on the supervisor's runtime; the page polls
 //! JSON (`/api/...`), and `/metrics` serves the figures per node in the
@@ -13,6 +15,7 @@
 
 mod chat;
 
+use crate::cluster::metrics::{self, NodeSample, Rates};
 use crate::cluster::procfs;
 use crate::cluster::state::{NodeStatus, StateFile};
 use crate::diagram::{self, Event, Kind, Line};
@@ -38,6 +41,10 @@ const ROOM_EVENTS: usize = 600;
 /// Messages of a room the diagram shows.
 const DIAGRAM_MESSAGES: usize = 24;
 
+/// How long one scrape of a node's `/metrics` may take (the console
+/// samples each second).
+const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// One second of one node, for the charts.
 #[derive(Debug, Clone, Copy, Serialize)]
 struct Sample {
@@ -60,6 +67,10 @@ struct NodeLive {
     /// Members per room, as the node's last delivery in that room said.
     members: BTreeMap<u32, u32>,
     history: VecDeque<Sample>,
+    /// The last scrape of the node's `/metrics` (none while it is down or
+    /// serves none), and the rates since the one before.
+    scraped: Option<NodeSample>,
+    rates: Option<Rates>,
 }
 
 struct Inner {
@@ -131,24 +142,76 @@ impl Console {
         q.push_back(e);
     }
 
-    /// Takes one sample of every node (each second).
+    /// Scrapes every node that is up and serves `/metrics` (in parallel,
+    /// off the runtime's thread: the scrape blocks), then samples.
+    async fn scrape_and_sample(&self) {
+        let targets: Vec<(usize, Option<SocketAddr>)> = {
+            let g = self.lock();
+            g.state
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let addr = (n.status == NodeStatus::Up)
+                        .then(|| n.metrics.as_deref()?.parse().ok())
+                        .flatten();
+                    (i, addr)
+                })
+                .collect()
+        };
+        let jobs: Vec<_> = targets
+            .into_iter()
+            .map(|(i, addr)| {
+                let job = addr.map(|a| {
+                    tokio::task::spawn_blocking(move || metrics::scrape(a, SCRAPE_TIMEOUT))
+                });
+                (i, job)
+            })
+            .collect();
+        let mut results = Vec::new();
+        for (i, job) in jobs {
+            let got = match job {
+                Some(j) => j.await.ok().and_then(Result::ok),
+                None => None,
+            };
+            results.push((i, got));
+        }
+        {
+            let mut g = self.lock();
+            for (i, got) in results {
+                if let Some(n) = g.nodes.get_mut(i) {
+                    n.rates = match (&got, &n.scraped) {
+                        (Some(now), Some(before)) => Some(now.rates_since(before)),
+                        _ => None,
+                    };
+                    n.scraped = got;
+                }
+            }
+        }
+        self.sample();
+    }
+
+    /// Takes one sample of every node (each second): the scraped figures
+    /// where there are some, else the `-v` counts and /proc.
     fn sample(&self) {
         let mut g = self.lock();
         let t = now_s();
         let Inner { state, nodes, .. } = &mut *g;
         for (st, n) in state.nodes.iter().zip(nodes.iter_mut()) {
             let up = st.status == NodeStatus::Up;
-            let rss_kib = if up {
-                st.pid.and_then(procfs::memory).map(|m| m.rss_kib)
-            } else {
-                None
+            let (posts_per_s, deliveries_per_s) = match n.rates {
+                Some(r) => (r.posts, r.deliveries),
+                None => (
+                    (n.posts - n.last_posts) as f64,
+                    (n.deliveries - n.last_deliveries) as f64,
+                ),
             };
             let s = Sample {
                 t,
                 up,
-                rss_kib,
-                posts_per_s: (n.posts - n.last_posts) as f64,
-                deliveries_per_s: (n.deliveries - n.last_deliveries) as f64,
+                rss_kib: rss_kib(st.pid.filter(|_| up), n.scraped.as_ref()),
+                posts_per_s,
+                deliveries_per_s,
             };
             n.last_posts = n.posts;
             n.last_deliveries = n.deliveries;
@@ -192,12 +255,16 @@ impl Console {
             .map(|(st, n)| {
                 let last = n.history.back();
                 let up = st.status == NodeStatus::Up;
-                // Read now, not at the last sample: a node that has just
-                // come up has its figure at once.
-                let rss_kib = if up {
-                    st.pid.and_then(procfs::memory).map(|m| m.rss_kib)
-                } else {
-                    None
+                let scraped = n.scraped.as_ref().filter(|_| up);
+                // Members from the node's own figures when it serves them,
+                // else from its last delivery per room.
+                let members = match scraped {
+                    Some(m) => m
+                        .room_members
+                        .iter()
+                        .map(|(r, c)| (*r, u32::try_from(*c).unwrap_or(u32::MAX)))
+                        .collect(),
+                    None => n.members.clone(),
                 };
                 NodeView {
                     name: st.name.clone(),
@@ -207,13 +274,20 @@ impl Console {
                     up,
                     pid: st.pid,
                     restarts: st.restarts,
-                    rss_kib,
+                    // Read now, not at the last sample: a node that has
+                    // just come up has its figure at once.
+                    rss_kib: rss_kib(st.pid.filter(|_| up), scraped),
                     posts_per_s: last.map_or(0.0, |s| s.posts_per_s),
                     deliveries_per_s: last.map_or(0.0, |s| s.deliveries_per_s),
+                    retransmissions_per_s: n.rates.filter(|_| up).map(|r| r.retransmissions),
+                    clients: scraped.map(NodeSample::clients),
+                    held_back: scraped.map(NodeSample::held_back),
+                    view: scraped.and_then(NodeSample::view),
                     posts: n.posts,
                     deliveries: n.deliveries,
-                    members: n.members.clone(),
+                    members,
                     history: n.history.iter().copied().collect(),
+                    scraped: scraped.cloned(),
                 }
             })
             .collect();
@@ -284,11 +358,56 @@ impl Console {
         family(
             "chat_room_members",
             "gauge",
-            "Members of a room on a node, as its last delivery there said.",
+            "Members of a room on a node (its /metrics, else its last delivery there).",
             members,
         );
+        // Each node's own /metrics, one family per name, labelled by node.
+        let mut scraped: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for n in &v.nodes {
+            let Some(s) = &n.scraped else { continue };
+            let node = format!("node=\"{}\"", prom_escape(&n.name));
+            for (name, value) in &s.values {
+                if value.is_finite() {
+                    scraped
+                        .entry(name.clone())
+                        .or_default()
+                        .push((node.clone(), value.to_string()));
+                }
+            }
+            for (room, m) in &s.room_members {
+                scraped
+                    .entry(node::metrics::ROOM_MEMBERS.to_string())
+                    .or_default()
+                    .push((format!("{node},room=\"{room}\""), m.to_string()));
+            }
+            for (reason, c) in &s.refusals {
+                scraped
+                    .entry(node::metrics::REFUSALS.to_string())
+                    .or_default()
+                    .push((
+                        format!("{node},reason=\"{}\"", prom_escape(reason)),
+                        c.to_string(),
+                    ));
+            }
+        }
+        for (name, rows) in scraped {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            family(&name, kind, "From the node's own /metrics.", rows);
+        }
         out
     }
+}
+
+/// A node's RSS: from its `/metrics`, else from /proc (its pid while up).
+fn rss_kib(pid: Option<i32>, scraped: Option<&NodeSample>) -> Option<u64> {
+    scraped
+        .and_then(NodeSample::rss_bytes)
+        .map(|b| b / 1024)
+        .or_else(|| pid.and_then(procfs::memory).map(|m| m.rss_kib))
 }
 
 /// A label value in the text format: `\`, `"` and newlines escaped.
@@ -316,10 +435,18 @@ struct NodeView {
     rss_kib: Option<u64>,
     posts_per_s: f64,
     deliveries_per_s: f64,
+    retransmissions_per_s: Option<f64>,
+    clients: Option<u64>,
+    held_back: Option<u64>,
+    /// The membership view, for servers that have one.
+    view: Option<u64>,
     posts: u64,
     deliveries: u64,
     members: BTreeMap<u32, u32>,
     history: Vec<Sample>,
+    /// For `/metrics` only.
+    #[serde(skip)]
+    scraped: Option<NodeSample>,
 }
 
 #[derive(Serialize)]
@@ -358,7 +485,7 @@ pub async fn serve(console: Arc<Console>, addr: SocketAddr) -> anyhow::Result<So
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            console.sample();
+            console.scrape_and_sample().await;
             chat::expire(&console);
         }
     });
@@ -373,7 +500,7 @@ async fn index(State(c): State<Arc<Console>>) -> Html<String> {
     for n in &v.nodes {
         let _ = write!(
             rows,
-            r#"<tr data-node="{name}"><td class="name">{name}</td><td class="status {cls}">{status}</td><td class="bind">{bind}</td><td class="pid">{pid}</td><td class="restarts">{restarts}</td><td class="rss">-</td><td class="posts">-</td><td class="deliveries">-</td><td class="chart"><canvas width="160" height="32"></canvas></td></tr>"#,
+            r#"<tr data-node="{name}"><td class="name">{name}</td><td class="status {cls}">{status}</td><td class="bind">{bind}</td><td class="pid">{pid}</td><td class="restarts">{restarts}</td><td class="clients">-</td><td class="view">-</td><td class="rss">-</td><td class="posts">-</td><td class="deliveries">-</td><td class="retransmissions">-</td><td class="held">-</td><td class="chart"><canvas width="160" height="32"></canvas></td></tr>"#,
             name = diagram::html_escape(&n.name),
             cls = if n.up { "up" } else { "down" },
             status = n.status,
@@ -404,9 +531,9 @@ async fn index(State(c): State<Arc<Console>>) -> Html<String> {
 <header><h1>cluster {cluster}</h1><span id="ordering">ordering {ordering}</span> <span id="clock"></span></header>
 <main>
 <section id="nodes-section"><h2>Nodes</h2>
-<table id="nodes"><thead><tr><th>node</th><th>state</th><th>bind</th><th>pid</th><th>restarts</th><th>RSS</th><th>posts/s</th><th>deliveries/s</th><th>last minutes (deliveries/s, RSS)</th></tr></thead>
+<table id="nodes"><thead><tr><th>node</th><th>state</th><th>bind</th><th>pid</th><th>restarts</th><th>clients</th><th>view</th><th>RSS</th><th>posts/s</th><th>deliveries/s</th><th>retransmits/s</th><th>held back</th><th>last minutes (deliveries/s, RSS)</th></tr></thead>
 <tbody>{rows}</tbody></table></section>
-<section id="rooms-section"><h2>Rooms</h2><p class="hint">members per node, as each node's last delivery in the room counted them</p><table id="rooms"></table></section>
+<section id="rooms-section"><h2>Rooms</h2><p class="hint">members per node (from each node's /metrics, else its last delivery in the room)</p><table id="rooms"></table></section>
 <section id="diagram-section"><h2>Order of the last messages</h2>
 <p>room <select id="diagram-room">{room_options}</select> <span class="hint">one line per server; each message from its post (square) to its delivery at every server (dot, numbered in that server's order)</span></p>
 <div id="diagram"></div></section>

@@ -44,7 +44,12 @@
       st.className = "status " + (n.up ? "up" : "down");
       text(tr.querySelector(".pid"), n.pid == null ? "-" : String(n.pid));
       text(tr.querySelector(".restarts"), String(n.restarts));
+      text(tr.querySelector(".clients"), n.clients == null ? "-" : String(n.clients));
+      // Static membership: the view is the configured cluster.
+      text(tr.querySelector(".view"), n.view == null ? (n.up ? "static" : "-") : String(n.view));
       text(tr.querySelector(".rss"), kib(n.rss_kib));
+      text(tr.querySelector(".retransmissions"), n.retransmissions_per_s == null ? "-" : n.retransmissions_per_s.toFixed(0));
+      text(tr.querySelector(".held"), n.held_back == null ? "-" : String(n.held_back));
       text(tr.querySelector(".posts"), n.posts_per_s.toFixed(0));
       text(tr.querySelector(".deliveries"), n.deliveries_per_s.toFixed(0));
       chart(tr.querySelector("canvas"), n.history);
@@ -53,15 +58,16 @@
 
   function showRooms(view) {
     var rooms = {};
+    // Only rooms somebody is in (a node serving /metrics lists them all).
     view.nodes.forEach(function (n) {
-      Object.keys(n.members).forEach(function (r) { rooms[r] = true; });
+      Object.keys(n.members).forEach(function (r) { if (n.members[r] > 0) rooms[r] = true; });
     });
     var ids = Object.keys(rooms).map(Number).sort(function (a, b) { return a - b; });
     var t = document.getElementById("rooms");
     var html = "<tr><th>room</th>" + view.nodes.map(function (n) {
       return "<th>" + n.name.replace(/[<>&]/g, "") + "</th>";
     }).join("") + "</tr>";
-    if (!ids.length) html += '<tr><td colspan="99" class="hint">no messages yet</td></tr>';
+    if (!ids.length) html += '<tr><td colspan="99" class="hint">nobody in any room yet</td></tr>';
     ids.forEach(function (r) {
       html += '<tr data-room="' + r + '"><td>#' + r + "</td>" + view.nodes.map(function (n) {
         var m = n.members[r];
