@@ -164,6 +164,16 @@ async fn text_of(c: &Client, css: &str) -> Option<String> {
     e.text().await.ok()
 }
 
+/// Clicks the element matching `css` (an option, a button).
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} in the page: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+}
+
 /// Where a screenshot goes: `docs/NAME` with `UPDATE_SCREENSHOTS=1`,
 /// else the scratch directory. Checked first: a real PNG, at least
 /// 600x400, with a picture in it (many colours, not a blank page).
@@ -310,27 +320,12 @@ async fn console_and_trace_in_a_browser() {
     term.expect("+OK Nickname set to 'term'");
     term.send("/join 4");
     term.expect("+OK You are now in chat room #4");
-    c.find(Locator::Css("#chat-node option[value='2']"))
-        .await
-        .expect("node 2 in the chooser")
-        .click()
-        .await
-        .expect("choose node 2");
-    c.find(Locator::Css("#chat-room option[value='4']"))
-        .await
-        .expect("room 4 in the chooser")
-        .click()
-        .await
-        .expect("choose room 4");
+    click(&c, "#chat-node option[value='2']").await;
+    click(&c, "#chat-room option[value='4']").await;
     let nick = c.find(Locator::Css("#chat-nick")).await.expect("nick box");
     nick.clear().await.expect("clear nick");
     nick.send_keys("webby").await.expect("type nick");
-    c.find(Locator::Css("#chat-join"))
-        .await
-        .expect("join button")
-        .click()
-        .await
-        .expect("join");
+    click(&c, "#chat-join").await;
     eventually("the page joined room 4", || async {
         text_of(&c, "#chat-log")
             .await
@@ -342,12 +337,7 @@ async fn console_and_trace_in_a_browser() {
         .send_keys("hello from the browser")
         .await
         .expect("type a line");
-    c.find(Locator::Css("#chat-send"))
-        .await
-        .expect("send button")
-        .click()
-        .await
-        .expect("send");
+    click(&c, "#chat-send").await;
     term.expect("<webby> hello from the browser");
     term.send("hello from the terminal");
     term.expect("<term> hello from the terminal");

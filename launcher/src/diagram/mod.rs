@@ -273,7 +273,8 @@ show();
     )
 }
 
-/// Escapes text for HTML and XML.
+/// `&`, `<`, `>`, `"` and `'` escaped for HTML and XML: text from a run
+/// (chat lines, mode names, server replies) never becomes markup.
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
