@@ -4,8 +4,8 @@
 //! the page reaches a UDP client and its reply comes back into the page;
 //! the diagram shows every server's deliveries, in one order under
 //! `total`; a node killed by pid shows as down, then up again after the
-//! supervisor restarts it; `/metrics` parses as Prometheus text), then
-//! the `launcher trace` picture of the same run. Screenshots of both go
+//! supervisor restarts it; bad requests get 4xx; `/metrics` parses as
+//! Prometheus text), then the `launcher trace` picture of the same run. Screenshots of both go
 //! to a temporary directory, or to `docs/` with `UPDATE_SCREENSHOTS=1`.
 //!
 //! Without Chromium and chromedriver these tests fail (never skip):
@@ -425,7 +425,33 @@ async fn console_and_trace_in_a_browser() {
     })
     .await;
 
-    // 5. /metrics: Prometheus text, one series per node.
+    // 5. Bad requests from a page get 4xx answers, and the console lives
+    // on (the metrics below are read after them).
+    let answers = c
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+            const post = (u, body) => fetch(u, {method: "POST", headers: {"Content-Type": "application/json"}, body}).then(r => r.status);
+            Promise.all([
+              post("/api/chat", "{not json"),
+              post("/api/chat", JSON.stringify({node: 1, nick: "x", room: 99})),
+              post("/api/chat", JSON.stringify({node: 1, nick: "<x>", room: 1})),
+              post("/api/chat", JSON.stringify({node: 9, nick: "x", room: 1})),
+              post("/api/chat/12345/send", JSON.stringify({text: "hi"})),
+              fetch("/api/chat/12345/lines").then(r => r.status),
+              fetch("/api/diagram?room=0").then(r => r.status),
+              fetch("/api/diagram?room=abc").then(r => r.status),
+            ]).then(done, e => done(String(e)));"#,
+            vec![],
+        )
+        .await
+        .expect("bad requests from the page");
+    assert_eq!(
+        answers,
+        serde_json::json!([400, 400, 400, 400, 404, 404, 400, 400]),
+        "status codes of bad requests"
+    );
+
+    // 6. /metrics: Prometheus text, one series per node.
     c.goto(&format!("{url}metrics"))
         .await
         .expect("open /metrics");
@@ -476,7 +502,7 @@ async fn console_and_trace_in_a_browser() {
         "{text}"
     );
 
-    // 6. The trace of this run, from the node logs, drawn by the same
+    // 7. The trace of this run, from the node logs, drawn by the same
     // script in a self-contained page.
     let logs: Vec<PathBuf> = ["s1", "s2", "s3"]
         .iter()
