@@ -38,6 +38,15 @@ pub struct Event {
     pub members: Option<u32>,
 }
 
+impl Event {
+    /// The order of the global history: by time, then server, posts
+    /// before deliveries (a server's own post and delivery may share a
+    /// microsecond).
+    pub fn history_key(&self) -> (u64, u32, Kind) {
+        (self.t, self.server, self.kind)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -140,7 +149,10 @@ fn parse_bare(line: &str) -> Line {
 /// `Client 17 posts "Hi" to chat room #3 as S02#5` or
 /// `Delivered S02#5 to 2 member(s) of chat room #3`. The text of a post
 /// may hold quotes and ` to chat room #`, so a post is read from its end.
-fn event_of(text: &str) -> Option<(Kind, String, u32, Option<String>, Option<u32>)> {
+/// What [`event_of`] reads: kind, message id, room, post text, members.
+type Parsed = (Kind, String, u32, Option<String>, Option<u32>);
+
+fn event_of(text: &str) -> Option<Parsed> {
     if let Some(rest) = text.strip_prefix("Delivered ") {
         let (id, rest) = rest.split_once(" to ")?;
         let (members, room) = rest.rsplit_once(" member(s) of chat room #")?;
@@ -196,14 +208,12 @@ impl Trace {
         }
     }
 
-    /// One global history: by time, then server, posts before deliveries
-    /// (a server's own post and delivery may share a microsecond).
-    /// A message is posted once and delivered once per server, so an
-    /// event seen twice (the same log given twice, or a node's log file
-    /// beside the launcher's output) is kept once.
+    /// One global history ([`Event::history_key`]). A message is posted
+    /// once and delivered once per server, so an event seen twice (the
+    /// same log given twice, or a node's log file beside the launcher's
+    /// output) is kept once.
     pub fn sort(&mut self) {
-        self.events
-            .sort_by(|a, b| (a.t, a.server, a.kind).cmp(&(b.t, b.server, b.kind)));
+        self.events.sort_by_key(Event::history_key);
         let mut seen = BTreeSet::new();
         self.events
             .retain(|e| seen.insert((e.server, e.kind, e.id.clone())));

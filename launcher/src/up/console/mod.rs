@@ -241,7 +241,7 @@ impl Console {
             keep.insert(e.id.clone());
         }
         events.retain(|e| keep.contains(&e.id));
-        events.sort_by(|a, b| (a.t, a.server, a.kind).cmp(&(b.t, b.server, b.kind)));
+        events.sort_by_key(Event::history_key);
         DiagramData { servers, events }
     }
 
