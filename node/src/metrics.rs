@@ -73,6 +73,11 @@ pub const REFUSAL_REASONS: &[(&str, &str)] = &[
 /// How often the server loop publishes a snapshot without being asked.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
+/// The least time between two snapshots published on request: however
+/// many scrapes arrive, the loop publishes at most 50 extra a second (an
+/// ask within it is answered at its end).
+pub const MIN_PUBLISH_GAP: Duration = Duration::from_millis(20);
+
 /// How long a scrape waits for the fresh snapshot it asked for before it
 /// serves the latest one (a server busy with a burst answers a moment later).
 const FRESH_WAIT: Duration = Duration::from_millis(200);
@@ -206,7 +211,9 @@ async fn respond(
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n"));
     }
     // Ask the loop for a fresh snapshot, so that a scrape right after
-    // some traffic sees it; serve the latest if it is slow to come.
+    // some traffic sees it; serve the latest if it is slow to come. The
+    // asks of many scrapes at once fold into one (`notify_one` keeps a
+    // single permit).
     shared.rx.mark_unchanged();
     shared.asked.notify_one();
     let _ = tokio::time::timeout(FRESH_WAIT, shared.rx.changed()).await;

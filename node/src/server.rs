@@ -537,6 +537,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut publish = tokio::time::interval(crate::metrics::PUBLISH_EVERY);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_publish = tokio::time::Instant::now();
     // Announce ourselves (heartbeats carry our incarnation).
     server.flush().await;
     loop {
@@ -555,6 +556,7 @@ pub async fn run(
             // Metrics: a snapshot now and then, never per message.
             _ = publish.tick(), if metrics.is_some() => {
                 server.publish(metrics.as_ref());
+                last_publish = tokio::time::Instant::now();
                 continue;
             }
             _ = async {
@@ -563,7 +565,15 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => {
-                server.publish(metrics.as_ref());
+                // At most one snapshot per gap: a later ask is answered by
+                // the tick, moved to the gap's end.
+                let next = last_publish + crate::metrics::MIN_PUBLISH_GAP;
+                if tokio::time::Instant::now() >= next {
+                    server.publish(metrics.as_ref());
+                    last_publish = tokio::time::Instant::now();
+                } else {
+                    publish.reset_at(next);
+                }
                 continue;
             }
             r = server.socket.readable() => {
