@@ -178,7 +178,21 @@ fn verbose_lines_have_time_and_server_tag() {
         "{posts}"
     );
     assert!(rest.starts_with(" S02 Client "), "{posts}");
-    assert!(rest.ends_with(r#"posts "Hi" to chat room #2"#), "{posts}");
+    // The post names the message's id, and the delivery names the same:
+    // that is how `launcher trace` joins them.
+    let (_, id) = rest
+        .split_once(r#"posts "Hi" to chat room #2 as "#)
+        .unwrap_or_else(|| panic!("{posts}"));
+    let counter = id.strip_prefix("S02#").unwrap_or_else(|| panic!("{posts}"));
+    assert!(
+        !counter.is_empty() && counter.bytes().all(|b| b.is_ascii_digit()),
+        "{posts}"
+    );
+    let delivered = format!("Delivered {id} to 1 member(s) of chat room #2");
+    assert!(
+        lines.iter().any(|l| l.ends_with(&delivered)),
+        "{delivered:?} in {lines:#?}"
+    );
 }
 
 #[test]

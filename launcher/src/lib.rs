@@ -13,11 +13,16 @@
 //! - `net`: UDP sockets with large buffers, free ports, kernel drop counts.
 //! - `load`: the client workload (many UDP clients, delivery logs for the
 //!   checker) that `stress` and `bench` drive.
+//! - `diagram`: the space-time diagram of chat messages (the `-v` line
+//!   parser, its JSON, the shared script, the SVG), for `trace` and the
+//!   console of `up`.
 //! - One folder per subcommand: `up/` (`up`, `check`, `status`, `down`, the
-//!   supervisor and its output), `proxy/`, `stress/`, `bench/`.
+//!   supervisor, its output and the web console), `proxy/`, `stress/`,
+//!   `bench/`, `trace/`.
 //!
-//! A subcommand may use `cluster`, `net` and `load`, never another
-//! subcommand; `cluster` uses only `net`; `load` uses only `net`.
+//! A subcommand may use `cluster`, `net`, `load` and `diagram`, never
+//! another subcommand; `cluster` uses only `net`; `load` uses only `net`;
+//! `diagram` uses nothing.
 
 /// `println!` that never panics: a closed stdout (`launcher ... | head`)
 /// is ignored, the program goes on quietly (a stress run still stops the
@@ -43,11 +48,13 @@ macro_rules! out {
 
 pub mod bench;
 pub mod cluster;
+pub mod diagram;
 pub mod export;
 pub mod load;
 pub mod net;
 pub mod proxy;
 pub mod stress;
+pub mod trace;
 pub mod up;
 
 use clap::{Parser, Subcommand};
@@ -82,6 +89,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Write what systemd, Kubernetes or compose need to run the cluster.
     Export(export::ExportArgs),
+    /// Draw the space-time diagram of a run from the servers' `-v` logs.
+    Trace(trace::TraceArgs),
 }
 
 pub fn init_tracing() {
@@ -104,5 +113,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stress(a) => stress::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Export(a) => export::run(a),
+        Command::Trace(a) => trace::run(a),
     }
 }

@@ -28,7 +28,7 @@
 //! resolves it again while it runs (see `server.rs`).
 //!
 //! The same file carries the launcher's settings (`name`, `chatserver`,
-//! `state_dir`, `secret`, `secret_file`, `node_args` in `[cluster]`; the
+//! `state_dir`, `secret`, `secret_file`, `node_args`, `console` in `[cluster]`; the
 //! `[supervise]` and `[faults]` tables), which `launcher::cluster::settings`
 //! parses. `chatserver` skips exactly those keys by name, so a misspelt key
 //! is still an error on both sides, naming the file, the line and the key.
@@ -85,6 +85,8 @@ struct ClusterTable {
     _secret_file: Option<IgnoredAny>,
     #[serde(rename = "node_args")]
     _node_args: Option<IgnoredAny>,
+    #[serde(rename = "console")]
+    _console: Option<IgnoredAny>,
 }
 
 type Port = Int<1, 65535>;

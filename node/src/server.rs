@@ -314,13 +314,7 @@ impl Server {
         }
         match self.sessions.apply(now.0, from, data, command) {
             Outcome::Reply { client, reply } => self.reply_to_client(client, from, reply),
-            Outcome::Post { client, room, line } => {
-                tracing::info!(
-                    "Client {client} posts \"{}\" to chat room #{room}",
-                    crate::verbose::shown(data)
-                );
-                self.post(now, from, room, line);
-            }
+            Outcome::Post { client, room, line } => self.post(now, from, client, room, data, line),
             Outcome::Quit {
                 client: Some(client),
             } => tracing::info!("Client {client} ({from}) quits"),
@@ -330,8 +324,31 @@ impl Server {
 
     /// Hands a client's chat line to the replica; a refusal is answered
     /// (rate-limited per client).
-    fn post(&mut self, now: Time, from: SocketAddr, room: RoomId, line: Bytes) {
-        match self.replica.post(now, room, line) {
+    /// The `-v` line names the message's id (`as S01#...`), the one its
+    /// `Delivered` lines carry, so that `launcher trace` and the console can
+    /// join a post to its deliveries.
+    fn post(
+        &mut self,
+        now: Time,
+        from: SocketAddr,
+        client: u64,
+        room: RoomId,
+        data: &[u8],
+        line: Bytes,
+    ) {
+        let result = self.replica.post(now, room, line);
+        if tracing::enabled!(tracing::Level::INFO) {
+            let text = crate::verbose::shown(data);
+            match &result {
+                Ok(id) => {
+                    tracing::info!("Client {client} posts \"{text}\" to chat room #{room} as {id}")
+                }
+                Err(e) => tracing::info!(
+                    "Client {client} posts \"{text}\" to chat room #{room}, refused: {e}"
+                ),
+            }
+        }
+        match result {
             Ok(id) => self.admission.admitted(from, id),
             Err(e) => {
                 self.stats.refused_posts += 1;

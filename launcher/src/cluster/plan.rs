@@ -226,6 +226,21 @@ impl Plan {
         })
     }
 
+    /// Turns the web console on at `addr`: the nodes run with `-v`, whose
+    /// lines the console reads for its diagram and rates.
+    pub fn enable_console(&mut self, addr: SocketAddr) {
+        self.settings.console = Some(addr);
+        for n in &mut self.nodes {
+            if !n
+                .args
+                .iter()
+                .any(|a| a == "-v" || a == "-vv" || a == "--verbose")
+            {
+                n.args.push("-v".into());
+            }
+        }
+    }
+
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join(super::state::STATE_FILE)
     }

@@ -10,6 +10,7 @@
 //! secret = "generate"        # "off" | "generate" (default) | the secret itself
 //! # secret_file = "secret.txt"   # instead of `secret`
 //! node_args = ["-v"]         # extra arguments for every chatserver
+//! console = "127.0.0.1:8080" # `launcher up` serves the web console there
 //!
 //! [supervise]
 //! restart = "on-failure"     # never | on-failure | always
@@ -116,6 +117,8 @@ pub struct Settings {
     pub secret: SecretSetting,
     /// Extra arguments the launcher passes to every node.
     pub node_args: Vec<String>,
+    /// Where `launcher up` serves its web console (`--console` overrides).
+    pub console: Option<std::net::SocketAddr>,
     pub supervise: SuperviseConfig,
     pub faults: Option<FaultConfig>,
 }
@@ -136,6 +139,7 @@ impl Settings {
                 ConfigFormat::Toml => SecretSetting::Generate,
             },
             node_args: Vec::new(),
+            console: None,
             supervise: SuperviseConfig::default(),
             faults: None,
         }
@@ -195,6 +199,7 @@ struct ClusterKeys {
     secret: Option<Spanned<String>>,
     secret_file: Option<Spanned<String>>,
     node_args: Option<Strings>,
+    console: Option<Spanned<String>>,
 }
 
 impl TomlTable for ClusterKeys {
@@ -428,6 +433,18 @@ fn cluster_keys(doc: &TomlDoc<'_>, c: ClusterKeys, s: &mut Settings) -> Result<(
     if let Some(Strings(args)) = c.node_args {
         s.node_args = args;
     }
+    if let Some(v) = c.console {
+        // An address, not a host name: the console is for this machine or
+        // one interface of it.
+        let addr = v.get_ref().parse().map_err(|_| {
+            doc.err(
+                v.span(),
+                "cluster.console",
+                format!("'{}' is not an IP:PORT address", v.get_ref()),
+            )
+        })?;
+        s.console = Some(addr);
+    }
     Ok(())
 }
 
@@ -531,6 +548,7 @@ chatserver = "bin/chatserver"
 state_dir = "/tmp/x"
 secret = "hunter2"
 node_args = ["-v", "--x"]
+console = "127.0.0.1:8080"
 
 [[node]]
 name = "alpha"
@@ -558,13 +576,14 @@ seed = 7
         assert_eq!(cfg.ordering.as_deref(), Some("fifo"));
         assert_eq!(cfg.rooms, 20);
         assert_eq!(cfg.servers[0].name, "alpha");
-        assert_eq!(cfg.servers[0].line, 13);
+        assert_eq!(cfg.servers[0].line, 14);
         assert_eq!(cfg.servers[1].name, "s2");
         assert_eq!(s.name, "demo-1");
         assert_eq!(s.chatserver, Some(PathBuf::from("/cfg/bin/chatserver")));
         assert_eq!(s.state_dir, Some(PathBuf::from("/tmp/x")));
         assert_eq!(s.secret, SecretSetting::Inline("hunter2".into()));
         assert_eq!(s.node_args, vec!["-v", "--x"]);
+        assert_eq!(s.console, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(s.supervise.restart, RestartPolicy::Always);
         assert_eq!(s.supervise.backoff_initial_ms, 10);
         assert_eq!(s.supervise.backoff_max_ms, 100);
@@ -683,6 +702,11 @@ seed = 7
             &format!("[cluster]\nnode_args = [1]\n{NODES}"),
             2,
             &["cluster.node_args"],
+        );
+        assert_err(
+            &format!("[cluster]\nconsole = \"localhost\"\n{NODES}"),
+            2,
+            &["cluster.console", "IP:PORT"],
         );
         assert_err(
             &format!("[cluster]\nchatserver = \"\"\n{NODES}"),

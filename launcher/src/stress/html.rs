@@ -3,6 +3,7 @@
 //! latency histogram and a timeline of sends and deliveries.
 
 use super::report::{StressReport, check_text, peak_rss_text};
+use crate::diagram::html_escape as esc;
 use crate::load::TimelineEvent;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -10,23 +11,6 @@ use std::fmt::Write as _;
 /// At most this many events are drawn on the timeline; beyond it every
 /// k-th is (the page says so), so a long run stays a light page.
 const MAX_POINTS: usize = 6000;
-
-/// `&`, `<`, `>`, `"` and `'` escaped: text from the run (mode names,
-/// server replies) never becomes markup.
-fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
 
 fn ms(us: u64) -> String {
     format!("{:.3} ms", us as f64 / 1000.0)

@@ -9,6 +9,7 @@
 //! that file in another terminal, checking each pid's start time in `/proc`
 //! before trusting (or signalling) it.
 
+mod console;
 mod output;
 mod supervisor;
 mod watch;
@@ -36,6 +37,10 @@ pub struct UpArgs {
     /// Ordering mode (overrides the TOML file's; default for legacy files: unordered).
     #[arg(short = 'o', long = "ordering")]
     pub ordering: Option<String>,
+    /// Serve the web console at IP:PORT (overrides `console` in
+    /// [cluster]); the nodes then run with `-v`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub console: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -90,7 +95,10 @@ fn refuse_if_running(plan: &Plan) -> anyhow::Result<()> {
 }
 
 pub fn run_up(a: UpArgs) -> anyhow::Result<ExitCode> {
-    let plan = Plan::build(&a.file, a.ordering.as_deref())?;
+    let mut plan = Plan::build(&a.file, a.ordering.as_deref())?;
+    if let Some(addr) = a.console.or(plan.settings.console) {
+        plan.enable_console(addr);
+    }
     refuse_if_running(&plan)?;
     plan.check_ports()?;
     std::fs::create_dir_all(plan.log_dir())

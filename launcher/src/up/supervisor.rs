@@ -12,6 +12,7 @@
 //! the *thread* that forked the child exits, so every fork must happen on
 //! the main thread, which lives as long as the launcher.
 
+use super::console::{self, Console};
 use super::output::Output;
 use crate::cluster::plan::{NodePlan, Plan};
 use crate::cluster::process::{self, describe_exit, is_ready_line};
@@ -54,6 +55,9 @@ struct Shared {
     state: Mutex<StateFile>,
     state_path: PathBuf,
     state_write_failed: AtomicBool,
+    /// The web console, when it is on: it sees every state change and
+    /// every line of the nodes.
+    console: Option<Arc<Console>>,
 }
 
 impl Shared {
@@ -61,6 +65,9 @@ impl Shared {
     fn update<R>(&self, node: usize, f: impl FnOnce(&mut NodeState) -> R) -> R {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let r = f(&mut st.nodes[node]);
+        if let Some(c) = &self.console {
+            c.set_state(&st);
+        }
         if let Err(e) = state::write(&self.state_path, &st)
             && !self.state_write_failed.swap(true, Ordering::Relaxed)
         {
@@ -139,6 +146,16 @@ async fn main_loop(plan: Plan, out: Output) -> anyhow::Result<ExitCode> {
             .collect(),
     };
     let state_path = plan.state_file();
+    // The console listens before any node starts: a busy port fails now.
+    let console = match plan.settings.console {
+        Some(addr) => {
+            let c = Console::new(initial.clone(), plan.cfg.rooms);
+            let bound = console::serve(c.clone(), addr).await?;
+            out.global(&format!("console http://{bound}/"));
+            Some(c)
+        }
+        None => None,
+    };
     state::write(&state_path, &initial)
         .map_err(|e| anyhow::anyhow!("cannot write state file {}: {e}", state_path.display()))?;
     let sh = Arc::new(Shared {
@@ -147,6 +164,7 @@ async fn main_loop(plan: Plan, out: Output) -> anyhow::Result<ExitCode> {
         state: Mutex::new(initial),
         state_path,
         state_write_failed: AtomicBool::new(false),
+        console,
     });
 
     let (tx, rx) = watch::channel(Stop::Run);
@@ -266,6 +284,9 @@ async fn pump<R: AsyncRead + Unpin>(
         }
         let line = String::from_utf8_lossy(&buf);
         sh.out.node_line(node, &line);
+        if let Some(c) = &sh.console {
+            c.node_line(node, &line);
+        }
         if stderr && !ready && is_ready_line(&line) {
             ready = true;
             sh.mark_up(node, pid, &line);
