@@ -15,32 +15,10 @@ pub fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     Ok(sock.into())
 }
 
-/// Asks for `size`-byte send and receive buffers; past `rmem_max` with
-/// `SO_*BUFFORCE` when allowed (bursts of a whole cluster must not be
-/// dropped by a default-sized buffer). Best effort.
+/// Asks for `size`-byte send and receive buffers, the server's way
+/// ([`node::grow_buffers`]). Best effort.
 pub fn set_buffers(sock: &socket2::Socket, size: usize) {
-    use std::os::fd::AsRawFd;
-    let _ = sock.set_recv_buffer_size(size);
-    let _ = sock.set_send_buffer_size(size);
-    let fd = sock.as_raw_fd();
-    let v = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    for (opt, got) in [
-        (libc::SO_RCVBUFFORCE, sock.recv_buffer_size().unwrap_or(0)),
-        (libc::SO_SNDBUFFORCE, sock.send_buffer_size().unwrap_or(0)),
-    ] {
-        if got < size {
-            // SAFETY: plain setsockopt on a socket we own, with a c_int value.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    &v as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-    }
+    node::grow_buffers(sock, size, size);
 }
 
 /// `n` UDP ports on `ip` that were free a moment ago (all held at once, so

@@ -58,4 +58,5 @@ pub mod server;
 pub mod session;
 pub mod stats;
 mod udp;
+pub use udp::grow_buffers;
 mod verbose;

@@ -141,13 +141,20 @@ const SEND_BUFFER: usize = 4 * 1024 * 1024;
 pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, usize)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    grow_buffer(&sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, RECV_BUFFER);
-    grow_buffer(&sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, SEND_BUFFER);
+    grow_buffers(&sock, RECV_BUFFER, SEND_BUFFER);
     sock.set_nonblocking(true)?;
     enable_recverr(&sock, addr.is_ipv6())?;
     sock.bind(&addr.into())?;
     let granted = sock.recv_buffer_size().unwrap_or(0);
     Ok((sock.into(), granted))
+}
+
+/// Asks for `recv`- and `send`-byte kernel buffers, past the system limit
+/// when privileged (a burst of a whole cluster must not be dropped by a
+/// default-sized buffer). Best effort. The launcher's sockets use it too.
+pub fn grow_buffers(sock: &impl AsRawFd, recv: usize, send: usize) {
+    grow_buffer(sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, recv);
+    grow_buffer(sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, send);
 }
 
 /// Asks for `size`; the FORCE variant first, which gets past the system
