@@ -476,6 +476,9 @@ mod tests {
         got.dedup();
         let mut want = dead.clone();
         want.sort();
+        // Each socket closes at the end of its closure, so the kernel may
+        // hand the same free port out twice: it is one dead address.
+        want.dedup();
         assert_eq!(got, want);
         let mut buf = [0u8; 16];
         for i in 0..50 {
