@@ -112,6 +112,9 @@ pub(crate) struct Membership {
     /// Per server: when last heard from (its current incarnation).
     last_heard: Vec<Time>,
     last_tick: Option<Time>,
+    /// [`Membership::reachable`] below the quorum, as of the latest tick or
+    /// view change: asked on every post, so not recounted there.
+    cut_off: bool,
     /// Views installed (changes made), for the counters.
     pub(crate) changes: u64,
 }
@@ -129,6 +132,7 @@ impl Membership {
             },
             last_heard: vec![Time::ZERO; servers],
             last_tick: None,
+            cut_off: false,
             changes: 0,
         }
     }
@@ -168,9 +172,15 @@ impl Membership {
     }
 
     /// Whether this server hears too few members to make up the quorum: its
-    /// `total` messages cannot be ordered until that changes.
-    pub(crate) fn cut_off(&self, now: Time) -> bool {
-        self.reachable(now) < self.quorum
+    /// `total` messages cannot be ordered until that changes. As of the
+    /// latest tick (every heartbeat) or view change.
+    pub(crate) fn cut_off(&self) -> bool {
+        self.cut_off
+    }
+
+    fn refresh_cut_off(&mut self) {
+        let now = self.last_tick.unwrap_or(Time::ZERO);
+        self.cut_off = self.reachable(now) < self.quorum;
     }
 
     /// `peer` leaves the view, if the members left still hold the quorum.
@@ -181,6 +191,7 @@ impl Membership {
         self.view.members[peer.index()] = false;
         self.view.number += 1;
         self.changes += 1;
+        self.refresh_cut_off();
         Some(ViewChange::Excluded(peer))
     }
 
@@ -195,6 +206,7 @@ impl Membership {
         *slot = true;
         self.view.number += 1;
         self.changes += 1;
+        self.refresh_cut_off();
         Some(ViewChange::Admitted(peer))
     }
 
@@ -219,6 +231,7 @@ impl Membership {
             }
         }
         self.last_tick = Some(now);
+        self.refresh_cut_off();
         self.view
             .iter()
             .filter(|&s| {
@@ -244,6 +257,7 @@ impl Membership {
             *t = now;
         }
         self.last_tick = Some(now);
+        self.refresh_cut_off();
     }
 }
 
@@ -285,7 +299,7 @@ mod tests {
             Some(ViewChange::Excluded(ServerId(2)))
         );
         assert_eq!(m.view().len(), 2);
-        assert!(!m.cut_off(ms(700)));
+        assert!(!m.cut_off());
     }
 
     #[test]
@@ -296,7 +310,7 @@ mod tests {
         let changes: Vec<_> = silent.into_iter().filter_map(|s| m.exclude(s)).collect();
         assert_eq!(changes.len(), 1, "one of the two may go, not both");
         assert_eq!(m.view().len(), 2);
-        assert!(m.cut_off(ms(800)), "hears nobody: cut off");
+        assert!(m.cut_off(), "hears nobody: cut off");
     }
 
     #[test]
@@ -311,7 +325,7 @@ mod tests {
             m.exclude(ServerId(0)),
             Some(ViewChange::Excluded(ServerId(0)))
         );
-        assert!(!m.cut_off(ms(700)));
+        assert!(!m.cut_off());
     }
 
     #[test]

@@ -305,8 +305,8 @@ impl Replica {
         self.cfg.me
     }
 
-    fn admission(&self, now: Time) -> Result<(), PostError> {
-        if self.membership.cut_off(now)
+    fn admission(&self) -> Result<(), PostError> {
+        if self.membership.cut_off()
             && self.strategy.stats().in_flight >= self.membership.config().cut_off_backlog
         {
             return Err(PostError::CutOff);
@@ -392,7 +392,7 @@ impl Replica {
     /// A local client posted `line` (already formatted as `<nick> text`) to
     /// `room`.
     pub fn post(&mut self, now: Time, room: RoomId, line: Bytes) -> Result<MsgId, PostError> {
-        if let Err(e) = self.admission(now) {
+        if let Err(e) = self.admission() {
             if e == PostError::WindowFull {
                 self.request_reports(now, self.cfg.window);
             }
@@ -710,7 +710,7 @@ impl Replica {
             // Only a server that hears a quorum shrinks its view: on the
             // minority side of a partition, everybody waits (and nothing
             // it could send would exclude a member of the majority).
-            if !silent.is_empty() && !self.membership.cut_off(now) {
+            if !silent.is_empty() && !self.membership.cut_off() {
                 for peer in silent {
                     self.exclude_peer(now, peer, None);
                 }
@@ -788,7 +788,7 @@ impl Replica {
             view_members: self.membership.view().len(),
             rejoins: self.rejoins,
             reposted: self.reposted,
-            cut_off: self.membership.cut_off(self.last_now),
+            cut_off: self.membership.cut_off(),
             quorum: self.membership.quorum(),
         }
     }

@@ -479,9 +479,9 @@ impl Sim {
             servers: self.cfg.servers,
             incarnation: self.incarnations[me.index()],
         };
-        let mut strategy = (self.spec.build)(&ctx);
         match self.cfg.network {
             Network::Raw => {
+                let mut strategy = (self.spec.build)(&ctx);
                 // No links to introduce the peers: do it by hand.
                 let mut out = Outbox::default();
                 for p in 0..self.cfg.servers {
@@ -510,7 +510,6 @@ impl Sim {
                 if let Some(m) = &self.cfg.membership {
                     rc.membership = m.clone();
                 }
-                drop(strategy);
                 Node::Replica(Box::new(Replica::with_builder(rc, self.spec.build)))
             }
         }
