@@ -367,6 +367,7 @@ impl Model {
             me: ServerId(s as u16),
             servers: self.n,
             incarnation: self.inc[s],
+            window: orderings::DEFAULT_WINDOW,
         })
     }
 

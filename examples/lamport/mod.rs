@@ -316,6 +316,7 @@ impl Ordering for Lamport {
             refused: 0,
             held_back: self.queue.len() - self.own_queued,
             in_flight: self.own_queued + self.waiting.len(),
+            relayed: 0,
         }
     }
 }

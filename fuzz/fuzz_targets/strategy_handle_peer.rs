@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         me: ServerId(0),
         servers: SERVERS,
         incarnation: 1,
+        window: orderings::DEFAULT_WINDOW,
     });
     let mut now = Time(1);
     let mut counter = 1;

@@ -121,6 +121,7 @@ impl RawCluster {
                 me: ServerId(me as u16),
                 servers: SERVERS,
                 incarnation: 1,
+                window: orderings::DEFAULT_WINDOW,
             };
             let mut s = (spec.build)(&ctx);
             for p in (0..SERVERS).filter(|&p| p != me) {
@@ -219,6 +220,7 @@ impl ReplicaCluster {
                     me: ServerId(me as u16),
                     servers: SERVERS,
                     incarnation: 1,
+                    window: orderings::DEFAULT_WINDOW,
                 };
                 Replica::new(cfg, (spec.build)(&ctx))
             })

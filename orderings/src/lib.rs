@@ -52,8 +52,8 @@ pub use replica::{
     StrategyBuilder, Transmit,
 };
 pub use strategies::{
-    CausalMessage, ChatMessage, ClockEntry, KnownFinal, MAX_PRIORITY, Priority, StreamMessage,
-    StreamStart, TotalMessage,
+    CausalMessage, ChatMessage, ClockEntry, KnownFinal, MAX_PRIORITY, Priority, RelayMessage,
+    StreamMessage, StreamStart, TotalMessage,
 };
 pub use wire::{Reader, WireError, Writer, stuff_into, unstuff};
 
@@ -199,6 +199,11 @@ pub struct StrategyContext {
     /// This start's incarnation (grows across restarts; message counters
     /// start here, so ids never repeat across restarts).
     pub incarnation: u64,
+    /// The admission window ([`DEFAULT_WINDOW`] unless configured): no
+    /// server is ever more than this many of an origin's messages behind
+    /// it, so a strategy that relays a departed server's messages keeps
+    /// this many per origin.
+    pub window: usize,
 }
 
 /// Counters a strategy reports (for `-v`, the stress tool and tests).
@@ -210,6 +215,9 @@ pub struct StrategyStats {
     pub in_flight: usize,
     /// Peer messages dropped by a holdback limit (a broken or hostile peer).
     pub refused: u64,
+    /// Messages of departed servers delivered here through a survivor's
+    /// relay (they had not reached this server before the departure).
+    pub relayed: u64,
 }
 
 /// An ordering strategy: a sans-IO state machine.

@@ -237,6 +237,7 @@ impl Replica {
             me: cfg.me,
             servers: cfg.servers,
             incarnation: cfg.incarnation,
+            window: cfg.window,
         });
         let mut r = Self::new(cfg, strategy);
         r.builder = Some(builder);
@@ -636,6 +637,7 @@ impl Replica {
             me: self.cfg.me,
             servers: self.cfg.servers,
             incarnation,
+            window: self.cfg.window,
         });
         self.scratch = Outbox::default();
         for (i, slot) in self.links.iter_mut().enumerate() {

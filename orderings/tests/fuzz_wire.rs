@@ -243,6 +243,7 @@ fn build(name: &str) -> Box<dyn Ordering> {
         me: ServerId(0),
         servers: SERVERS,
         incarnation: 1,
+        window: orderings::DEFAULT_WINDOW,
     })
 }
 
@@ -551,6 +552,7 @@ fn replica_with(name: &str, key: Option<[u8; 32]>) -> Replica {
         me: ServerId(0),
         servers: SERVERS,
         incarnation: 1,
+        window: orderings::DEFAULT_WINDOW,
     });
     Replica::new(cfg, strategy)
 }
@@ -744,6 +746,7 @@ impl Net {
                     me: ServerId(i as u16),
                     servers: SERVERS,
                     incarnation: 1 + i as u64,
+                    window: orderings::DEFAULT_WINDOW,
                 });
                 Replica::new(cfg, st)
             })
@@ -990,6 +993,7 @@ fn replica_as(me: u16, key: Option<[u8; 32]>) -> Replica {
         me: ServerId(me),
         servers: SERVERS,
         incarnation: 1 + u64::from(me),
+        window: orderings::DEFAULT_WINDOW,
     });
     Replica::new(cfg, strategy)
 }

@@ -178,6 +178,7 @@ mod tests {
             MemberOpts {
                 partial: true,
                 optional_sends: true,
+                agreed_sends: false,
             },
         );
         let m1 = h.sent(a, 1, 0);

@@ -16,8 +16,16 @@
 //! go on: each survivor tells it where its count stands in every room
 //! ([`CausalMessage::Start`], the first payload on the fresh link), so that
 //! what the survivors send from then on is deliverable there.
+//!
+//! Departures: the survivors relay a departed incarnation's messages among
+//! themselves ([`super::relay`]). While this server holds a departed
+//! incarnation's record, dependencies on it wait for its relayed messages
+//! instead of being released, and its held messages stay (counted in
+//! [`CausalRoom::departed`]); every survivor that depends on such a message
+//! delivered it, so it relays it to whoever lacks it.
 
 use super::kind;
+use super::relay::{DepartedRelay, RelayMessage};
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::{Reader, WireError, Writer};
 use crate::{
@@ -141,7 +149,11 @@ struct Stamped {
 
 #[derive(Debug)]
 struct CausalRoom {
+    /// Per server: messages of its current incarnation delivered here.
     delivered: Vec<u64>,
+    /// Per server: messages of its departed incarnation (the one
+    /// [`Causal::departed`] names) delivered here.
+    departed: Vec<u64>,
     held: Vec<Stamped>,
 }
 
@@ -158,7 +170,11 @@ pub(super) struct Causal {
     servers: usize,
     /// Current incarnation of every server (0 = not heard from yet).
     incarnations: Vec<u64>,
+    /// Per server: the departed incarnation whose messages may still be
+    /// relayed (mirrors the relay's record).
+    departed: Vec<Option<u64>>,
     rooms: HashMap<RoomId, CausalRoom>,
+    relay: DepartedRelay,
 }
 
 impl Causal {
@@ -170,7 +186,9 @@ impl Causal {
             me: ctx.me,
             servers: ctx.servers,
             incarnations,
+            departed: vec![None; ctx.servers],
             rooms: HashMap::new(),
+            relay: DepartedRelay::new(ctx.me, ctx.servers, ctx.window),
         }
     }
 
@@ -181,6 +199,7 @@ impl Causal {
     ) -> &mut CausalRoom {
         rooms.entry(room).or_insert_with(|| CausalRoom {
             delivered: vec![0; n],
+            departed: vec![0; n],
             held: Vec::new(),
         })
     }
@@ -188,16 +207,37 @@ impl Causal {
     /// Delivers every held message of `room` that became deliverable.
     fn drain(&mut self, room: RoomId, out: &mut Outbox) {
         let incs = &self.incarnations;
+        let gone = &self.departed;
+        let relay = &self.relay;
         let Some(cr) = self.rooms.get_mut(&room) else {
             return;
         };
-        while let Some(i) = cr
-            .held
-            .iter()
-            .position(|m| deliverable(incs, &cr.delivered, m))
-        {
+        loop {
+            // A new incarnation's messages wait for the old one's (sender
+            // FIFO across a departure: its clock does not say so).
+            let old_held: Vec<bool> = (0..incs.len())
+                .map(|k| {
+                    gone[k].is_some()
+                        && cr.held.iter().any(|m| {
+                            m.id.origin.index() == k && Some(m.clock[k].incarnation) == gone[k]
+                        })
+                })
+                .collect();
+            let Some(i) = cr.held.iter().position(|m| {
+                !old_held_blocks(&old_held, incs, m) && deliverable(incs, gone, cr, m)
+            }) else {
+                if !prune_dead(gone, relay, cr) {
+                    break;
+                }
+                continue;
+            };
             let m = cr.held.swap_remove(i);
-            cr.delivered[m.id.origin.index()] += 1;
+            let o = m.id.origin.index();
+            if m.clock[o].incarnation == incs[o] {
+                cr.delivered[o] += 1;
+            } else {
+                cr.departed[o] += 1;
+            }
             out.deliver(Post {
                 id: m.id,
                 room,
@@ -205,53 +245,85 @@ impl Causal {
             });
         }
     }
-}
 
-fn deliverable(incarnations: &[u64], delivered: &[u64], m: &Stamped) -> bool {
-    let o = m.id.origin.index();
-    m.clock.iter().enumerate().all(|(k, e)| {
-        if k == o {
-            e.incarnation == incarnations[k] && e.count == delivered[k] + 1
-        } else if e.count == 0 || e.incarnation < incarnations[k] {
-            true
-        } else {
-            e.incarnation == incarnations[k] && e.count <= delivered[k]
+    /// Delivers what became deliverable in every room, in room order.
+    fn drain_all(&mut self, out: &mut Outbox) {
+        let mut rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+        rooms.sort_unstable();
+        for room in rooms {
+            self.drain(room, out);
         }
-    })
-}
-
-impl Ordering for Causal {
-    fn handle_post(&mut self, _now: Time, post: Post, out: &mut Outbox) {
-        let me = self.me.index();
-        let r = Self::room_entry(&mut self.rooms, self.servers, post.room);
-        r.delivered[me] += 1;
-        let clock = r
-            .delivered
-            .iter()
-            .zip(&self.incarnations)
-            .map(|(&count, &incarnation)| ClockEntry {
-                incarnation: if count > 0 { incarnation } else { 0 },
-                count,
-            })
-            .collect();
-        let chat = CausalMessage::Chat {
-            counter: post.id.counter,
-            room: post.room,
-            clock,
-            line: post.line.clone(),
-        };
-        out.send(Dest::AllPeers, chat.encode());
-        out.deliver(post);
     }
 
-    fn handle_peer(
+    /// `peer`'s incarnations before `incarnation` are over: its live one
+    /// departs (the survivors relay what it left), its counts start again,
+    /// and what it left that no relay can complete is dropped.
+    fn retire(&mut self, peer: ServerId, incarnation: u64, out: &mut Outbox) {
+        let k = peer.index();
+        // A flush of its previous incarnation still open ends here.
+        self.relay.release_for(peer);
+        self.handle_released(out);
+        let was = self.incarnations[k];
+        let record = self.relay.depart(peer, out);
+        self.incarnations[k] = incarnation;
+        self.departed[k] = self.relay.departed_incarnation(peer);
+        let gone = self.departed[k];
+        for r in self.rooms.values_mut() {
+            if record.is_some() && record == Some(was) {
+                r.departed[k] = r.delivered[k];
+            }
+            r.delivered[k] = 0;
+            r.held.retain(|m| {
+                let inc = m.clock[k].incarnation;
+                m.id.origin != peer || inc >= incarnation || Some(inc) == gone
+            });
+        }
+    }
+
+    fn handle_payload(
         &mut self,
-        _now: Time,
         from: ServerId,
         payload: &[u8],
         out: &mut Outbox,
     ) -> Result<(), WireError> {
-        let (counter, room, clock, line) = match CausalMessage::decode(payload)? {
+        if RelayMessage::is_relay_kind(payload) {
+            let Some(r) = self
+                .relay
+                .handle(from, RelayMessage::decode(payload)?, out)?
+            else {
+                // A flush may have completed: what it left may be dead now.
+                self.drain_all(out);
+                return Ok(());
+            };
+            let CausalMessage::Chat {
+                counter,
+                room,
+                clock,
+                line,
+            } = CausalMessage::decode(&r.payload)?
+            else {
+                return Err(WireError::OutOfRange("relayed payload"));
+            };
+            let o = r.origin.index();
+            if clock.len() != self.servers || clock[o].incarnation != r.incarnation {
+                return Err(WireError::OutOfRange("relayed clock"));
+            }
+            if self.relay.take(&r, counter) {
+                // A departure of an incarnation we never heard of learns
+                // which it was from its first relay.
+                self.departed[o] = self.relay.departed_incarnation(r.origin);
+                if self.incarnations[o] <= r.incarnation {
+                    self.incarnations[o] = r.incarnation + 1;
+                }
+                self.accept(r.origin, counter, room, clock, line, out);
+            }
+            return Ok(());
+        }
+        let message = CausalMessage::decode(payload)?;
+        if self.relay.stash(from, payload) {
+            return Ok(());
+        }
+        let (counter, room, clock, line) = match message {
             CausalMessage::Start { room, count } => {
                 let cr = Self::room_entry(&mut self.rooms, self.servers, room);
                 let o = from.index();
@@ -277,22 +349,170 @@ impl Ordering for Causal {
                 out.hint_incarnation(ServerId(k as u16), e.incarnation);
             }
         }
-        let id = MsgId {
-            origin: from,
-            counter,
-        };
         let o = from.index();
         let cr = Self::room_entry(&mut self.rooms, self.servers, room);
         if clock[o].incarnation == self.incarnations[o] && clock[o].count <= cr.delivered[o] {
             return Ok(()); // already delivered
         }
-        if cr.held.iter().filter(|m| m.id.origin == from).count() >= MAX_HELD_PER_ORIGIN {
-            self.refused += 1;
-            return Ok(());
+        if Some(clock[o].incarnation) == self.departed[o] && clock[o].count <= cr.departed[o] {
+            return Ok(()); // already delivered, from a relay
         }
+        self.relay.note_received(from, counter, payload);
+        self.accept(from, counter, room, clock, line, out);
+        Ok(())
+    }
+
+    /// Payloads of a new incarnation that waited for its old one's flush.
+    fn handle_released(&mut self, out: &mut Outbox) {
+        while let Some((from, payload)) = self.relay.take_released() {
+            // It decoded when it arrived.
+            let _ = self.handle_payload(from, &payload, out);
+        }
+    }
+
+    /// A chat message of `origin` (direct, or relayed for its departed
+    /// incarnation): held until deliverable.
+    fn accept(
+        &mut self,
+        origin: ServerId,
+        counter: u64,
+        room: RoomId,
+        clock: Vec<ClockEntry>,
+        line: Bytes,
+        out: &mut Outbox,
+    ) {
+        let cr = Self::room_entry(&mut self.rooms, self.servers, room);
+        if cr.held.iter().filter(|m| m.id.origin == origin).count() >= MAX_HELD_PER_ORIGIN {
+            self.refused += 1;
+            return;
+        }
+        let id = MsgId { origin, counter };
         cr.held.push(Stamped { id, clock, line });
         self.drain(room, out);
-        Ok(())
+    }
+}
+
+/// Whether `m`, a message of its origin's current incarnation, must wait
+/// for held messages of the origin's departed one.
+fn old_held_blocks(old_held: &[bool], incarnations: &[u64], m: &Stamped) -> bool {
+    let o = m.id.origin.index();
+    old_held[o] && m.clock[o].incarnation == incarnations[o]
+}
+
+/// Drops held messages of departed incarnations that can never be
+/// delivered: once a departed incarnation's flush is complete, no relay
+/// brings more of it, so a message needing one of its messages that is
+/// neither delivered nor held here is dead (as are, in turn, those needing
+/// a dead one). Whether any was dropped.
+fn prune_dead(gone: &[Option<u64>], relay: &DepartedRelay, cr: &mut CausalRoom) -> bool {
+    let settled: Vec<bool> = (0..gone.len())
+        .map(|k| gone[k].is_some() && !relay.flushing(ServerId(k as u16)))
+        .collect();
+    if !settled.iter().any(|&s| s) {
+        return false;
+    }
+    let mut dropped = false;
+    loop {
+        let available = |k: usize, upto: u64, cr: &CausalRoom| -> bool {
+            (cr.departed[k] + 1..=upto).all(|c| {
+                cr.held.iter().any(|h| {
+                    h.id.origin.index() == k
+                        && Some(h.clock[k].incarnation) == gone[k]
+                        && h.clock[k].count == c
+                })
+            })
+        };
+        let dead = cr.held.iter().position(|m| {
+            let o = m.id.origin.index();
+            m.clock.iter().enumerate().any(|(k, e)| {
+                if !settled[k] || e.count == 0 || Some(e.incarnation) != gone[k] {
+                    return false;
+                }
+                let upto = if k == o { e.count - 1 } else { e.count };
+                upto > cr.departed[k] && !available(k, upto, cr)
+            })
+        });
+        match dead {
+            Some(i) => {
+                cr.held.swap_remove(i);
+                dropped = true;
+            }
+            None => return dropped,
+        }
+    }
+}
+
+/// Whether `m` may be delivered in room `cr`: its origin's previous
+/// message there was delivered, and so was everything it depends on. A
+/// dependency on an incarnation that is over is released, unless it is the
+/// departed one whose messages may still be relayed.
+fn deliverable(incarnations: &[u64], gone: &[Option<u64>], cr: &CausalRoom, m: &Stamped) -> bool {
+    let o = m.id.origin.index();
+    m.clock.iter().enumerate().all(|(k, e)| {
+        let current = e.incarnation == incarnations[k];
+        let departed = e.count > 0 && gone[k] == Some(e.incarnation);
+        if k == o {
+            if current {
+                e.count == cr.delivered[k] + 1
+            } else {
+                departed && e.count == cr.departed[k] + 1
+            }
+        } else if e.count == 0 {
+            true
+        } else if current {
+            e.count <= cr.delivered[k]
+        } else if departed {
+            e.count <= cr.departed[k]
+        } else {
+            e.incarnation < incarnations[k]
+        }
+    })
+}
+
+impl Ordering for Causal {
+    fn handle_post(&mut self, _now: Time, post: Post, out: &mut Outbox) {
+        let me = self.me.index();
+        let r = Self::room_entry(&mut self.rooms, self.servers, post.room);
+        r.delivered[me] += 1;
+        // Until a server's new incarnation has a message here, what we
+        // delivered of its departed one (some of it relayed) is what this
+        // message depends on.
+        let clock = (0..self.servers)
+            .map(|k| match (r.delivered[k], self.departed[k]) {
+                (0, Some(gone)) if r.departed[k] > 0 => ClockEntry {
+                    incarnation: gone,
+                    count: r.departed[k],
+                },
+                (0, _) => ClockEntry {
+                    incarnation: 0,
+                    count: 0,
+                },
+                (count, _) => ClockEntry {
+                    incarnation: self.incarnations[k],
+                    count,
+                },
+            })
+            .collect();
+        let chat = CausalMessage::Chat {
+            counter: post.id.counter,
+            room: post.room,
+            clock,
+            line: post.line.clone(),
+        };
+        out.send(Dest::AllPeers, chat.encode());
+        out.deliver(post);
+    }
+
+    fn handle_peer(
+        &mut self,
+        _now: Time,
+        from: ServerId,
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
+        let result = self.handle_payload(from, payload, out);
+        self.handle_released(out);
+        result
     }
 
     fn handle_peer_incarnation(
@@ -307,26 +527,41 @@ impl Ordering for Causal {
         if incarnation <= self.incarnations[k] {
             return;
         }
-        self.incarnations[k] = incarnation;
-        let mut rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
-        rooms.sort_unstable();
-        for room in rooms {
-            let mine = self
-                .rooms
-                .get(&room)
-                .map_or(0, |r| r.delivered[self.me.index()]);
-            if restarted && mine > 0 {
-                let start = CausalMessage::Start { room, count: mine };
-                out.send(Dest::Peer(peer), start.encode());
+        if restarted {
+            self.retire(peer, incarnation, out);
+            let mut rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+            rooms.sort_unstable();
+            for room in rooms {
+                let mine = self
+                    .rooms
+                    .get(&room)
+                    .map_or(0, |r| r.delivered[self.me.index()]);
+                if mine > 0 {
+                    let start = CausalMessage::Start { room, count: mine };
+                    out.send(Dest::Peer(peer), start.encode());
+                }
             }
-            if restarted && let Some(r) = self.rooms.get_mut(&room) {
-                r.delivered[k] = 0;
-                r.held
-                    .retain(|m| m.id.origin != peer || m.clock[k].incarnation >= incarnation);
-            }
-            // Messages waiting to learn this incarnation, or depending on
-            // the crashed one, may go now.
-            self.drain(room, out);
+        } else {
+            self.incarnations[k] = incarnation;
+        }
+        self.relay.note_incarnation(peer, incarnation, out);
+        self.handle_released(out);
+        // Messages waiting to learn this incarnation, or depending on the
+        // crashed one, may go now.
+        self.drain_all(out);
+    }
+
+    fn handle_member_left(
+        &mut self,
+        _now: Time,
+        peer: ServerId,
+        dead_below: u64,
+        out: &mut Outbox,
+    ) {
+        if dead_below > self.incarnations[peer.index()] {
+            self.retire(peer, dead_below, out);
+            self.handle_released(out);
+            self.drain_all(out);
         }
     }
 
@@ -335,6 +570,7 @@ impl Ordering for Causal {
             refused: self.refused,
             held_back: self.rooms.values().map(|r| r.held.len()).sum(),
             in_flight: 0,
+            relayed: self.relay.relayed,
         }
     }
 }

@@ -6,11 +6,13 @@
 
 mod causal;
 mod fifo;
+mod relay;
 mod stream;
 mod total;
 mod unordered;
 
 pub use causal::{CausalMessage, ClockEntry};
+pub use relay::RelayMessage;
 pub use stream::{ChatMessage, StreamMessage, StreamStart};
 pub use total::{KnownFinal, MAX_PRIORITY, Priority, TotalMessage};
 
@@ -26,4 +28,7 @@ pub(crate) mod kind {
     pub(crate) const TOTAL_QUERY: u8 = 7;
     pub(crate) const TOTAL_ANSWER: u8 = 8;
     pub(crate) const CAUSAL_START: u8 = 9;
+    pub(crate) const FLUSH_REPORT: u8 = 10;
+    pub(crate) const FLUSH_RELAY: u8 = 11;
+    pub(crate) const FLUSH_ANSWERED: u8 = 12;
 }

@@ -883,6 +883,7 @@ impl Ordering for Total {
             held_back: self.streams.held()
                 + self.rooms.values().map(|r| r.queue.len()).sum::<usize>(),
             in_flight: self.rounds.len() + self.recoveries.len(),
+            relayed: 0,
         }
     }
 }

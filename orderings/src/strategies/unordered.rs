@@ -1,12 +1,17 @@
-//! `unordered`: deliver each message as soon as it arrives.
+//! `unordered`: deliver each message as soon as it arrives. A departed
+//! server's messages that reached only some survivors are relayed by them
+//! ([`super::relay`]).
 
 use super::kind;
+use super::relay::{DepartedRelay, RelayMessage};
 use super::stream::{ChatMessage, StreamMessage};
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::WireError;
 use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategyStats, Time};
 
-pub(super) struct Unordered;
+pub(super) struct Unordered {
+    relay: DepartedRelay,
+}
 
 impl Ordering for Unordered {
     fn handle_post(&mut self, _now: Time, post: Post, out: &mut Outbox) {
@@ -27,9 +32,66 @@ impl Ordering for Unordered {
         payload: &[u8],
         out: &mut Outbox,
     ) -> Result<(), WireError> {
+        let result = self.handle_payload(from, payload, out);
+        self.handle_released(out);
+        result
+    }
+
+    fn handle_peer_incarnation(
+        &mut self,
+        _now: Time,
+        peer: ServerId,
+        incarnation: u64,
+        restarted: bool,
+        out: &mut Outbox,
+    ) {
+        if restarted {
+            self.relay.release_for(peer);
+            self.handle_released(out);
+        }
+        self.relay.note_incarnation(peer, incarnation, out);
+        self.handle_released(out);
+    }
+
+    fn handle_member_left(
+        &mut self,
+        _now: Time,
+        peer: ServerId,
+        _dead_below: u64,
+        out: &mut Outbox,
+    ) {
+        self.relay.release_for(peer);
+        self.handle_released(out);
+        self.relay.depart(peer, out);
+        self.handle_released(out);
+    }
+
+    fn stats(&self) -> StrategyStats {
+        StrategyStats {
+            relayed: self.relay.relayed,
+            ..StrategyStats::default()
+        }
+    }
+}
+
+impl Unordered {
+    fn handle_payload(
+        &mut self,
+        from: ServerId,
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
+        if RelayMessage::is_relay_kind(payload) {
+            return self.relay.handle_stream(from, payload, out);
+        }
+        // No order to keep: a new incarnation's messages need not wait for
+        // the flush of its old one.
         match StreamMessage::decode(payload)? {
             StreamMessage::Chat(m) => {
-                out.deliver(m.into_stream_msg(from).into());
+                self.relay.note_received(from, m.counter, payload);
+                if !self.relay.already_relayed(from, m.counter) {
+                    out.deliver(m.into_stream_msg(from).into());
+                }
                 Ok(())
             }
             // Unordered keeps no streams: a stream start is not for it.
@@ -37,13 +99,19 @@ impl Ordering for Unordered {
         }
     }
 
-    fn stats(&self) -> StrategyStats {
-        StrategyStats::default()
+    /// Payloads of a new incarnation that waited for its old one's flush.
+    fn handle_released(&mut self, out: &mut Outbox) {
+        while let Some((from, payload)) = self.relay.take_released() {
+            // It decoded when it arrived.
+            let _ = self.handle_payload(from, &payload, out);
+        }
     }
 }
 
-fn build(_: &StrategyContext) -> Box<dyn Ordering> {
-    Box::new(Unordered)
+fn build(ctx: &StrategyContext) -> Box<dyn Ordering> {
+    Box::new(Unordered {
+        relay: DepartedRelay::new(ctx.me, ctx.servers, ctx.window),
+    })
 }
 
 inventory::submit! {

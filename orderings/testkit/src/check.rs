@@ -44,7 +44,9 @@
 //! foreign, and the order properties; they are never "missing" anything.
 //! Messages of members with [`MemberOpts::optional_sends`] need not reach
 //! anybody (their sender's server crashed, say), but when delivered they obey
-//! all the rest.
+//! all the rest; with [`MemberOpts::agreed_sends`] as well, one that any
+//! complete (not partial) member of the room delivered must be delivered by
+//! every complete member (virtual synchrony: all survivors or none).
 //!
 //! # Example
 //!
@@ -112,6 +114,9 @@ pub struct MemberOpts {
     pub partial: bool,
     /// The member's messages may legitimately never arrive anywhere.
     pub optional_sends: bool,
+    /// With `optional_sends`: all complete members of the room deliver
+    /// each of the member's messages, or none does.
+    pub agreed_sends: bool,
 }
 
 /// One member's log.
@@ -641,6 +646,8 @@ struct MsgInfo {
     local: u32,
     /// Position in the sender's send order.
     pos: u32,
+    /// Need not reach anybody: its sender's messages are optional and
+    /// (when they must be agreed on) no complete member delivered it.
     optional: bool,
 }
 
@@ -739,6 +746,20 @@ impl<'a> Checker<'a> {
                     optional: m.opts.optional_sends,
                 });
                 sends[id].push(g);
+            }
+        }
+        // An agreed message that one complete member of its room delivered
+        // must reach them all.
+        for m in h.members.iter().filter(|m| !m.opts.partial) {
+            for e in m.events.iter().filter(|e| e.kind == EventKind::Delivered) {
+                let Some(&g) = index.get(&e.msg) else {
+                    continue;
+                };
+                let info = &mut msgs[g as usize];
+                let sender = &h.members[info.id.sender as usize];
+                if info.optional && sender.opts.agreed_sends && sender.room == m.room {
+                    info.optional = false;
+                }
             }
         }
         Checker {
@@ -1198,6 +1219,7 @@ mod tests {
             MemberOpts {
                 partial: true,
                 optional_sends: false,
+                agreed_sends: false,
             },
         );
         let m1 = h.sent(a, 1, 0);
@@ -1211,12 +1233,35 @@ mod tests {
             MemberOpts {
                 partial: false,
                 optional_sends: true,
+                agreed_sends: false,
             },
         );
         let m1 = h.sent(a, 1, 0);
         deliver_all(&mut h, &[b], &[m1]);
         let _ = c;
         assert!(h.check(Properties::ALL).ok());
+    }
+
+    #[test]
+    fn an_agreed_message_one_complete_member_delivered_must_reach_all() {
+        // a's server departed: its messages are optional, but agreed.
+        let opts = MemberOpts {
+            partial: true,
+            optional_sends: true,
+            agreed_sends: true,
+        };
+        let (mut h, [a, b, c], _) = three();
+        h.set_opts(a, opts);
+        let m1 = h.sent(a, 1, 0);
+        let m2 = h.sent(a, 2, 1);
+        deliver_all(&mut h, &[b], &[m1]);
+        let r = h.check(Properties::ALL);
+        assert_eq!(r.count(Kind::Missing), 1, "c lacks m1, which b has: {r}");
+        // Delivered by nobody complete (only by its partial sender): fine.
+        deliver_all(&mut h, &[c], &[m1]);
+        deliver_all(&mut h, &[a], &[m2]);
+        let r = h.check(Properties::ALL);
+        assert!(r.ok(), "{r}");
     }
 
     #[test]
@@ -1227,6 +1272,7 @@ mod tests {
             MemberOpts {
                 partial: true,
                 optional_sends: false,
+                agreed_sends: false,
             },
         );
         let m1 = h.sent(a, 1, 0);
@@ -1374,6 +1420,7 @@ mod tests {
             MemberOpts {
                 partial: true,
                 optional_sends: false,
+                agreed_sends: false,
             },
         );
         let c = h.add_member_with(
@@ -1382,6 +1429,7 @@ mod tests {
             MemberOpts {
                 partial: true,
                 optional_sends: false,
+                agreed_sends: false,
             },
         );
         let m: Vec<MessageId> = (0..4).map(|i| h.sent(a, i, 0)).collect();

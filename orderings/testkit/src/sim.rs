@@ -352,6 +352,9 @@ struct Sim {
     history: History,
     /// Per client, per sender: deliveries so far.
     delivered: Vec<Vec<usize>>,
+    /// Per member and sender: the sum of the sequence numbers delivered
+    /// (with the count, tells apart two members holding different sets).
+    delivered_seqs: Vec<Vec<u64>>,
     /// Per client: messages sent.
     sent_count: Vec<usize>,
     /// Per message sent: (sender client, room).
@@ -416,6 +419,7 @@ pub fn run_checking(
         incarnations: vec![1; cfg.servers],
         clients,
         history,
+        delivered_seqs: vec![vec![0; delivered.len()]; delivered.len()],
         delivered,
         sent_count,
         sent: Vec::new(),
@@ -478,6 +482,7 @@ impl Sim {
             me,
             servers: self.cfg.servers,
             incarnation: self.incarnations[me.index()],
+            window: self.cfg.window.unwrap_or(orderings::DEFAULT_WINDOW),
         };
         match self.cfg.network {
             Network::Raw => {
@@ -536,21 +541,39 @@ impl Sim {
             .all(|(i, c)| !c.alive || c.affected || c.sent >= self.cfg.messages_of(i))
     }
 
+    /// Whether the survivors must agree on the messages of a server that
+    /// left (a view change's flush). Not after a crash and restart that
+    /// the others may notice before excluding it: the relay is best effort
+    /// there (see the README's failure model).
+    fn agreed(&self) -> bool {
+        self.cfg.crash.is_none()
+    }
+
     fn all_delivered(&self) -> bool {
         // Every live member has every message sent to its room by a sender
         // whose messages must arrive (see `check`): a cheap count check.
         // Every live member has every message of its room from every live
         // sender (the crashed server's clients' messages may be lost).
-        self.clients.iter().enumerate().all(|(i, c)| {
-            !c.alive
-                || c.affected
+        let complete = |c: &Client| c.alive && !c.affected;
+        let required = self.clients.iter().enumerate().all(|(i, c)| {
+            !complete(c)
                 || self.clients.iter().enumerate().all(|(s, sc)| {
-                    !sc.alive
-                        || sc.affected
-                        || sc.room != c.room
-                        || self.delivered[i][s] >= self.sent_count[s]
+                    !complete(sc) || sc.room != c.room || self.delivered[i][s] >= self.sent_count[s]
                 })
-        })
+        });
+        // The others' messages are agreed on (see `finish`): every complete
+        // member of the room has as many of them (a prefix: they keep FIFO).
+        let agreed = !self.agreed()
+            || self.clients.iter().enumerate().all(|(s, sc)| {
+                let mut counts = self
+                    .clients
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| complete(c) && c.room == sc.room)
+                    .map(|(i, _)| (self.delivered[i][s], self.delivered_seqs[i][s]));
+                complete(sc) || counts.next().is_none_or(|first| counts.all(|n| n == first))
+            });
+        required && agreed
     }
 
     fn run_loop(&mut self) {
@@ -841,6 +864,7 @@ impl Sim {
                 self.history
                     .delivered(i as u32, MessageId { sender, seq }, self.now.0);
                 self.delivered[i][sender as usize] += 1;
+                self.delivered_seqs[i][sender as usize] += seq;
             }
         }
     }
@@ -928,6 +952,7 @@ impl Sim {
                     MemberOpts {
                         partial: true,
                         optional_sends: true,
+                        agreed_sends: self.agreed(),
                     },
                 );
             }

@@ -275,6 +275,7 @@ fn every_strategy_survives_kills_pauses_and_partitions() {
     let started = std::time::Instant::now();
     let mut runs = 0;
     let mut excluded_somewhere = 0;
+    let mut relayed_somewhere = 0;
     for spec in registered() {
         for seed in seeds(2000) {
             let cfg = SimConfig::membership(seed);
@@ -288,17 +289,26 @@ fn every_strategy_survives_kills_pauses_and_partitions() {
             if out.trace.iter().any(|l| l.contains("Excluded")) {
                 excluded_somewhere += 1;
             }
+            if out.trace.iter().any(|l| {
+                l.contains("at the end") && l.contains("relayed: ") && !l.contains("relayed: 0 }")
+            }) {
+                relayed_somewhere += 1;
+            }
             runs += 1;
         }
     }
     eprintln!(
-        "{runs} membership runs in {:.1}s; a server left a view in {excluded_somewhere}",
+        "{runs} membership runs in {:.1}s; a server left a view in {excluded_somewhere}, a survivor relayed in {relayed_somewhere}",
         started.elapsed().as_secs_f64()
     );
     if std::env::var("SIM_SEED").is_err() {
         assert!(
             excluded_somewhere * 4 > runs,
             "the scenarios hardly ever exclude a server ({excluded_somewhere} of {runs}): they test nothing"
+        );
+        assert!(
+            relayed_somewhere > 0,
+            "no survivor ever relayed a departed server's message: the flush is untested"
         );
     }
 }
