@@ -174,7 +174,7 @@ pub(super) struct Causal {
     /// relayed (mirrors the relay's record).
     departed: Vec<Option<u64>>,
     rooms: HashMap<RoomId, CausalRoom>,
-    relay: DepartedRelay,
+    relay: DepartedRelay<Bytes>,
 }
 
 impl Causal {
@@ -212,21 +212,27 @@ impl Causal {
         let Some(cr) = self.rooms.get_mut(&room) else {
             return;
         };
+        // Departures are rare: without one, none of their bookkeeping runs.
+        let departures = gone.iter().any(Option::is_some);
         loop {
             // A new incarnation's messages wait for the old one's (sender
             // FIFO across a departure: its clock does not say so).
-            let old_held: Vec<bool> = (0..incs.len())
-                .map(|k| {
-                    gone[k].is_some()
-                        && cr.held.iter().any(|m| {
-                            m.id.origin.index() == k && Some(m.clock[k].incarnation) == gone[k]
-                        })
-                })
-                .collect();
+            let old_held: Vec<bool> = if departures {
+                (0..incs.len())
+                    .map(|k| {
+                        gone[k].is_some()
+                            && cr.held.iter().any(|m| {
+                                m.id.origin.index() == k && Some(m.clock[k].incarnation) == gone[k]
+                            })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let Some(i) = cr.held.iter().position(|m| {
                 !old_held_blocks(&old_held, incs, m) && deliverable(incs, gone, cr, m)
             }) else {
-                if !prune_dead(gone, relay, cr) {
+                if !departures || !prune_dead(gone, relay, cr) {
                     break;
                 }
                 continue;
@@ -357,7 +363,8 @@ impl Causal {
         if Some(clock[o].incarnation) == self.departed[o] && clock[o].count <= cr.departed[o] {
             return Ok(()); // already delivered, from a relay
         }
-        self.relay.note_received(from, counter, payload);
+        self.relay
+            .note_received(from, counter, Bytes::copy_from_slice(payload));
         self.accept(from, counter, room, clock, line, out);
         Ok(())
     }
@@ -393,10 +400,11 @@ impl Causal {
 }
 
 /// Whether `m`, a message of its origin's current incarnation, must wait
-/// for held messages of the origin's departed one.
+/// for held messages of the origin's departed one (`old_held`, per origin;
+/// empty when there is no departed incarnation).
 fn old_held_blocks(old_held: &[bool], incarnations: &[u64], m: &Stamped) -> bool {
     let o = m.id.origin.index();
-    old_held[o] && m.clock[o].incarnation == incarnations[o]
+    old_held.get(o).is_some_and(|&b| b) && m.clock[o].incarnation == incarnations[o]
 }
 
 /// Drops held messages of departed incarnations that can never be
@@ -404,7 +412,7 @@ fn old_held_blocks(old_held: &[bool], incarnations: &[u64], m: &Stamped) -> bool
 /// brings more of it, so a message needing one of its messages that is
 /// neither delivered nor held here is dead (as are, in turn, those needing
 /// a dead one). Whether any was dropped.
-fn prune_dead(gone: &[Option<u64>], relay: &DepartedRelay, cr: &mut CausalRoom) -> bool {
+fn prune_dead(gone: &[Option<u64>], relay: &DepartedRelay<Bytes>, cr: &mut CausalRoom) -> bool {
     let settled: Vec<bool> = (0..gone.len())
         .map(|k| gone[k].is_some() && !relay.flushing(ServerId(k as u16)))
         .collect();

@@ -7,7 +7,7 @@
 //! order, so it is delivered as it comes.
 
 use super::relay::{DepartedRelay, RelayMessage};
-use super::stream::{StreamCounters, StreamHoldback, StreamMessage, StreamMsg};
+use super::stream::{ChatMessage, StreamCounters, StreamHoldback, StreamMessage, StreamMsg};
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::WireError;
 use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategyStats, Time};
@@ -15,7 +15,7 @@ use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategySta
 pub(super) struct Fifo {
     counters: StreamCounters,
     holdback: StreamHoldback,
-    relay: DepartedRelay,
+    relay: DepartedRelay<ChatMessage>,
 }
 
 fn deliver(out: &mut Outbox, ready: Vec<StreamMsg>) {
@@ -111,7 +111,7 @@ impl Fifo {
         }
         let ready = match message {
             StreamMessage::Chat(m) => {
-                self.relay.note_received(from, m.counter, payload);
+                self.relay.note_received(from, m.counter, m.clone());
                 let mut ready = self.holdback.accept(m.into_stream_msg(from));
                 ready.retain(|m| !self.relay.already_relayed(from, m.id.counter));
                 ready

@@ -40,7 +40,7 @@
 //! is delivered before a relayed message of the old one.
 
 use super::kind;
-use super::stream::StreamMessage;
+use super::stream::{ChatMessage, StreamMessage};
 use crate::wire::{Reader, WireError, Writer};
 use crate::{Dest, Outbox, ServerId};
 use bytes::Bytes;
@@ -151,12 +151,32 @@ impl RelayMessage {
     }
 }
 
+/// A message kept for relaying: it gives back the payload its origin sent.
+/// `fifo` and `unordered` keep the decoded message (its line is shared
+/// with the delivery, so keeping it copies nothing); `causal` the payload.
+pub(super) trait Retained: Clone {
+    /// The payload as the origin sent it.
+    fn payload(&self) -> Bytes;
+}
+
+impl Retained for Bytes {
+    fn payload(&self) -> Bytes {
+        self.clone()
+    }
+}
+
+impl Retained for ChatMessage {
+    fn payload(&self) -> Bytes {
+        StreamMessage::Chat(self.clone()).encode()
+    }
+}
+
 /// What this server holds of one incarnation of an origin.
-#[derive(Debug, Default)]
-struct Held {
+#[derive(Debug)]
+struct Held<M> {
     incarnation: u64,
-    /// `(counter, payload)`, oldest first, at most `keep` of them.
-    recent: VecDeque<(u64, Bytes)>,
+    /// `(counter, message)`, oldest first, at most `keep` of them.
+    recent: VecDeque<(u64, M)>,
     /// The highest counter received (0: nothing yet).
     received: u64,
     /// Departed only: the peers whose answer to our report has not come.
@@ -169,7 +189,18 @@ struct Held {
     relayed_upto: u64,
 }
 
-impl Held {
+impl<M> Held<M> {
+    fn new(incarnation: u64) -> Self {
+        Self {
+            incarnation,
+            recent: VecDeque::new(),
+            received: 0,
+            awaiting: Vec::new(),
+            below: 0,
+            relayed_upto: 0,
+        }
+    }
+
     /// Whether relays of `incarnation` extend this departed record.
     fn takes(&self, incarnation: u64) -> bool {
         if self.below != 0 {
@@ -192,11 +223,11 @@ pub(super) struct Relayed {
 /// See the module docs. Per server: what it holds of the live incarnation
 /// of every origin, and of each origin's last departed incarnation.
 #[derive(Debug)]
-pub(super) struct DepartedRelay {
+pub(super) struct DepartedRelay<M> {
     me: ServerId,
     keep: usize,
-    live: Vec<Option<Held>>,
-    departed: Vec<Option<Held>>,
+    live: Vec<Option<Held<M>>>,
+    departed: Vec<Option<Held<M>>>,
     /// Reports about an incarnation that is still live here: `(from,
     /// incarnation, received)`, answered when it departs here too.
     pending: Vec<Vec<(ServerId, u64, u64)>>,
@@ -211,7 +242,7 @@ pub(super) struct DepartedRelay {
     pub(super) relayed: u64,
 }
 
-impl DepartedRelay {
+impl<M: Retained> DepartedRelay<M> {
     /// For server `me` of `servers`, keeping `keep` messages per origin.
     pub(super) fn new(me: ServerId, servers: usize, keep: usize) -> Self {
         Self {
@@ -262,15 +293,12 @@ impl DepartedRelay {
                 awaiting: Vec::new(),
                 ..h
             },
-            None => Held {
-                incarnation,
-                ..Held::default()
-            },
+            None => Held::new(incarnation),
         });
     }
 
     /// A chat message from `from`'s live incarnation, with its counter.
-    pub(super) fn note_received(&mut self, from: ServerId, counter: u64, payload: &[u8]) {
+    pub(super) fn note_received(&mut self, from: ServerId, counter: u64, message: M) {
         let Some(Some(h)) = self.live.get_mut(from.index()) else {
             return;
         };
@@ -281,8 +309,7 @@ impl DepartedRelay {
         if h.recent.len() == self.keep {
             h.recent.pop_front();
         }
-        h.recent
-            .push_back((counter, Bytes::copy_from_slice(payload)));
+        h.recent.push_back((counter, message));
     }
 
     /// Whether `from`'s message `counter` was already taken from a relay:
@@ -354,7 +381,7 @@ impl DepartedRelay {
             // Never heard of any incarnation of it: what it sent us was all
             // lost. Incarnation 0 stands for "whichever departed"; the
             // first relay names it.
-            None if self.departed[k].is_none() => Held::default(),
+            None if self.departed[k].is_none() => Held::new(0),
             None => return None,
         };
         let incarnation = h.incarnation;
@@ -495,6 +522,41 @@ impl DepartedRelay {
         true
     }
 
+    /// Answers `to`'s report about `origin` (it received up to
+    /// `received`) from `h`: every message above that, in order, then
+    /// [`RelayMessage::Answered`]. A reporter that received nothing is sent
+    /// everything only if it is not newer than the departed incarnation
+    /// (see the module docs).
+    fn answer_from(
+        &self,
+        h: &Held<M>,
+        to: ServerId,
+        origin: ServerId,
+        received: u64,
+        out: &mut Outbox,
+    ) {
+        let reporter = self
+            .live
+            .get(to.index())
+            .and_then(|l| l.as_ref())
+            .map_or(u64::MAX, |l| l.incarnation);
+        if received > 0 || reporter <= h.incarnation {
+            for (counter, message) in &h.recent {
+                if *counter > received {
+                    let relay = RelayMessage::Relay {
+                        origin,
+                        incarnation: h.incarnation,
+                        payload: message.payload(),
+                    };
+                    out.send(Dest::Peer(to), relay.encode());
+                }
+            }
+        }
+        out.send(Dest::Peer(to), answered(origin, h.incarnation));
+    }
+}
+
+impl DepartedRelay<ChatMessage> {
     /// For `unordered` and `fifo`: handles flush message `payload` of
     /// `from`. A relayed chat that extends our prefix is delivered at once:
     /// relays come in the departed stream's order.
@@ -515,39 +577,6 @@ impl DepartedRelay {
         }
         Ok(())
     }
-
-    /// Answers `to`'s report about `origin` (it received up to
-    /// `received`) from `h`: every message above that, in order, then
-    /// [`RelayMessage::Answered`]. A reporter that received nothing is sent
-    /// everything only if it is not newer than the departed incarnation
-    /// (see the module docs).
-    fn answer_from(
-        &self,
-        h: &Held,
-        to: ServerId,
-        origin: ServerId,
-        received: u64,
-        out: &mut Outbox,
-    ) {
-        let reporter = self
-            .live
-            .get(to.index())
-            .and_then(|l| l.as_ref())
-            .map_or(u64::MAX, |l| l.incarnation);
-        if received > 0 || reporter <= h.incarnation {
-            for (counter, payload) in &h.recent {
-                if *counter > received {
-                    let relay = RelayMessage::Relay {
-                        origin,
-                        incarnation: h.incarnation,
-                        payload: payload.clone(),
-                    };
-                    out.send(Dest::Peer(to), relay.encode());
-                }
-            }
-        }
-        out.send(Dest::Peer(to), answered(origin, h.incarnation));
-    }
 }
 
 fn answered(origin: ServerId, incarnation: u64) -> Bytes {
@@ -562,8 +591,8 @@ fn answered(origin: ServerId, incarnation: u64) -> Bytes {
 mod tests {
     use super::*;
 
-    fn chat(counter: u64) -> Vec<u8> {
-        vec![kind::CHAT, counter as u8]
+    fn chat(counter: u64) -> Bytes {
+        Bytes::from(vec![kind::CHAT, counter as u8])
     }
 
     /// Three survivors of server 0 (incarnation 10) that received
@@ -573,7 +602,7 @@ mod tests {
     fn survivors_end_with_the_union_of_what_they_held() {
         let x = ServerId(0);
         let held = [3u64, 5, 0];
-        let mut nodes: Vec<DepartedRelay> = (1..4)
+        let mut nodes: Vec<DepartedRelay<Bytes>> = (1..4)
             .map(|i| DepartedRelay::new(ServerId(i), 4, 100))
             .collect();
         let mut scratch = Outbox::default();
@@ -584,7 +613,7 @@ mod tests {
                 n.note_incarnation(ServerId(j), if j == 3 { 31 } else { 1 }, &mut scratch);
             }
             for c in 1..=upto {
-                n.note_received(x, c, &chat(c));
+                n.note_received(x, c, chat(c));
             }
         }
         assert!(scratch.is_empty());
@@ -618,17 +647,17 @@ mod tests {
         assert_eq!(nodes[0].relayed, 2);
         // Started no later than the departed incarnation: it was sent
         // everything, so it is given everything.
-        let mut early = DepartedRelay::new(ServerId(3), 4, 100);
+        let mut early = DepartedRelay::<Bytes>::new(ServerId(3), 4, 100);
         let mut out = Outbox::default();
         early.note_incarnation(x, 10, &mut out);
         assert_eq!(early.depart(x, &mut out), Some(10));
         let mut answer = Outbox::default();
         let (_, report) = out.sends.pop().expect("a report");
-        let mut holder = DepartedRelay::new(ServerId(2), 4, 100);
+        let mut holder = DepartedRelay::<Bytes>::new(ServerId(2), 4, 100);
         holder.note_incarnation(x, 10, &mut answer);
         holder.note_incarnation(ServerId(3), 5, &mut answer);
         for c in 1..=5 {
-            holder.note_received(x, c, &chat(c));
+            holder.note_received(x, c, chat(c));
         }
         holder.depart(x, &mut answer);
         answer.sends.clear();
@@ -658,11 +687,11 @@ mod tests {
     #[test]
     fn a_report_for_a_live_incarnation_waits_for_the_departure() {
         let x = ServerId(0);
-        let mut n = DepartedRelay::new(ServerId(1), 3, 100);
+        let mut n = DepartedRelay::<Bytes>::new(ServerId(1), 3, 100);
         let mut out = Outbox::default();
         n.note_incarnation(x, 10, &mut out);
         for c in 1..=4 {
-            n.note_received(x, c, &chat(c));
+            n.note_received(x, c, chat(c));
         }
         let report = RelayMessage::Report {
             origin: x,
@@ -691,11 +720,11 @@ mod tests {
     #[test]
     fn keeps_at_most_the_window_per_origin() {
         let x = ServerId(0);
-        let mut n = DepartedRelay::new(ServerId(1), 3, 2);
+        let mut n = DepartedRelay::<Bytes>::new(ServerId(1), 3, 2);
         let mut out = Outbox::default();
         n.note_incarnation(x, 10, &mut out);
         for c in 1..=5 {
-            n.note_received(x, c, &chat(c));
+            n.note_received(x, c, chat(c));
         }
         n.depart(x, &mut out);
         out.sends.clear();

@@ -10,7 +10,7 @@ use crate::wire::WireError;
 use crate::{Dest, Ordering, Outbox, Post, ServerId, StrategyContext, StrategyStats, Time};
 
 pub(super) struct Unordered {
-    relay: DepartedRelay,
+    relay: DepartedRelay<ChatMessage>,
 }
 
 impl Ordering for Unordered {
@@ -32,63 +32,14 @@ impl Ordering for Unordered {
         payload: &[u8],
         out: &mut Outbox,
     ) -> Result<(), WireError> {
-        let result = self.handle_payload(from, payload, out);
-        self.handle_released(out);
-        result
-    }
-
-    fn handle_peer_incarnation(
-        &mut self,
-        _now: Time,
-        peer: ServerId,
-        incarnation: u64,
-        restarted: bool,
-        out: &mut Outbox,
-    ) {
-        if restarted {
-            self.relay.release_for(peer);
-            self.handle_released(out);
-        }
-        self.relay.note_incarnation(peer, incarnation, out);
-        self.handle_released(out);
-    }
-
-    fn handle_member_left(
-        &mut self,
-        _now: Time,
-        peer: ServerId,
-        _dead_below: u64,
-        out: &mut Outbox,
-    ) {
-        self.relay.release_for(peer);
-        self.handle_released(out);
-        self.relay.depart(peer, out);
-        self.handle_released(out);
-    }
-
-    fn stats(&self) -> StrategyStats {
-        StrategyStats {
-            relayed: self.relay.relayed,
-            ..StrategyStats::default()
-        }
-    }
-}
-
-impl Unordered {
-    fn handle_payload(
-        &mut self,
-        from: ServerId,
-        payload: &[u8],
-        out: &mut Outbox,
-    ) -> Result<(), WireError> {
         if RelayMessage::is_relay_kind(payload) {
             return self.relay.handle_stream(from, payload, out);
         }
         // No order to keep: a new incarnation's messages need not wait for
-        // the flush of its old one.
+        // the flush of its old one (nothing is stashed).
         match StreamMessage::decode(payload)? {
             StreamMessage::Chat(m) => {
-                self.relay.note_received(from, m.counter, payload);
+                self.relay.note_received(from, m.counter, m.clone());
                 if !self.relay.already_relayed(from, m.counter) {
                     out.deliver(m.into_stream_msg(from).into());
                 }
@@ -99,11 +50,31 @@ impl Unordered {
         }
     }
 
-    /// Payloads of a new incarnation that waited for its old one's flush.
-    fn handle_released(&mut self, out: &mut Outbox) {
-        while let Some((from, payload)) = self.relay.take_released() {
-            // It decoded when it arrived.
-            let _ = self.handle_payload(from, &payload, out);
+    fn handle_peer_incarnation(
+        &mut self,
+        _now: Time,
+        peer: ServerId,
+        incarnation: u64,
+        _restarted: bool,
+        out: &mut Outbox,
+    ) {
+        self.relay.note_incarnation(peer, incarnation, out);
+    }
+
+    fn handle_member_left(
+        &mut self,
+        _now: Time,
+        peer: ServerId,
+        _dead_below: u64,
+        out: &mut Outbox,
+    ) {
+        self.relay.depart(peer, out);
+    }
+
+    fn stats(&self) -> StrategyStats {
+        StrategyStats {
+            relayed: self.relay.relayed,
+            ..StrategyStats::default()
         }
     }
 }

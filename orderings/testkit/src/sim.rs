@@ -250,6 +250,9 @@ pub struct SimOutcome {
     /// Messages a server dropped at a holdback limit (must stay 0 for honest
     /// servers: a dropped message breaks agreement).
     pub holdback_refused: u64,
+    /// Messages of departed servers that survivors took from relays (a
+    /// rejoin restarts a server's count: a lower bound).
+    pub relayed: u64,
     /// The most messages any server held back at once (tracked in flood
     /// runs only).
     pub peak_held: usize,
@@ -366,6 +369,7 @@ struct Sim {
     duplicated: u64,
     timer_at: Vec<Option<Time>>,
     holdback_refused: u64,
+    relayed: u64,
     peak_held: usize,
     refused_posts: u64,
     /// Per server: frozen until (`Some(None)`: for good).
@@ -430,6 +434,7 @@ pub fn run_checking(
         duplicated: 0,
         timer_at: vec![None; cfg.servers],
         holdback_refused: 0,
+        relayed: 0,
         peak_held: 0,
         refused_posts: 0,
         frozen: vec![None; cfg.servers],
@@ -631,7 +636,7 @@ impl Sim {
                 }
                 Event::Crash { server } => {
                     self.note(format!("{server} CRASHES"));
-                    self.count_refusals(server);
+                    self.count_strategy(server);
                     self.nodes[server.index()] = Node::Down;
                     self.timer_at[server.index()] = None;
                     for c in self.clients.iter_mut().filter(|c| c.server == server) {
@@ -640,7 +645,7 @@ impl Sim {
                 }
                 Event::Kill { server } => {
                     self.note(format!("{server} KILLED (for good)"));
-                    self.count_refusals(server);
+                    self.count_strategy(server);
                     self.nodes[server.index()] = Node::Down;
                     self.timer_at[server.index()] = None;
                     for c in self.clients.iter_mut().filter(|c| c.server == server) {
@@ -919,18 +924,21 @@ impl Sim {
         }
     }
 
-    /// Adds what server `s` dropped at holdback limits (before it goes).
-    fn count_refusals(&mut self, s: ServerId) {
-        match &self.nodes[s.index()] {
-            Node::Replica(r) => self.holdback_refused += r.stats().strategy.refused,
-            Node::Raw(st) => self.holdback_refused += st.stats().refused,
-            Node::Down => {}
-        }
+    /// Adds server `s`'s strategy counters (before it goes): what it
+    /// dropped at holdback limits, and took from relays.
+    fn count_strategy(&mut self, s: ServerId) {
+        let stats = match &self.nodes[s.index()] {
+            Node::Replica(r) => r.stats().strategy,
+            Node::Raw(st) => st.stats(),
+            Node::Down => return,
+        };
+        self.holdback_refused += stats.refused;
+        self.relayed += stats.relayed;
     }
 
     fn finish(mut self) -> SimOutcome {
         for i in 0..self.cfg.servers {
-            self.count_refusals(ServerId(i as u16));
+            self.count_strategy(ServerId(i as u16));
             if let Node::Replica(r) = &self.nodes[i] {
                 let st = r.stats();
                 let line = format!(
@@ -968,6 +976,7 @@ impl Sim {
             duplicated: self.duplicated,
             end: self.now,
             holdback_refused: self.holdback_refused,
+            relayed: self.relayed,
             peak_held: self.peak_held,
             refused_posts: self.refused_posts,
         }
