@@ -657,8 +657,8 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         let opts = testkit::check::MemberOpts {
             partial: st.flood || excused,
             optional_sends: excused,
-            // Not yet required end to end (the simulator checks it).
-            agreed_sends: false,
+            // The survivors flush what a departed server sent: all or none.
+            agreed_sends: excused,
         };
         let id = history.add_member_with(nick(c), st.room, opts);
         debug_assert_eq!(id as usize, c);

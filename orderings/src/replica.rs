@@ -558,9 +558,15 @@ impl Replica {
                     }
                     return Ok(());
                 }
-                let current = self.links[server.index()]
-                    .as_ref()
-                    .is_some_and(|l| l.peer_incarnation() == incarnation);
+                // Incarnation 0: the member excluded it without ever hearing
+                // it. Whatever incarnation we know is then the one it
+                // excluded: we follow, so that the views agree (left alone,
+                // that member would miss what the server sends the others,
+                // and the server would never learn it).
+                let current = self.links[server.index()].as_ref().is_some_and(|l| {
+                    l.peer_incarnation() == incarnation
+                        || (incarnation == 0 && l.peer_incarnation() != 0)
+                });
                 if current {
                     self.exclude_peer(now, server, Some(from));
                 }

@@ -293,10 +293,11 @@ impl Causal {
         out: &mut Outbox,
     ) -> Result<(), WireError> {
         if RelayMessage::is_relay_kind(payload) {
-            let Some(r) = self
+            let handled = self
                 .relay
-                .handle(from, RelayMessage::decode(payload)?, out)?
-            else {
+                .handle(from, RelayMessage::decode(payload)?, out)?;
+            self.follow_relay_records();
+            let Some(r) = handled else {
                 // A flush may have completed: what it left may be dead now.
                 self.drain_all(out);
                 return Ok(());
@@ -317,10 +318,7 @@ impl Causal {
             if self.relay.take(&r, counter) {
                 // A departure of an incarnation we never heard of learns
                 // which it was from its first relay.
-                self.departed[o] = self.relay.departed_incarnation(r.origin);
-                if self.incarnations[o] <= r.incarnation {
-                    self.incarnations[o] = r.incarnation + 1;
-                }
+                self.follow_relay_records();
                 self.accept(r.origin, counter, room, clock, line, out);
             }
             return Ok(());
@@ -353,6 +351,15 @@ impl Causal {
             if e.count > 0 && e.incarnation > self.incarnations[k] {
                 // The sender knows a newer incarnation of k than we do.
                 out.hint_incarnation(ServerId(k as u16), e.incarnation);
+            } else if e.count > 0
+                && e.incarnation < self.incarnations[k]
+                && self.departed[k] != Some(e.incarnation)
+            {
+                // It depends on an incarnation of k that is over and that
+                // we never heard: its messages may yet be relayed to us.
+                self.relay
+                    .learn_departed(ServerId(k as u16), e.incarnation, out);
+                self.follow_relay_records();
             }
         }
         let o = from.index();
@@ -367,6 +374,35 @@ impl Causal {
             .note_received(from, counter, Bytes::copy_from_slice(payload));
         self.accept(from, counter, room, clock, line, out);
         Ok(())
+    }
+
+    /// Follows the relay's departed records where they changed without a
+    /// departure here (a record that learned its incarnation from a relay,
+    /// or one opened on another's report): counts and held messages of the
+    /// record they replace go, and the departed incarnation is never taken
+    /// for a current one.
+    fn follow_relay_records(&mut self) {
+        for k in 0..self.servers {
+            let now = self.relay.departed_incarnation(ServerId(k as u16));
+            if now == self.departed[k] {
+                continue;
+            }
+            let before = self.departed[k];
+            self.departed[k] = now;
+            for r in self.rooms.values_mut() {
+                r.departed[k] = 0;
+                r.held
+                    .retain(|m| m.id.origin.index() != k || Some(m.clock[k].incarnation) != before);
+            }
+            if let Some(gone) = now
+                && self.incarnations[k] <= gone
+            {
+                self.incarnations[k] = gone + 1;
+                for r in self.rooms.values_mut() {
+                    r.delivered[k] = 0;
+                }
+            }
+        }
     }
 
     /// Payloads of a new incarnation that waited for its old one's flush.
@@ -409,9 +445,9 @@ fn old_held_blocks(old_held: &[bool], incarnations: &[u64], m: &Stamped) -> bool
 
 /// Drops held messages of departed incarnations that can never be
 /// delivered: once a departed incarnation's flush is complete, no relay
-/// brings more of it, so a message needing one of its messages that is
-/// neither delivered nor held here is dead (as are, in turn, those needing
-/// a dead one). Whether any was dropped.
+/// brings more of it, so a departed server's message needing one of its
+/// messages that is neither delivered nor held here is dead (as are, in
+/// turn, those needing a dead one). Whether any was dropped.
 fn prune_dead(gone: &[Option<u64>], relay: &DepartedRelay<Bytes>, cr: &mut CausalRoom) -> bool {
     let settled: Vec<bool> = (0..gone.len())
         .map(|k| gone[k].is_some() && !relay.flushing(ServerId(k as u16)))
@@ -432,13 +468,18 @@ fn prune_dead(gone: &[Option<u64>], relay: &DepartedRelay<Bytes>, cr: &mut Causa
         };
         let dead = cr.held.iter().position(|m| {
             let o = m.id.origin.index();
-            m.clock.iter().enumerate().any(|(k, e)| {
-                if !settled[k] || e.count == 0 || Some(e.incarnation) != gone[k] {
-                    return false;
-                }
-                let upto = if k == o { e.count - 1 } else { e.count };
-                upto > cr.departed[k] && !available(k, upto, cr)
-            })
+            // Only a departed incarnation's message can be dead: a live
+            // server delivered what its message depends on, and relays it
+            // to whoever lacks it.
+            let departed_origin = Some(m.clock[o].incarnation) == gone[o];
+            departed_origin
+                && m.clock.iter().enumerate().any(|(k, e)| {
+                    if !settled[k] || e.count == 0 || Some(e.incarnation) != gone[k] {
+                        return false;
+                    }
+                    let upto = if k == o { e.count - 1 } else { e.count };
+                    upto > cr.departed[k] && !available(k, upto, cr)
+                })
         });
         match dead {
             Some(i) => {

@@ -34,8 +34,14 @@
 //! clients. Not covered: a server started after X (incarnations are start
 //! times) that received nothing at all of X's before X departed.
 //!
-//! The flush at a server is complete when every peer it counted as live
-//! answered its report ([`RelayMessage::Answered`]) or left. Until then a
+//! A server that never heard X's incarnation at all joins its flush when
+//! it learns of it: from X's departure here (incarnation 0, "whichever"),
+//! from a survivor's report, or from a message that depends on one of X's
+//! ([`DepartedRelay::learn_departed`]).
+//!
+//! The flush at a server is complete when every other peer answered its
+//! report ([`RelayMessage::Answered`]) or left (one not heard yet is
+//! waited for: it may hold what we lack). Until then a
 //! new incarnation of X waits ([`DepartedRelay::stash`]), so nothing of it
 //! is delivered before a relayed message of the old one.
 
@@ -228,6 +234,9 @@ pub(super) struct DepartedRelay<M> {
     keep: usize,
     live: Vec<Option<Held<M>>>,
     departed: Vec<Option<Held<M>>>,
+    /// Per server: it left (its incarnation departed) and no new one was
+    /// heard since. The others are awaited by a flush, heard or not yet.
+    left: Vec<bool>,
     /// Reports about an incarnation that is still live here: `(from,
     /// incarnation, received)`, answered when it departs here too.
     pending: Vec<Vec<(ServerId, u64, u64)>>,
@@ -250,6 +259,7 @@ impl<M: Retained> DepartedRelay<M> {
             keep: keep.max(1),
             live: (0..servers).map(|_| None).collect(),
             departed: (0..servers).map(|_| None).collect(),
+            left: vec![false; servers],
             pending: vec![Vec::new(); servers],
             stashed: vec![VecDeque::new(); servers],
             released: VecDeque::new(),
@@ -282,6 +292,7 @@ impl<M: Retained> DepartedRelay<M> {
                 }
             }
         }
+        self.left[k] = false;
         // The departure we never knew the incarnation of was this one, and
         // relays of it were taken: they are its first messages.
         let adopted =
@@ -376,6 +387,7 @@ impl<M: Retained> DepartedRelay<M> {
             return None;
         }
         self.not_awaited(peer);
+        self.left[k] = true;
         let h = match self.live[k].take() {
             Some(h) => h,
             // Never heard of any incarnation of it: what it sent us was all
@@ -391,24 +403,51 @@ impl<M: Retained> DepartedRelay<M> {
                 self.answer_from(&h, from, peer, received, out);
             }
         }
+        self.open_flush(peer, h, out);
+        Some(incarnation)
+    }
+
+    /// `origin`'s `incarnation` departed, we learn from a peer (its report,
+    /// or a message that depends on one of its messages), though we never
+    /// heard it: what it sent us was all lost (it restarted before we
+    /// heard it), so we take part in its flush, with nothing received.
+    pub(super) fn learn_departed(&mut self, origin: ServerId, incarnation: u64, out: &mut Outbox) {
+        let k = origin.index();
+        if k >= self.live.len() || origin == self.me || incarnation == 0 {
+            return;
+        }
+        let live_newer = self.live[k]
+            .as_ref()
+            .is_none_or(|l| l.incarnation > incarnation);
+        let record_older = self.departed[k]
+            .as_ref()
+            .is_none_or(|h| h.incarnation != 0 && h.incarnation < incarnation);
+        if live_newer && record_older {
+            self.open_flush(origin, Held::new(incarnation), out);
+        }
+    }
+
+    /// `h`, what we hold of `peer`'s departed incarnation, becomes its
+    /// record: the others hear what we received of it, and the flush waits
+    /// for every live peer's answer.
+    fn open_flush(&mut self, peer: ServerId, h: Held<M>, out: &mut Outbox) {
         out.send(
             Dest::AllPeers,
             RelayMessage::Report {
                 origin: peer,
-                incarnation,
+                incarnation: h.incarnation,
                 received: h.received,
             }
             .encode(),
         );
         let awaiting = (0..self.live.len())
-            .filter(|&i| self.live[i].is_some())
             .map(|i| ServerId(i as u16))
+            .filter(|&p| p != self.me && p != peer && !self.left[p.index()])
             .collect();
-        self.departed[k] = Some(Held { awaiting, ..h });
+        self.departed[peer.index()] = Some(Held { awaiting, ..h });
         if !self.flushing(peer) {
             self.complete(peer);
         }
-        Some(incarnation)
     }
 
     /// Before `peer`'s live incarnation departs: a flush of its previous
@@ -464,6 +503,13 @@ impl<M: Retained> DepartedRelay<M> {
                 if origin == self.me {
                     return Ok(None);
                 }
+                let matches = |h: &Held<M>| {
+                    h.incarnation == incarnation || incarnation == 0 || h.incarnation == 0
+                };
+                if let Some(h) = self.departed[k].as_ref().filter(|h| matches(h)) {
+                    self.answer_from(h, from, origin, received, out);
+                    return Ok(None);
+                }
                 let live = self.live[k].as_ref().map(|h| h.incarnation);
                 if live.is_some() && (live == Some(incarnation) || incarnation == 0) {
                     // Not final here yet: answered when it departs here.
@@ -472,12 +518,8 @@ impl<M: Retained> DepartedRelay<M> {
                     pending.push((from, incarnation, received));
                     return Ok(None);
                 }
-                match self.departed[k].as_ref() {
-                    Some(h) if h.incarnation == incarnation || incarnation == 0 => {
-                        self.answer_from(h, from, origin, received, out);
-                    }
-                    _ => out.send(Dest::Peer(from), answered(origin, incarnation)),
-                }
+                out.send(Dest::Peer(from), answered(origin, incarnation));
+                self.learn_departed(origin, incarnation, out);
                 Ok(None)
             }
             RelayMessage::Relay {

@@ -546,14 +546,6 @@ impl Sim {
             .all(|(i, c)| !c.alive || c.affected || c.sent >= self.cfg.messages_of(i))
     }
 
-    /// Whether the survivors must agree on the messages of a server that
-    /// left (a view change's flush). Not after a crash and restart that
-    /// the others may notice before excluding it: the relay is best effort
-    /// there (see the README's failure model).
-    fn agreed(&self) -> bool {
-        self.cfg.crash.is_none()
-    }
-
     fn all_delivered(&self) -> bool {
         // Every live member has every message sent to its room by a sender
         // whose messages must arrive (see `check`): a cheap count check.
@@ -567,17 +559,16 @@ impl Sim {
                 })
         });
         // The others' messages are agreed on (see `finish`): every complete
-        // member of the room has as many of them (a prefix: they keep FIFO).
-        let agreed = !self.agreed()
-            || self.clients.iter().enumerate().all(|(s, sc)| {
-                let mut counts = self
-                    .clients
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| complete(c) && c.room == sc.room)
-                    .map(|(i, _)| (self.delivered[i][s], self.delivered_seqs[i][s]));
-                complete(sc) || counts.next().is_none_or(|first| counts.all(|n| n == first))
-            });
+        // member of the room has the same ones (same count and sum).
+        let agreed = self.clients.iter().enumerate().all(|(s, sc)| {
+            let mut counts = self
+                .clients
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| complete(c) && c.room == sc.room)
+                .map(|(i, _)| (self.delivered[i][s], self.delivered_seqs[i][s]));
+            complete(sc) || counts.next().is_none_or(|first| counts.all(|n| n == first))
+        });
         required && agreed
     }
 
@@ -953,14 +944,15 @@ impl Sim {
         }
         for (i, c) in self.clients.iter().enumerate() {
             if !c.alive || c.affected {
-                // Its server crashed: it saw only part, and what it sent may
-                // be lost with the server.
+                // Its server crashed or left the view: it saw only part,
+                // and what it sent may be lost with the server, but then by
+                // every survivor (they flush what reached any of them).
                 self.history.set_opts(
                     i as u32,
                     MemberOpts {
                         partial: true,
                         optional_sends: true,
-                        agreed_sends: self.agreed(),
+                        agreed_sends: true,
                     },
                 );
             }

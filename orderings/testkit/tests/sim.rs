@@ -36,14 +36,37 @@ fn scenario(seed: u64, network: Network, crash: bool) -> SimConfig {
 /// Seeds that once failed, kept so they run in every CI build.
 /// 10096: a restarted server proposed a priority its old incarnation had
 /// already proposed; the two messages collided in the holdback queue.
+/// 586, 4621 (crash): a survivor that never heard the crashed incarnation
+/// released, then dropped, live servers' messages that depended on its
+/// relayed ones. Membership 2990: two servers that never heard each other
+/// split the views (one excluded "incarnation 0", the others ignored it);
+/// 197: a rejoined server's new messages overtook its relayed old ones.
 #[test]
 fn regression_seeds() {
-    for (seed, crash) in [(10096, true), (184, true), (2, true), (1, true)] {
+    for (seed, crash) in [
+        (10096, true),
+        (184, true),
+        (2, true),
+        (1, true),
+        (586, true),
+        (4621, true),
+    ] {
         for spec in registered() {
             let out = sim::run(spec, scenario(seed, Network::Links, crash));
             assert!(
                 out.passed(),
                 "strategy {} failed again on seed {seed}\n{}",
+                spec.name,
+                out.explain()
+            );
+        }
+    }
+    for seed in [2990, 197, 314, 169, 105] {
+        for spec in registered() {
+            let out = sim::run(spec, SimConfig::membership(seed));
+            assert!(
+                out.passed(),
+                "strategy {} failed again on membership seed {seed}\n{}",
                 spec.name,
                 out.explain()
             );
