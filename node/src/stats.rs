@@ -44,6 +44,8 @@ counters! {
     link_datagrams_sent,
     link_datagrams_received,
     retransmissions,
+    /// Second copies of datagrams sent while a link was lossy.
+    duplicated_datagrams,
     duplicates,
     stale,
     peer_restarts,
@@ -83,6 +85,9 @@ counters! {
     rejoins,
     /// Own messages posted again after a rejoin.
     reposted,
+    /// Messages of departed servers received from a survivor's relay
+    /// (since this server's latest rejoin).
+    relayed,
 }
 
 impl From<&ServerStats> for ServerCounters {
@@ -100,10 +105,12 @@ impl From<&ServerStats> for ServerCounters {
             link_datagrams_sent: link(|l| l.datagrams_sent),
             link_datagrams_received: link(|l| l.datagrams_received),
             retransmissions: link(|l| l.retransmissions),
+            duplicated_datagrams: link(|l| l.duplicated_datagrams),
             duplicates: link(|l| l.duplicates),
             stale: link(|l| l.stale),
             peer_restarts: link(|l| l.peer_restarts),
             held_back: r.strategy.held_back as u64,
+            relayed: r.strategy.relayed,
             in_flight: r.strategy.in_flight as u64,
             link_backlog: r.max_backlog as u64,
             refused_by_holdback_limit: r.strategy.refused,

@@ -171,6 +171,21 @@ impl Membership {
             .count()
     }
 
+    /// Whether a quorum of members was heard lately (within half the
+    /// suspicion time), not merely not yet suspected: only then may this
+    /// server exclude anybody. A server just cut off from the majority
+    /// still counts the far side as reachable for a while, and must not
+    /// shrink its view by servers it never heard meanwhile.
+    pub(crate) fn hears_quorum_lately(&self, now: Time) -> bool {
+        let lately = self.cfg.suspect_us / 2;
+        let heard = self
+            .view
+            .iter()
+            .filter(|&s| s == self.me || now.saturating_since(self.last_heard[s.index()]) < lately)
+            .count();
+        heard >= self.quorum
+    }
+
     /// Whether this server hears too few members to make up the quorum: its
     /// `total` messages cannot be ordered until that changes. As of the
     /// latest tick (every heartbeat) or view change.

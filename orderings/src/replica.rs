@@ -35,7 +35,8 @@ use std::collections::VecDeque;
 /// First byte of the replica's own payloads (membership), which never
 /// reach the strategy; strategies' payloads must not start with it.
 pub const MEMBERSHIP_KIND: u8 = 0xFF;
-/// Membership payload: "I excluded `server`'s incarnation `incarnation`".
+/// Membership payload: "I excluded `server`'s incarnation `incarnation`"
+/// (then, from version 3.1, when: the sender's incarnation clock).
 const EXCLUDE: u8 = 1;
 
 /// Builds a strategy for a (re)start (a registered strategy's `build`).
@@ -473,7 +474,9 @@ impl Replica {
         };
         let (d, _) = Datagram::decode_raw(raw)?;
         let received = link.receive(now, self.cfg.clock_at_zero, &d);
-        if received.excluded_us {
+        // Excluded by a server we excluded too: the higher one comes back
+        // (as a new incarnation, which the lower one admits).
+        if received.excluded_us || (received.excluded_mutually && self.cfg.me > from) {
             self.rejoin(now, from);
             return Ok(());
         }
@@ -547,6 +550,12 @@ impl Replica {
             EXCLUDE => {
                 let server = ServerId(r.varint_u16("server")?);
                 let incarnation = r.varint()?;
+                // Absent from an older sender: as if excluded just now.
+                let at = if r.remaining() > 0 {
+                    r.varint()?
+                } else {
+                    self.cfg.clock_at_zero.saturating_add(now.as_micros())
+                };
                 r.finish()?;
                 if server.index() >= self.cfg.servers {
                     return Err(WireError::OutOfRange("server"));
@@ -559,13 +568,14 @@ impl Replica {
                     return Ok(());
                 }
                 // Incarnation 0: the member excluded it without ever hearing
-                // it. Whatever incarnation we know is then the one it
-                // excluded: we follow, so that the views agree (left alone,
-                // that member would miss what the server sends the others,
-                // and the server would never learn it).
+                // it. The incarnation we know is then the one it excluded,
+                // if it had started by then (incarnations are start times):
+                // we follow, so that the views agree (left alone, that
+                // member would miss what the server sends the others, and
+                // the server would never learn it).
                 let current = self.links[server.index()].as_ref().is_some_and(|l| {
-                    l.peer_incarnation() == incarnation
-                        || (incarnation == 0 && l.peer_incarnation() != 0)
+                    let known = l.peer_incarnation();
+                    known == incarnation || (incarnation == 0 && known != 0 && known < at)
                 });
                 if current {
                     self.exclude_peer(now, server, Some(from));
@@ -589,11 +599,12 @@ impl Replica {
         let incarnation = link.exclude();
         self.peer_restarted(peer);
         self.note_change(change, by);
-        let mut w = Writer::with_capacity(16);
+        let mut w = Writer::with_capacity(24);
         w.u8(MEMBERSHIP_KIND)
             .u8(EXCLUDE)
             .varint(u64::from(peer.0))
-            .varint(incarnation);
+            .varint(incarnation)
+            .varint(self.cfg.clock_at_zero.saturating_add(now.as_micros()));
         let notice = w.into_bytes();
         for (i, link) in self.links.iter_mut().enumerate() {
             if let Some(link) = link
@@ -718,7 +729,10 @@ impl Replica {
             // Only a server that hears a quorum shrinks its view: on the
             // minority side of a partition, everybody waits (and nothing
             // it could send would exclude a member of the majority).
-            if !silent.is_empty() && !self.membership.cut_off() {
+            if !silent.is_empty()
+                && !self.membership.cut_off()
+                && self.membership.hears_quorum_lately(now)
+            {
                 for peer in silent {
                     self.exclude_peer(now, peer, None);
                 }

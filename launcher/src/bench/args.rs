@@ -14,6 +14,8 @@ pub enum Preset {
     W4,
     Memory,
     Cpu,
+    /// Latency between servers behind the fault proxy (delay and loss).
+    Faults,
     All,
 }
 
@@ -27,6 +29,7 @@ impl Preset {
             Preset::W4 => "w4",
             Preset::Memory => "memory",
             Preset::Cpu => "cpu",
+            Preset::Faults => "faults",
             Preset::All => "all",
         }
     }
@@ -35,7 +38,7 @@ impl Preset {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Which benchmark: w1, w2 (or latency), w3, w3-one-room, w4, memory,
-    /// cpu, or all.
+    /// cpu, faults, or all.
     #[arg(value_enum)]
     pub name: Preset,
     /// A tiny run that only proves the benchmark works (figures meaningless).

@@ -21,6 +21,7 @@
 
 mod args;
 mod cpu;
+mod faults;
 mod latency;
 mod machine;
 mod presets;
@@ -97,6 +98,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             Preset::W4,
             Preset::Memory,
             Preset::Cpu,
+            Preset::Faults,
         ]
     } else {
         vec![a.name]

@@ -526,6 +526,7 @@ pub(super) fn run_one(env: &Env, p: Preset) -> anyhow::Result<PresetReport> {
         Preset::W4 => w4(env),
         Preset::Memory => memory(env),
         Preset::Cpu => super::cpu::run(env),
+        Preset::Faults => super::faults::run(env),
         Preset::All => unreachable!("expanded by the caller"),
     }
     .with_context(|| format!("bench {}", p.name()))?;

@@ -4,6 +4,7 @@
 use super::latency::Percentiles;
 use super::report::fmt_num;
 use crate::cluster::local::{ClusterSpec, LocalCluster, loopback_config, sum_counters};
+use crate::cluster::settings::FaultConfig;
 use crate::load::{LoadPlan, LoadResult, run_load};
 use crate::net::kernel_rcvbuf_errors;
 use node::stats::ServerCounters;
@@ -74,6 +75,20 @@ pub fn start_cluster(
     chatserver: Option<&Path>,
     ready_timeout: Duration,
 ) -> anyhow::Result<BenchCluster> {
+    start_cluster_behind(env, servers, mode, rooms, chatserver, ready_timeout, None)
+}
+
+/// [`start_cluster`], with the servers' traffic through the fault proxy
+/// when `faults` is given.
+pub fn start_cluster_behind(
+    env: &Env,
+    servers: usize,
+    mode: &str,
+    rooms: u32,
+    chatserver: Option<&Path>,
+    ready_timeout: Duration,
+    faults: Option<FaultConfig>,
+) -> anyhow::Result<BenchCluster> {
     let cfg = loopback_config(servers)?;
     let mut extra_args = Vec::new();
     if let Some(p) = &env.secret_file {
@@ -84,7 +99,7 @@ pub fn start_cluster(
         cfg,
         mode: mode.to_string(),
         rooms: rooms.max(1),
-        faults: None,
+        faults,
         chatserver: chatserver
             .map(Path::to_path_buf)
             .unwrap_or_else(|| env.chatserver.clone()),

@@ -64,6 +64,11 @@ pub struct LinkConfig {
     /// Report deliveries to the peer without waiting for other traffic once
     /// this many of its messages were delivered since the last report.
     pub delivered_report_every: u64,
+    /// Send every datagram that carries frames twice while the link loses
+    /// more than this fraction of them (estimated; 0 turns it off). A lost
+    /// frame then costs nothing instead of a round trip or a timeout, at
+    /// the price of the bandwidth, and only on a lossy link.
+    pub duplicate_above_loss: f64,
 }
 
 impl Default for LinkConfig {
@@ -78,6 +83,7 @@ impl Default for LinkConfig {
             heartbeat_us: 500_000,
             max_incarnation_ahead_us: 10_000_000,
             probe_spacing_us: 20_000,
+            duplicate_above_loss: 0.02,
             delivered_report_every: 64,
         }
     }
@@ -108,6 +114,8 @@ pub struct LinkStats {
     pub unproven_claims: u64,
     /// Probes sent to claimed incarnations.
     pub probes_sent: u64,
+    /// Second copies of datagrams, sent while the link was lossy.
+    pub duplicated_datagrams: u64,
 }
 
 #[derive(Debug)]
@@ -139,6 +147,10 @@ pub(crate) struct Received {
     /// The peer, in its adopted incarnation, addresses a *later* incarnation
     /// of ours than this one: it has excluded this incarnation from its view.
     pub excluded_us: bool,
+    /// The peer's incarnation we excluded has excluded ours as well (each
+    /// side of a partition excluded the other): neither hears the other
+    /// until one comes back as a new incarnation (the replica picks).
+    pub excluded_mutually: bool,
 }
 
 /// The link to one peer.
@@ -177,6 +189,13 @@ pub(crate) struct PeerLink {
     /// accepted, and our datagrams tell it so.
     excluded: bool,
     last_report_request: Option<Time>,
+    /// Estimated fraction of frames that needed a resend (moving average).
+    resend_rate: f64,
+    /// Datagrams with frames go out twice (see
+    /// [`LinkConfig::duplicate_above_loss`]).
+    duplicating: bool,
+    /// The second copy of the datagram just sent, due next.
+    copy: Option<Vec<u8>>,
 
     pub stats: LinkStats,
 }
@@ -205,6 +224,9 @@ impl PeerLink {
             delivered_reported: 0,
             report_wanted: false,
             last_report_request: None,
+            resend_rate: 0.0,
+            duplicating: false,
+            copy: None,
             stats: LinkStats::default(),
         }
     }
@@ -244,6 +266,7 @@ impl PeerLink {
         self.rto_us = self.cfg.initial_rto_us;
         self.probe = None;
         self.delivered_reported = 0;
+        self.copy = None;
         // Answer at once, so the peer learns our incarnation.
         self.last_sent = None;
     }
@@ -340,9 +363,25 @@ impl PeerLink {
             if d.dst_incarnation == self.my_incarnation
                 && d.src_incarnation == self.peer_incarnation
                 && self.peer_incarnation != 0
-                && !self.excluded
             {
-                out.excluded_us = true;
+                if self.excluded {
+                    // We excluded each other: one of us must come back.
+                    out.excluded_mutually = true;
+                } else {
+                    out.excluded_us = true;
+                }
+            }
+            self.stats.stale += 1;
+            return out;
+        }
+        if self.excluded && self.peer_incarnation == 0 {
+            // We excluded it before we ever heard it: the first incarnation
+            // we hear is the one we excluded (what the others sent it
+            // meanwhile never reached it, nor it us). Our datagrams now
+            // tell it so, and it comes back as a new one, like any excluded
+            // server.
+            if d.src_incarnation <= self.incarnation_limit(now, clock_at_zero) {
+                self.peer_incarnation = d.src_incarnation;
             }
             self.stats.stale += 1;
             return out;
@@ -452,6 +491,7 @@ impl PeerLink {
             }
             let f = self.queue.pop_front().expect("front exists");
             progressed = true;
+            self.note_resend_sample(f.retransmitted);
             if f.resend {
                 self.resend_pending -= 1;
             }
@@ -489,6 +529,30 @@ impl PeerLink {
                     self.resend_pending += 1;
                 }
             }
+        }
+    }
+
+    /// One acknowledged frame: whether it had to be sent again. Keeps the
+    /// moving resend rate, and with it whether datagrams go out twice. While
+    /// they do, a frame needs a resend only when both copies were lost, so
+    /// the loss is estimated as the square root of the rate (hysteresis:
+    /// on above the threshold, off below a quarter of it).
+    fn note_resend_sample(&mut self, resent: bool) {
+        let threshold = self.cfg.duplicate_above_loss;
+        if threshold <= 0.0 {
+            return;
+        }
+        let sample = if resent { 1.0 } else { 0.0 };
+        self.resend_rate += (sample - self.resend_rate) / 64.0;
+        let loss = if self.duplicating {
+            self.resend_rate.sqrt()
+        } else {
+            self.resend_rate
+        };
+        if loss > threshold {
+            self.duplicating = true;
+        } else if loss < threshold / 4.0 {
+            self.duplicating = false;
         }
     }
 
@@ -569,7 +633,10 @@ impl PeerLink {
     }
 
     fn wants_to_send(&self, now: Time) -> bool {
-        if self.probe_due(now) || (self.report_wanted && self.peer_incarnation != 0) {
+        if self.copy.is_some()
+            || self.probe_due(now)
+            || (self.report_wanted && self.peer_incarnation != 0)
+        {
             return true;
         }
         let may_send_frames = self.peer_incarnation != 0;
@@ -607,6 +674,11 @@ impl PeerLink {
         authenticated: bool,
         delivered: u64,
     ) -> Option<Vec<u8>> {
+        if let Some(copy) = self.copy.take() {
+            self.stats.datagrams_sent += 1;
+            self.stats.duplicated_datagrams += 1;
+            return Some(copy);
+        }
         if !self.wants_to_send(now) {
             return None;
         }
@@ -697,6 +769,9 @@ impl PeerLink {
             .map(|&i| (self.queue[i].seq, &self.queue[i].payload[..]))
             .collect();
         let raw = header.encode_raw(authenticated);
+        if self.duplicating && !picked.is_empty() {
+            self.copy = Some(raw.clone());
+        }
         self.ack_due = None;
         self.last_sent = Some(now);
         self.stats.datagrams_sent += 1;
@@ -818,6 +893,56 @@ mod tests {
             got.extend(to.receive(now, 0, &d).payloads);
         }
         got
+    }
+
+    /// Sends one frame a -> b every 10 ms for `frames` frames, losing every
+    /// `lose_every`-th datagram a sends (0: none), with acks back; returns
+    /// the frames b got.
+    fn exchange_losing(
+        a: &mut PeerLink,
+        b: &mut PeerLink,
+        start: u64,
+        frames: u64,
+        lose_every: u64,
+    ) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        let mut sent = 0u64;
+        for i in 0..frames * 10 {
+            let now = Time(start + i * 1_000);
+            if i % 10 == 0 && i / 10 < frames {
+                a.push(Bytes::from(format!("f{}", i / 10)));
+            }
+            a.handle_timeout(now);
+            while let Some(raw) = a.poll_datagram(now, false, 0) {
+                sent += 1;
+                if lose_every > 0 && sent.is_multiple_of(lose_every) {
+                    continue;
+                }
+                let (d, _) = Datagram::decode_raw(&raw).unwrap();
+                got.extend(b.receive(now, 0, &d).payloads);
+            }
+            b.handle_timeout(now);
+            while let Some(raw) = b.poll_datagram(now, false, 0) {
+                let (d, _) = Datagram::decode_raw(&raw).unwrap();
+                a.receive(now, 0, &d);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_lossy_link_sends_datagrams_twice_and_a_clean_one_stops() {
+        let (mut a, mut b) = pair();
+        let got = exchange_losing(&mut a, &mut b, 1_000_000, 300, 5);
+        assert_eq!(got.len(), 300, "everything arrives, once");
+        assert!(a.duplicating, "a link losing 1 in 5 duplicates");
+        let copies = a.stats.duplicated_datagrams;
+        assert!(copies > 50, "copies sent: {copies}");
+        let got = exchange_losing(&mut a, &mut b, 5_000_000, 600, 0);
+        assert_eq!(got.len(), 600);
+        assert!(!a.duplicating, "a clean link stops duplicating");
+        let late = a.stats.duplicated_datagrams - copies;
+        assert!(late < 400, "copies once clean again: {late}");
     }
 
     #[test]

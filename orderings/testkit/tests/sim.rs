@@ -41,6 +41,11 @@ fn scenario(seed: u64, network: Network, crash: bool) -> SimConfig {
 /// relayed ones. Membership 2990: two servers that never heard each other
 /// split the views (one excluded "incarnation 0", the others ignored it);
 /// 197: a rejoined server's new messages overtook its relayed old ones.
+/// 470: the two sides of a healed partition had excluded each other and
+/// neither heard the other again. 2564: a server cut off alone still
+/// counted the others as heard and excluded one it never heard; another
+/// then readmitted the excluded incarnation it had never heard. 14993: a
+/// stale "never heard" exclusion was followed for a newer incarnation.
 #[test]
 fn regression_seeds() {
     for (seed, crash) in [
@@ -61,7 +66,7 @@ fn regression_seeds() {
             );
         }
     }
-    for seed in [2990, 197, 314, 169, 105] {
+    for seed in [2990, 197, 314, 169, 105, 470, 2564, 14993] {
         for spec in registered() {
             let out = sim::run(spec, SimConfig::membership(seed));
             assert!(
