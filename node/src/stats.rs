@@ -46,6 +46,10 @@ counters! {
     retransmissions,
     /// Second copies of datagrams sent while a link was lossy.
     duplicated_datagrams,
+    /// Frames resent because the peer reported them missing.
+    resends_on_gap,
+    /// Frames resent because their retransmission timer expired.
+    resends_on_timeout,
     duplicates,
     stale,
     peer_restarts,
@@ -106,6 +110,8 @@ impl From<&ServerStats> for ServerCounters {
             link_datagrams_received: link(|l| l.datagrams_received),
             retransmissions: link(|l| l.retransmissions),
             duplicated_datagrams: link(|l| l.duplicated_datagrams),
+            resends_on_gap: link(|l| l.resends_on_gap),
+            resends_on_timeout: link(|l| l.resends_on_timeout),
             duplicates: link(|l| l.duplicates),
             stale: link(|l| l.stale),
             peer_restarts: link(|l| l.peer_restarts),

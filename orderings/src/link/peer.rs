@@ -116,6 +116,10 @@ pub struct LinkStats {
     pub probes_sent: u64,
     /// Second copies of datagrams, sent while the link was lossy.
     pub duplicated_datagrams: u64,
+    /// Frames queued for a resend because the peer reported them missing.
+    pub resends_on_gap: u64,
+    /// Frames queued for a resend because their timer expired.
+    pub resends_on_timeout: u64,
 }
 
 #[derive(Debug)]
@@ -177,6 +181,13 @@ pub(crate) struct PeerLink {
     recv_upto: u64,
     early: BTreeMap<u64, Bytes>,
     ack_due: Option<Time>,
+    /// Since when frames are missing before `early` (a gap is open), and
+    /// whether it was reported yet.
+    gap_open: Option<(Time, bool)>,
+    /// How long a gap stays unreported: the reordering this link showed (a
+    /// gap that filled right after it was reported was filled by the late
+    /// original, not by the resend). Reordering is not loss.
+    reorder_us: u64,
 
     /// An incarnation the peer claimed without proof, to be probed.
     probe: Option<u64>,
@@ -217,6 +228,8 @@ impl PeerLink {
             last_sent: None,
             recv_upto: 0,
             early: BTreeMap::new(),
+            gap_open: None,
+            reorder_us: 0,
             ack_due: None,
             probe: None,
             excluded: false,
@@ -261,6 +274,7 @@ impl PeerLink {
         self.resend_pending = 0;
         self.recv_upto = 0;
         self.early.clear();
+        self.gap_open = None;
         self.ack_due = None;
         self.srtt_us = None;
         self.rto_us = self.cfg.initial_rto_us;
@@ -467,15 +481,55 @@ impl PeerLink {
             }
         }
         self.stats.frames_delivered += out.payloads.len() as u64;
+        self.track_gap(now);
         if !d.frames.is_empty() {
-            let due = if gap_seen || !self.early.is_empty() {
-                now
-            } else {
-                now.plus_micros(self.cfg.ack_delay_us)
+            let due = match self.gap_open {
+                // Report the gap once it outlived the reordering seen.
+                Some((since, _)) if gap_seen || !self.early.is_empty() => {
+                    since.plus_micros(self.reorder_us).max(now)
+                }
+                _ => now.plus_micros(self.cfg.ack_delay_us),
             };
             self.ack_due = Some(self.ack_due.map_or(due, |t| t.min(due)));
         }
         out
+    }
+
+    /// Follows the oldest gap: when it opened, and when it filled, what
+    /// that says about reordering. A gap that filled within half a round
+    /// trip of being reported was filled by the late original (the resend
+    /// could not have arrived yet): the link reorders by at least as long
+    /// as the gap lasted, and later gaps wait that long before they are
+    /// reported. One that took longer was a loss: the wait shrinks a bit.
+    fn track_gap(&mut self, now: Time) {
+        match (self.gap_open, self.early.is_empty()) {
+            (None, false) => self.gap_open = Some((now, false)),
+            (Some((since, reported_at)), true) => {
+                self.gap_open = None;
+                let lasted = now.saturating_since(since);
+                let half_rtt = self.srtt_us.unwrap_or(self.cfg.min_rto_us) / 2;
+                let cap = self.srtt_us.unwrap_or(self.cfg.min_rto_us);
+                if !reported_at || lasted < self.reorder_us + half_rtt {
+                    self.reorder_us = self.reorder_us.max(lasted).min(cap);
+                } else {
+                    self.reorder_us -= self.reorder_us / 8;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The gaps to report now: none while the oldest is younger than the
+    /// reordering this link shows.
+    fn reportable_gaps(&mut self, now: Time) -> Vec<(u64, u64)> {
+        match self.gap_open {
+            Some((since, _)) if now.saturating_since(since) < self.reorder_us => Vec::new(),
+            Some((since, false)) => {
+                self.gap_open = Some((since, true));
+                self.gaps()
+            }
+            _ => self.gaps(),
+        }
     }
 
     fn handle_ack(&mut self, now: Time, ack: u64, gaps: &[(u64, u64)]) {
@@ -521,12 +575,16 @@ impl PeerLink {
                 if idx >= self.first_unsent {
                     break;
                 }
-                let min_gap = self.srtt_us.map_or(1_000, |s| s + self.rttvar_us).max(200);
+                let min_gap = self
+                    .srtt_us
+                    .map_or(1_000, |s| s + 2 * self.rttvar_us)
+                    .max(200);
                 let f = &mut self.queue[idx];
                 let recently = f.sent_at.is_some_and(|t| now.saturating_since(t) < min_gap);
                 if !f.resend && !recently {
                     f.resend = true;
                     self.resend_pending += 1;
+                    self.stats.resends_on_gap += 1;
                 }
             }
         }
@@ -616,6 +674,7 @@ impl PeerLink {
             {
                 f.resend = true;
                 self.resend_pending += 1;
+                self.stats.resends_on_timeout += 1;
                 fired = true;
             }
         }
@@ -704,7 +763,7 @@ impl PeerLink {
                 .encode_raw(authenticated),
             );
         }
-        let gaps = self.gaps();
+        let gaps = self.reportable_gaps(now);
         self.delivered_reported = delivered;
         let mut header = Datagram {
             src_incarnation: self.my_incarnation,
@@ -943,6 +1002,36 @@ mod tests {
         assert!(!a.duplicating, "a clean link stops duplicating");
         let late = a.stats.duplicated_datagrams - copies;
         assert!(late < 400, "copies once clean again: {late}");
+    }
+
+    #[test]
+    fn reordering_is_not_reported_as_loss_once_seen() {
+        let (mut a, mut b) = pair();
+        let mut reported = Vec::new();
+        for k in 0..20u64 {
+            let t = 1_000_000 + k * 50_000;
+            a.push(Bytes::from(format!("first {k}")));
+            let first = a.poll_datagram(Time(t), false, 0).expect("first");
+            a.push(Bytes::from(format!("second {k}")));
+            let second = a.poll_datagram(Time(t), false, 0).expect("second");
+            // The second overtakes the first by 3 ms.
+            let (d2, _) = Datagram::decode_raw(&second).unwrap();
+            assert!(b.receive(Time(t), 0, &d2).payloads.is_empty());
+            let gap_reported = match b.poll_datagram(Time(t), false, 0) {
+                Some(raw) => !Datagram::decode_raw(&raw).unwrap().0.gaps.is_empty(),
+                None => false,
+            };
+            reported.push(gap_reported);
+            let (d1, _) = Datagram::decode_raw(&first).unwrap();
+            assert_eq!(b.receive(Time(t + 3_000), 0, &d1).payloads.len(), 2);
+            carry(&mut b, &mut a, Time(t + 10_000));
+        }
+        assert!(reported[0], "a gap is reported at once on a link never seen reordering");
+        assert!(
+            reported[1..].iter().all(|r| !r),
+            "then it waits out the reordering: {reported:?}"
+        );
+        assert_eq!(b.reorder_us, 3_000);
     }
 
     #[test]
