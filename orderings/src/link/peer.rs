@@ -1026,7 +1026,10 @@ mod tests {
             assert_eq!(b.receive(Time(t + 3_000), 0, &d1).payloads.len(), 2);
             carry(&mut b, &mut a, Time(t + 10_000));
         }
-        assert!(reported[0], "a gap is reported at once on a link never seen reordering");
+        assert!(
+            reported[0],
+            "a gap is reported at once on a link never seen reordering"
+        );
         assert!(
             reported[1..].iter().all(|r| !r),
             "then it waits out the reordering: {reported:?}"

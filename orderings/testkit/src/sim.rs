@@ -116,6 +116,10 @@ pub struct SimConfig {
     /// A slow server: every datagram to it takes this much longer (its
     /// acknowledgements, proposals and delivery reports lag behind).
     pub slow: Option<(ServerId, u64)>,
+    /// The survivors must agree on what a server that crashed or left the
+    /// view sent: all of them deliver each of its messages, or none does
+    /// (the built-in strategies flush; a plugin may not promise it).
+    pub agree_on_departed: bool,
 }
 
 impl SimConfig {
@@ -151,6 +155,7 @@ impl SimConfig {
             flooders: 0,
             flood_messages: 0,
             slow: None,
+            agree_on_departed: true,
         }
     }
 
@@ -560,15 +565,16 @@ impl Sim {
         });
         // The others' messages are agreed on (see `finish`): every complete
         // member of the room has the same ones (same count and sum).
-        let agreed = self.clients.iter().enumerate().all(|(s, sc)| {
-            let mut counts = self
-                .clients
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| complete(c) && c.room == sc.room)
-                .map(|(i, _)| (self.delivered[i][s], self.delivered_seqs[i][s]));
-            complete(sc) || counts.next().is_none_or(|first| counts.all(|n| n == first))
-        });
+        let agreed = !self.cfg.agree_on_departed
+            || self.clients.iter().enumerate().all(|(s, sc)| {
+                let mut counts = self
+                    .clients
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| complete(c) && c.room == sc.room)
+                    .map(|(i, _)| (self.delivered[i][s], self.delivered_seqs[i][s]));
+                complete(sc) || counts.next().is_none_or(|first| counts.all(|n| n == first))
+            });
         required && agreed
     }
 
@@ -952,7 +958,7 @@ impl Sim {
                     MemberOpts {
                         partial: true,
                         optional_sends: true,
-                        agreed_sends: true,
+                        agreed_sends: self.cfg.agree_on_departed,
                     },
                 );
             }
