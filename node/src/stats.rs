@@ -192,6 +192,6 @@ mod tests {
             (sum.client_datagrams, sum.deliveries, sum.posts),
             (24, 18, 0)
         );
-        assert_eq!(c.entries().count(), 43);
+        assert_eq!(c.entries().count(), 47);
     }
 }

@@ -69,6 +69,10 @@ pub struct LinkConfig {
     /// frame then costs nothing instead of a round trip or a timeout, at
     /// the price of the bandwidth, and only on a lossy link.
     pub duplicate_above_loss: f64,
+    /// ... and only while fewer frames than this await acknowledgement:
+    /// a busy link's losses are mostly congestion (full buffers), which
+    /// copies would make worse.
+    pub duplicate_below_backlog: usize,
 }
 
 impl Default for LinkConfig {
@@ -84,6 +88,7 @@ impl Default for LinkConfig {
             max_incarnation_ahead_us: 10_000_000,
             probe_spacing_us: 20_000,
             duplicate_above_loss: 0.02,
+            duplicate_below_backlog: 256,
             delivered_report_every: 64,
         }
     }
@@ -828,7 +833,10 @@ impl PeerLink {
             .map(|&i| (self.queue[i].seq, &self.queue[i].payload[..]))
             .collect();
         let raw = header.encode_raw(authenticated);
-        if self.duplicating && !picked.is_empty() {
+        if self.duplicating
+            && !picked.is_empty()
+            && self.queue.len() < self.cfg.duplicate_below_backlog
+        {
             self.copy = Some(raw.clone());
         }
         self.ack_due = None;
