@@ -504,8 +504,10 @@ impl PeerLink {
     /// that says about reordering. A gap that filled within half a round
     /// trip of being reported was filled by the late original (the resend
     /// could not have arrived yet): the link reorders by at least as long
-    /// as the gap lasted, and later gaps wait that long before they are
-    /// reported. One that took longer was a loss: the wait shrinks a bit.
+    /// as the gap lasted, and later gaps wait that long (at most half a
+    /// round trip: a real loss must not wait much longer to be repaired)
+    /// before they are reported. One that took longer was a loss: the wait
+    /// shrinks a bit.
     fn track_gap(&mut self, now: Time) {
         match (self.gap_open, self.early.is_empty()) {
             (None, false) => self.gap_open = Some((now, false)),
@@ -513,9 +515,8 @@ impl PeerLink {
                 self.gap_open = None;
                 let lasted = now.saturating_since(since);
                 let half_rtt = self.srtt_us.unwrap_or(self.cfg.min_rto_us) / 2;
-                let cap = self.srtt_us.unwrap_or(self.cfg.min_rto_us);
                 if !reported_at || lasted < self.reorder_us + half_rtt {
-                    self.reorder_us = self.reorder_us.max(lasted).min(cap);
+                    self.reorder_us = self.reorder_us.max(lasted).min(half_rtt);
                 } else {
                     self.reorder_us -= self.reorder_us / 8;
                 }
