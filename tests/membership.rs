@@ -95,7 +95,7 @@ fn total_goes_on_when_a_server_is_killed_for_good() {
 /// that waited is delivered to everybody in one order.
 #[test]
 fn a_cut_off_server_keeps_messages_waiting_then_delivers_them() {
-    let (_dir, servers, addrs) = three_servers("member-cutoff");
+    let (_dir, mut servers, addrs) = three_servers("member-cutoff");
     let alice = Client::new(addrs[0]);
     let bob = Client::new(addrs[0]);
     let carol = Client::new(addrs[1]);
@@ -132,8 +132,18 @@ fn a_cut_off_server_keeps_messages_waiting_then_delivers_them() {
         "{refused}"
     );
 
-    signal(&servers[1], Signal::SIGCONT);
+    // The two come back one after the other, as a stopped VM or a healed
+    // link seldom brings servers back in the same instant: the first one
+    // back gives the cut-off server a quorum again, which must not exclude
+    // the second (silent all along) before it had a suspicion time to show up.
     signal(&servers[2], Signal::SIGCONT);
+    let said = servers[0].wait_stdout("Hears a quorum again");
+    assert!(
+        said.iter()
+            .any(|l| l.contains("Cut off: hears 1 of the 2 server(s) a quorum needs")),
+        "the cut-off server said so: {said:#?}"
+    );
+    signal(&servers[1], Signal::SIGCONT);
     // Everything accepted is delivered, in one order, to all three.
     let first_three = |c: &Client| -> Vec<String> {
         let mut v = Vec::new();

@@ -514,6 +514,12 @@ impl Server {
                     self.replica.me()
                 );
             }
+            ReplicaEvent::CutOff { heard, quorum } => tracing::warn!(
+                "Cut off: hears {heard} of the {quorum} server(s) a quorum needs; total messages wait, nobody is excluded"
+            ),
+            ReplicaEvent::QuorumRegained { heard } => tracing::info!(
+                "Hears a quorum again ({heard} server(s)); silent members get a full suspicion time from now"
+            ),
             ReplicaEvent::Reposted { old, new } => {
                 self.admission.renamed(old, new);
                 tracing::info!("Posted {old} again as {new} after rejoining");

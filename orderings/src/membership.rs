@@ -16,6 +16,11 @@
 //! strategy hooks, gossip). Its own starvation (a long gap between two
 //! ticks: the process was stopped, or the machine overloaded) is not taken
 //! as the silence of everybody else: the silence clock restarts after it.
+//! Nor is the silence of a member while this server was *cut off* (heard
+//! fewer than a quorum): when it hears a quorum again, every member gets a
+//! full suspicion time from then. Otherwise the first server back after a
+//! stop or a heal would exclude the others that were away with it the moment
+//! it hears one of them, only because it resumed a little earlier.
 
 use crate::{ServerId, Time};
 
@@ -115,6 +120,8 @@ pub(crate) struct Membership {
     /// [`Membership::reachable`] below the quorum, as of the latest tick or
     /// view change: asked on every post, so not recounted there.
     cut_off: bool,
+    /// A change of [`Membership::cut_off`] not yet taken by the replica.
+    cut_off_changed: bool,
     /// Views installed (changes made), for the counters.
     pub(crate) changes: u64,
 }
@@ -133,6 +140,7 @@ impl Membership {
             last_heard: vec![Time::ZERO; servers],
             last_tick: None,
             cut_off: false,
+            cut_off_changed: false,
             changes: 0,
         }
     }
@@ -193,9 +201,25 @@ impl Membership {
         self.cut_off
     }
 
-    fn refresh_cut_off(&mut self) {
-        let now = self.last_tick.unwrap_or(Time::ZERO);
-        self.cut_off = self.reachable(now) < self.quorum;
+    /// Whether [`Membership::cut_off`] changed since the last call, and to
+    /// what.
+    pub(crate) fn take_cut_off_change(&mut self) -> Option<bool> {
+        std::mem::take(&mut self.cut_off_changed).then_some(self.cut_off)
+    }
+
+    fn refresh_cut_off(&mut self, now: Time) {
+        let cut_off = self.reachable(now) < self.quorum;
+        if cut_off != self.cut_off {
+            self.cut_off_changed = !self.cut_off_changed;
+        }
+        if self.cut_off && !cut_off {
+            // Silence while we could not act on it is not counted (module
+            // docs): every member gets a full suspicion time from now.
+            for t in &mut self.last_heard {
+                *t = (*t).max(now);
+            }
+        }
+        self.cut_off = cut_off;
     }
 
     /// `peer` leaves the view, if the members left still hold the quorum.
@@ -206,7 +230,7 @@ impl Membership {
         self.view.members[peer.index()] = false;
         self.view.number += 1;
         self.changes += 1;
-        self.refresh_cut_off();
+        self.refresh_cut_off(self.last_tick.unwrap_or(Time::ZERO));
         Some(ViewChange::Excluded(peer))
     }
 
@@ -221,7 +245,7 @@ impl Membership {
         *slot = true;
         self.view.number += 1;
         self.changes += 1;
-        self.refresh_cut_off();
+        self.refresh_cut_off(now);
         Some(ViewChange::Admitted(peer))
     }
 
@@ -246,7 +270,7 @@ impl Membership {
             }
         }
         self.last_tick = Some(now);
-        self.refresh_cut_off();
+        self.refresh_cut_off(now);
         self.view
             .iter()
             .filter(|&s| {
@@ -272,7 +296,7 @@ impl Membership {
             *t = now;
         }
         self.last_tick = Some(now);
-        self.refresh_cut_off();
+        self.refresh_cut_off(now);
     }
 }
 
@@ -359,6 +383,37 @@ mod tests {
         }
         m.heard(ms(5800), ServerId(1));
         assert_eq!(m.tick(ms(5800)), vec![ServerId(2)]);
+    }
+
+    #[test]
+    fn silence_while_cut_off_is_not_counted_once_a_quorum_is_heard_again() {
+        let mut m = Membership::new(ServerId(0), 3, MembershipConfig::default());
+        // Both others stop: after the suspicion time this server is cut
+        // off (and so excludes nobody, whatever tick() says).
+        assert_eq!(
+            tick_until(&mut m, 0, 3000, &[]),
+            vec![ServerId(1), ServerId(2)]
+        );
+        assert!(m.cut_off());
+        assert_eq!(m.take_cut_off_change(), Some(true));
+        assert_eq!(m.take_cut_off_change(), None);
+        // Server 1 comes back first: a quorum again, and server 2, silent
+        // for three seconds, gets a full suspicion time from now...
+        m.heard(ms(3050), ServerId(1));
+        assert!(m.tick(ms(3100)).is_empty());
+        assert!(!m.cut_off());
+        assert_eq!(m.take_cut_off_change(), Some(false));
+        assert_eq!(
+            tick_until(&mut m, 3200, 3700, &[ServerId(1)]),
+            vec![],
+            "server 2 had no suspicion time of its own yet"
+        );
+        // ...after which its silence counts.
+        assert_eq!(
+            tick_until(&mut m, 3800, 3800, &[ServerId(1)]),
+            vec![ServerId(2)]
+        );
+        assert_eq!(m.take_cut_off_change(), None);
     }
 
     #[test]

@@ -146,6 +146,20 @@ pub enum ReplicaEvent {
         /// The new incarnation.
         incarnation: u64,
     },
+    /// This server hears fewer than a quorum of its view's members: its
+    /// `total` messages wait and it excludes nobody.
+    CutOff {
+        /// Members heard within the suspicion time, this server included.
+        heard: usize,
+        /// Members needed.
+        quorum: usize,
+    },
+    /// This server hears a quorum again; silent members get a full
+    /// suspicion time from now.
+    QuorumRegained {
+        /// Members heard within the suspicion time, this server included.
+        heard: usize,
+    },
     /// An own message that was not yet ordered when this server rejoined
     /// was posted again under a new id.
     Reposted {
@@ -633,6 +647,24 @@ impl Replica {
             ViewChange::Admitted(server) => ReplicaEvent::Admitted { server, members },
         };
         self.events.push_back(event);
+        self.note_cut_off_change(self.last_now);
+    }
+
+    /// Tells whether this server was cut off or hears a quorum again, if
+    /// that changed.
+    fn note_cut_off_change(&mut self, now: Time) {
+        let Some(cut_off) = self.membership.take_cut_off_change() else {
+            return;
+        };
+        let heard = self.membership.reachable(now);
+        self.events.push_back(if cut_off {
+            ReplicaEvent::CutOff {
+                heard,
+                quorum: self.membership.quorum(),
+            }
+        } else {
+            ReplicaEvent::QuorumRegained { heard }
+        });
     }
 
     /// Member `by` excluded this incarnation: start again as a new one,
@@ -726,6 +758,7 @@ impl Replica {
         self.last_now = now;
         if self.membership.next_tick() <= now {
             let silent = self.membership.tick(now);
+            self.note_cut_off_change(now);
             // Only a server that hears a quorum shrinks its view: on the
             // minority side of a partition, everybody waits (and nothing
             // it could send would exclude a member of the majority).

@@ -188,6 +188,35 @@ impl Drop for Proc {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // A failing test shows what its processes said (CI keeps nothing else).
+        if std::thread::panicking() {
+            self.print_unread_output();
+        }
+    }
+}
+
+impl Proc {
+    /// Prints the last lines of output nobody read, once the process is gone.
+    fn print_unread_output(&mut self) {
+        const LAST: usize = 300;
+        for (stream, rx) in [("stderr", &self.stderr_lines), ("stdout", &self.stdout_lines)] {
+            let Some(rx) = rx else { continue };
+            let mut lines = std::collections::VecDeque::new();
+            // The reader thread ends when the pipe closes, which it did above.
+            while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
+                if lines.len() == LAST {
+                    lines.pop_front();
+                }
+                lines.push_back(l);
+            }
+            if lines.is_empty() {
+                continue;
+            }
+            eprintln!("---- {} {stream} (last {} lines unread) ----", self.name, lines.len());
+            for l in lines {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
