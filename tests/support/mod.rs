@@ -199,7 +199,10 @@ impl Proc {
     /// Prints the last lines of output nobody read, once the process is gone.
     fn print_unread_output(&mut self) {
         const LAST: usize = 300;
-        for (stream, rx) in [("stderr", &self.stderr_lines), ("stdout", &self.stdout_lines)] {
+        for (stream, rx) in [
+            ("stderr", &self.stderr_lines),
+            ("stdout", &self.stdout_lines),
+        ] {
             let Some(rx) = rx else { continue };
             let mut lines = std::collections::VecDeque::new();
             // The reader thread ends when the pipe closes, which it did above.
@@ -212,7 +215,11 @@ impl Proc {
             if lines.is_empty() {
                 continue;
             }
-            eprintln!("---- {} {stream} (last {} lines unread) ----", self.name, lines.len());
+            eprintln!(
+                "---- {} {stream} (last {} lines unread) ----",
+                self.name,
+                lines.len()
+            );
             for l in lines {
                 eprintln!("{l}");
             }
