@@ -369,7 +369,7 @@ fn every_mode_on_ten_servers_behind_a_delay_proxy() {
         );
         if mode == "total" {
             assert!(
-                run.report.contains("fifo+total") || run.report.contains("exactly-once+fifo+total"),
+                run.report.contains("exactly-once+fifo+causal+total"),
                 "{}",
                 run.report
             );

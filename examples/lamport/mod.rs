@@ -22,7 +22,9 @@
 //!   queued message up to the smallest "latest stamp" over its peers.
 //!
 //! That costs two one-way delays (message, acknowledgements), against three
-//! for ISIS/Skeen agreement (`total`). The order is one global order, so it
+//! for ISIS/Skeen agreement (`isis`). The built-in `total` is this protocol
+//! grown up: coalesced acknowledgements, the flush of departed servers,
+//! rejoins, and a reordering network without links. The order is one global order, so it
 //! is one identical order per room; a client's messages go through one
 //! server, whose stamps grow, so it keeps each sender's FIFO order; and a
 //! server's clock passes every message it delivered before a client of it

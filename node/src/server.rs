@@ -520,6 +520,12 @@ impl Server {
             ReplicaEvent::QuorumRegained { heard } => tracing::info!(
                 "Hears a quorum again ({heard} server(s)); silent members get a full suspicion time from now"
             ),
+            ReplicaEvent::Discarded { id } => {
+                self.admission.delivered(id);
+                tracing::info!(
+                    "{id} was delivered by the others before this server rejoined (from its previous incarnation): not posted again"
+                );
+            }
             ReplicaEvent::Reposted { old, new } => {
                 self.admission.renamed(old, new);
                 tracing::info!("Posted {old} again as {new} after rejoining");

@@ -52,8 +52,8 @@ pub use replica::{
     StrategyBuilder, Transmit,
 };
 pub use strategies::{
-    CausalMessage, ChatMessage, ClockEntry, KnownFinal, MAX_PRIORITY, Priority, RelayMessage,
-    StreamMessage, StreamStart, TotalMessage,
+    CausalMessage, ChatMessage, ClockEntry, KnownFinal, MAX_CLOCK, MAX_PRIORITY, Priority,
+    RelayMessage, Stamp, StampedMessage, StreamMessage, StreamStart, TotalMessage,
 };
 pub use wire::{Reader, WireError, Writer, stuff_into, unstuff};
 
@@ -163,8 +163,12 @@ pub struct Outbox {
     /// the replica then treats X's older incarnation as dead at once.
     pub incarnation_hints: Vec<(ServerId, u64)>,
     /// The strategy found out that `server`'s view no longer includes this
-    /// server (a `total` final it had no say in): the replica rejoins.
+    /// server (an `isis` final it had no say in): the replica rejoins.
     pub excluded_by: Option<ServerId>,
+    /// Own messages posted again after a rejoin that turned out to be
+    /// delivered already (by the survivors, from the previous incarnation):
+    /// given up, never sent.
+    pub discarded: Vec<MsgId>,
 }
 
 impl Outbox {
@@ -180,12 +184,17 @@ impl Outbox {
     pub fn hint_incarnation(&mut self, peer: ServerId, incarnation: u64) {
         self.incarnation_hints.push((peer, incarnation));
     }
+    /// Gives up own message `id` (see [`Outbox::discarded`]).
+    pub fn discard(&mut self, id: MsgId) {
+        self.discarded.push(id);
+    }
     /// Nothing written.
     pub fn is_empty(&self) -> bool {
         self.sends.is_empty()
             && self.deliveries.is_empty()
             && self.incarnation_hints.is_empty()
             && self.excluded_by.is_none()
+            && self.discarded.is_empty()
     }
 }
 
@@ -267,11 +276,21 @@ pub trait Ordering: Send {
         self.handle_peer_incarnation(now, peer, dead_below, true, out);
     }
 
-    /// This server's own posts whose order is not settled yet (nobody can
-    /// have delivered them): posted again when the server rejoins after an
-    /// exclusion. Strategies that deliver own posts at once have none.
+    /// This server's own posts not delivered here yet, under the ids they
+    /// were sent with: posted again when the server rejoins after an
+    /// exclusion ([`Ordering::handle_repost`]). Strategies that deliver own
+    /// posts at once have none.
     fn unsettled_posts(&self) -> Vec<Post> {
         Vec::new()
+    }
+
+    /// After a rejoin: `post` (a new id) is one of the previous
+    /// incarnation's [`Ordering::unsettled_posts`], sent as `first_id`. A
+    /// strategy that can tell that the others delivered it already gives it
+    /// up with [`Outbox::discard`]; by default it is posted anew.
+    fn handle_repost(&mut self, now: Time, post: Post, first_id: MsgId, out: &mut Outbox) {
+        let _ = first_id;
+        self.handle_post(now, post, out);
     }
 
     /// A timer this strategy asked for (via [`Ordering::poll_timeout`]) fired.

@@ -160,6 +160,13 @@ pub enum ReplicaEvent {
         /// Members heard within the suspicion time, this server included.
         heard: usize,
     },
+    /// An own message posted again after a rejoin turned out to be
+    /// delivered already by the others (from the previous incarnation, at
+    /// its first place): given up.
+    Discarded {
+        /// Its id in this incarnation.
+        id: MsgId,
+    },
     /// An own message that was not yet ordered when this server rejoined
     /// was posted again under a new id.
     Reposted {
@@ -547,6 +554,11 @@ impl Replica {
                 return Ok(());
             }
         }
+        // What a strategy left for the end of the datagram (`total`'s
+        // acknowledgements: one covers everything the datagram carried).
+        if self.strategy.poll_timeout().is_some_and(|t| t <= now) {
+            self.strategy.handle_timeout(now, &mut self.scratch);
+        }
         self.flush_outbox();
         Ok(())
     }
@@ -724,13 +736,14 @@ impl Replica {
                 old: post.id,
                 new: id,
             });
-            self.strategy.handle_post(
+            self.strategy.handle_repost(
                 now,
                 Post {
                     id,
                     room: post.room,
                     line: post.line,
                 },
+                post.id,
                 &mut self.scratch,
             );
         }
@@ -906,6 +919,11 @@ impl Replica {
                     }
                 }
             }
+        }
+        for id in std::mem::take(&mut self.scratch.discarded) {
+            // Never sent: it does not count against the window either.
+            self.posts = self.posts.saturating_sub(1);
+            self.events.push_back(ReplicaEvent::Discarded { id });
         }
         self.delivered += self.scratch.deliveries.len() as u64;
         for d in &self.scratch.deliveries {

@@ -862,7 +862,7 @@ proptest! {
 #[test]
 fn every_builtin_strategy_is_fuzzed() {
     let names = strategy_names();
-    for want in ["causal", "fifo", "total", "unordered"] {
+    for want in ["causal", "fifo", "isis", "total", "unordered"] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
     // The default replica helper builds something.
@@ -888,7 +888,7 @@ fn total_msg(counter: u64, room: u64, seq: u64) -> Vec<u8> {
 /// position) made `next += 1` overflow in the stream holdback.
 #[test]
 fn stream_position_at_u64_max_is_refused() {
-    for name in ["fifo", "total"] {
+    for name in ["fifo", "isis"] {
         let mut s = build(name);
         let mut out = Outbox::default();
         let start = enc(|w| {
@@ -927,10 +927,10 @@ fn stream_position_at_u64_max_is_refused() {
 }
 
 /// A final (or proposed) priority of `u64::MAX` made the next proposal's
-/// `highest += 1` overflow in `total`.
+/// `highest += 1` overflow in `isis` (then called `total`).
 #[test]
-fn total_refuses_priorities_without_headroom() {
-    let mut s = build("total");
+fn isis_refuses_priorities_without_headroom() {
+    let mut s = build("isis");
     let mut out = Outbox::default();
     s.handle_peer(Time(1), ServerId(1), &total_msg(7, 1, 1), &mut out)
         .unwrap();

@@ -1,5 +1,6 @@
 //! Property tests of the strategies' peer message formats
-//! ([`StreamMessage`], [`TotalMessage`], [`CausalMessage`]): decoding any
+//! ([`StreamMessage`], [`TotalMessage`], [`StampedMessage`],
+//! [`CausalMessage`]): decoding any
 //! bytes is an `Ok` or an `Err`, never a panic, and every message decodes
 //! back to itself. The fuzz targets `*_message_decode` cover the first half
 //! with libFuzzer. The `*_layout_is_unchanged` properties pin the bytes.
@@ -8,8 +9,8 @@
 
 use bytes::Bytes;
 use orderings::{
-    CausalMessage, ChatMessage, ClockEntry, MAX_PRIORITY, Priority, ServerId, StreamMessage,
-    StreamStart, TotalMessage, Writer,
+    CausalMessage, ChatMessage, ClockEntry, MAX_CLOCK, MAX_PRIORITY, Priority, ServerId,
+    StampedMessage, StreamMessage, StreamStart, TotalMessage, Writer,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -141,8 +142,115 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+fn stamped_message() -> impl Strategy<Value = StampedMessage> {
+    prop_oneof![
+        (
+            any::<u64>(),
+            0..=MAX_CLOCK,
+            any::<u64>(),
+            any::<u32>(),
+            vec(any::<u8>(), 0..1200)
+        )
+            .prop_map(|(seq, clock, counter, room, line)| StampedMessage::Chat {
+                seq,
+                clock,
+                counter,
+                room,
+                line: Bytes::from(line),
+            }),
+        (any::<u64>(), 0..=MAX_CLOCK).prop_map(|(seq, clock)| StampedMessage::Ack { seq, clock }),
+        (
+            0..=MAX_CLOCK,
+            any::<u64>(),
+            any::<u32>(),
+            vec(any::<u8>(), 0..1200)
+        )
+            .prop_map(|(clock, counter, room, line)| StampedMessage::Resent {
+                clock,
+                counter,
+                room,
+                line: Bytes::from(line),
+            }),
+        (
+            0..=MAX_CLOCK,
+            any::<u64>(),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(clock, first_seq, held)| StampedMessage::Hello {
+                clock,
+                first_seq,
+                held,
+            }),
+    ]
+}
+
+/// The wire layout of `total`, field by field apart from the encoder.
+fn stamped_layout(m: &StampedMessage) -> Vec<u8> {
+    let mut w = Writer::new();
+    match m {
+        StampedMessage::Chat {
+            seq,
+            clock,
+            counter,
+            room,
+            line,
+        } => {
+            w.u8(13)
+                .varint(*seq)
+                .varint(*clock)
+                .varint(*counter)
+                .varint(u64::from(*room))
+                .bytes(line);
+        }
+        StampedMessage::Ack { seq, clock } => {
+            w.u8(14).varint(*seq).varint(*clock);
+        }
+        StampedMessage::Resent {
+            clock,
+            counter,
+            room,
+            line,
+        } => {
+            w.u8(16)
+                .varint(*clock)
+                .varint(*counter)
+                .varint(u64::from(*room))
+                .bytes(line);
+        }
+        StampedMessage::Hello {
+            clock,
+            first_seq,
+            held,
+        } => {
+            w.u8(15).varint(*clock).varint(*first_seq);
+            match held {
+                Some(h) => w.u8(1).varint(*h),
+                None => w.u8(0),
+            };
+        }
+    }
+    w.finish()
+}
+
 proptest! {
     #![proptest_config(cfg(2000))]
+
+    #[test]
+    fn stamped_messages_round_trip_and_keep_their_layout(m in stamped_message()) {
+        let wire = m.encode();
+        prop_assert_eq!(wire.to_vec(), stamped_layout(&m));
+        prop_assert_eq!(StampedMessage::decode(&wire), Ok(m));
+    }
+
+    /// A stamped payload cut short, or followed by a byte, is refused.
+    #[test]
+    fn truncated_or_extended_stamped_payloads_are_refused(m in stamped_message(), extra in any::<u8>()) {
+        let wire = m.encode();
+        prop_assert!(StampedMessage::decode(&wire[..wire.len() - 1]).is_err());
+        let mut longer = wire.to_vec();
+        longer.push(extra);
+        prop_assert!(StampedMessage::decode(&longer).is_err());
+    }
 
     #[test]
     fn stream_messages_round_trip(m in stream_message()) {
@@ -163,6 +271,7 @@ proptest! {
     fn decoding_any_bytes_never_panics(data in payload()) {
         let _ = StreamMessage::decode(&data);
         let _ = TotalMessage::decode(&data);
+        let _ = StampedMessage::decode(&data);
         let _ = CausalMessage::decode(&data);
     }
 

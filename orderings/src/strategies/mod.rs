@@ -6,15 +6,17 @@
 
 mod causal;
 mod fifo;
+mod isis;
 mod relay;
 mod stream;
 mod total;
 mod unordered;
 
 pub use causal::{CausalMessage, ClockEntry};
+pub use isis::{KnownFinal, MAX_PRIORITY, Priority, TotalMessage};
 pub use relay::RelayMessage;
 pub use stream::{ChatMessage, StreamMessage, StreamStart};
-pub use total::{KnownFinal, MAX_PRIORITY, Priority, TotalMessage};
+pub use total::{MAX_CLOCK, Stamp, StampedMessage};
 
 /// Packet kinds; one byte at the start of every strategy payload. Only the
 /// message enums' `encode` and `decode` use them.
@@ -31,4 +33,8 @@ pub(crate) mod kind {
     pub(crate) const FLUSH_REPORT: u8 = 10;
     pub(crate) const FLUSH_RELAY: u8 = 11;
     pub(crate) const FLUSH_ANSWERED: u8 = 12;
+    pub(crate) const STAMPED_CHAT: u8 = 13;
+    pub(crate) const STAMPED_ACK: u8 = 14;
+    pub(crate) const STAMPED_HELLO: u8 = 15;
+    pub(crate) const STAMPED_RESENT: u8 = 16;
 }

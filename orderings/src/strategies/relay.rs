@@ -1,5 +1,5 @@
 //! Relay of a departed server's messages among the survivors (the flush of
-//! a view change, for `unordered`, `fifo` and `causal`).
+//! a view change, for `unordered`, `fifo`, `causal` and `total`).
 //!
 //! When server X's incarnation leaves (it is excluded, or turns out to have
 //! restarted), some of the messages it sent may have reached only some of
@@ -475,6 +475,15 @@ impl<M: Retained> DepartedRelay<M> {
             .get(origin.index())?
             .as_ref()
             .map(|h| h.incarnation)
+    }
+
+    /// The highest counter held of `origin`'s last departed incarnation
+    /// (what the flush made every survivor hold), if one departed.
+    pub(super) fn departed_received(&self, origin: ServerId) -> Option<u64> {
+        self.departed
+            .get(origin.index())?
+            .as_ref()
+            .map(|h| h.received)
     }
 
     /// Handles a flush message from `from`. A relay that extends what we

@@ -1,290 +1,245 @@
-//! `total`: leaderless total order per room by ISIS/Skeen agreement, which
-//! also keeps each sender's FIFO order.
+//! `total`: leaderless total order from stamps (Lamport clocks) and
+//! acknowledgements among all servers; it also keeps each sender's FIFO
+//! order and causal order.
 //!
-//! The origin multicasts a message; every server (the origin included)
-//! proposes a priority `(n, server)` larger than any it proposed or saw
-//! agreed in that room, holds the message back under it, and answers the
-//! origin; the origin takes the largest proposal as final and multicasts it.
-//! A server delivers the head of a room's holdback queue once its priority is
-//! final: every other message will get a larger one.
+//! # Protocol
 //!
-//! FIFO per sender comes free: every server proposes for one origin's
-//! messages of a room in their stream order (the [`StreamHoldback`] in front
-//! of the proposal step), so each server's proposals grow along the stream,
-//! and so does their maximum.
+//! Every server keeps a clock and stamps each message it multicasts with
+//! `(clock, server)` after advancing it past everything it has sent or
+//! received, so one server's stamps grow along its stream.
 //!
-//! Crash of an origin: when server `k` comes back as a new incarnation, its
-//! old incarnation's messages that are still tentative here can never be
-//! finalized by it. Each survivor asks every other survivor what it knows
-//! ([`TotalMessage::Query`]); a survivor that saw the final priority answers
-//! with it (it remembers recent finals), the others answer "unknown" and,
-//! having marked the old incarnation dead, can never learn it later. So one
-//! known final settles the message everywhere, and "unknown" from all means
-//! nobody delivered it: every survivor drops it. Rounds of ours that waited
-//! for `k` are sent again to its new incarnation.
+//! - A post is stamped and multicast; every server, the origin included,
+//!   holds it in one queue ordered by stamp.
+//! - A server that received a stamp above the last one it multicast sends
+//!   every peer an acknowledgement (a stamp alone): "everything I send from
+//!   now on is later". Acknowledgements are coalesced: one per datagram
+//!   handled, and none when a message of its own went out meanwhile.
+//! - Each link is FIFO, so once a server has received from every member a
+//!   stamp of at least `c`, nothing stamped at most `c` can still come: it
+//!   delivers its queue up to there, in stamp order.
 //!
-//! Membership: a round waits for the proposals of the members of the
-//! origin's view only, and the final names who is *not* in it. A server
-//! delivers a message only if its own proposal counted: that is what makes
-//! the ISIS argument hold between any two servers that both deliver two
-//! messages, whatever their views. A server that receives a final (or a
-//! recovery answer) it had no say in learns that the origin's view left it
-//! out, and rejoins as a new incarnation. When a member leaves, the rounds
-//! that waited for it complete without it and its tentative messages are
-//! settled by the recovery above, as if it had crashed.
+//! A remote delivery is four one-way delays in a row (client, message,
+//! acknowledgements, client), against five with the origin collecting
+//! proposals (`isis`). The price is acknowledgements from every server to
+//! every other, coalesced per datagram: at high load other servers'
+//! messages are the acknowledgements. The order does not depend on the
+//! view: it is the stamps' order, so no two servers, live or crashed,
+//! deliver two messages in different orders, whatever the failures.
+//!
+//! # Membership (the flush)
+//!
+//! A member that leaves (or restarts) stops holding the others up, but a
+//! message of it may have reached only some survivors. Those relay it
+//! ([`super::relay`]): until the flush of that incarnation is complete
+//! here, nothing is delivered beyond the latest stamp received from it (a
+//! relayed message lies above it), and its next incarnation is not heard.
+//! So a departed server's message is delivered by every survivor or none,
+//! in the same place.
+//!
+//! # Meeting an incarnation
+//!
+//! A server stamps no post until it has heard from every member since it
+//! started (posts made meanwhile wait, in order), so its stamps exceed
+//! everything any member delivered before it. Each server sends a
+//! [`StampedMessage::Hello`] to every incarnation it meets, once it has
+//! completed the flush of that server's previous incarnation; it tells
+//! the sequence number its multicasts to the newcomer start at, and the
+//! last message of the newcomer's previous incarnation it holds.
+//!
+//! A server that rejoins after being excluded posts its clients' messages
+//! that it had not delivered yet again, except those the survivors hold
+//! (the hellos tell it): those the survivors deliver from the flush, at
+//! their first stamp, and delivering them again would repeat them.
+//!
+//! # Without the links
+//!
+//! Multicasts carry a sequence number per sender, and a receiver handles
+//! them in that order starting where the sender's hello says, so the
+//! strategy also runs on a reordering network without the replica's links
+//! (the simulator's raw mode), as every built-in strategy does.
 
 use super::kind;
-use super::stream::{ChatMessage, StreamCounters, StreamHoldback, StreamMsg, StreamStart};
+use super::relay::{DepartedRelay, RelayMessage};
 use crate::registry::{Guarantees, StrategySpec};
 use crate::wire::{Reader, WireError, Writer};
 use crate::{
     Dest, MsgId, Ordering, Outbox, Post, RoomId, ServerId, StrategyContext, StrategyStats, Time,
 };
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 
-/// A proposed or final position in a room's order; ties broken by server.
+/// Largest clock accepted from a peer: no real cluster gets near it, and
+/// the headroom keeps the clock from overflowing.
+pub const MAX_CLOCK: u64 = 1 << 62;
+
+/// Multicasts from one peer held for an earlier one at most (a reordering
+/// network without links, or a hostile peer); beyond, they are refused.
+const MAX_REORDERED: usize = 1 << 16;
+
+/// A position in the order: unique, since a server never stamps twice with
+/// one clock value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Priority {
-    /// The number; at most [`MAX_PRIORITY`] from a peer.
-    pub n: u64,
-    /// The proposing server (zero-based).
+pub struct Stamp {
+    /// The stamping server's clock.
+    pub clock: u64,
+    /// The stamping server (zero-based).
     pub server: u16,
 }
 
-#[derive(Debug)]
-struct Held {
-    id: MsgId,
-    line: Bytes,
-    is_final: bool,
-}
-
-/// One room's holdback queue, ordered by priority.
-#[derive(Debug, Default)]
-struct RoomQueue {
-    /// Largest priority number proposed here or agreed, in this room.
-    highest: u64,
-    queue: BTreeMap<Priority, Held>,
-    position: HashMap<MsgId, Priority>,
-}
-
-/// The origin's collection of proposals for one of its messages.
-#[derive(Debug)]
-struct ProposalRound {
-    room: RoomId,
-    line: Bytes,
-    proposals: Vec<Option<Priority>>,
-}
-
-/// Finals remembered per origin, to answer recovery queries.
-const RECENT_FINALS: usize = 8 * 1024;
-
-/// Largest priority number accepted from a peer: no real cluster gets near
-/// it, and the headroom keeps `highest + 1` from overflowing.
-pub const MAX_PRIORITY: u64 = u64::MAX / 2;
-
-fn priority_number(r: &mut Reader<'_>) -> Result<u64, WireError> {
-    let n = r.varint()?;
-    if n > MAX_PRIORITY {
-        return Err(WireError::OutOfRange("priority"));
-    }
-    Ok(n)
-}
-
-/// A final priority and the servers whose proposals did not count.
-pub type KnownFinal = (Priority, Vec<u16>);
-
-/// The peer messages of `total`: one kind byte, then fields. Every
-/// encoding and decoding of them is here.
+/// The peer messages of `total`: one kind byte, then fields. Every encoding
+/// and decoding of them is here.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TotalMessage {
-    /// The origin multicasts a message (`resent`: again, to a restarted
-    /// peer, in stream order over the fresh link, so not held for order).
+pub enum StampedMessage {
+    /// A chat message, multicast by its origin.
     Chat {
-        /// Re-sent after the receiver restarted.
-        resent: bool,
-        /// The message.
-        chat: ChatMessage,
-    },
-    /// A server proposes `priority` (with its own server number) for the
-    /// receiver's message `counter`.
-    Propose {
+        /// The sender's multicast sequence number.
+        seq: u64,
+        /// The stamp's clock (the stamping server is the sender).
+        clock: u64,
         /// The origin's message counter.
         counter: u64,
-        /// The proposed priority number; the proposer is the sender.
-        priority: u64,
-    },
-    /// The origin announces the final priority of its message `counter`.
-    Final {
-        /// The origin's message counter.
-        counter: u64,
-        /// The message's room.
+        /// The room.
         room: RoomId,
-        /// The agreed priority.
-        priority: Priority,
-        /// Servers whose proposals did not count (outside the origin's
-        /// view): they must not deliver the message.
-        excluded: Vec<u16>,
+        /// The line every member receives.
+        line: Bytes,
     },
-    /// Where the sender's stream for a room continues (after a restart).
-    StreamStart(StreamStart),
-    /// Recovery: what does the receiver know of these messages of
-    /// `origin`, whose incarnation before `incarnation` crashed?
-    Query {
-        /// The crashed origin.
-        origin: ServerId,
-        /// The origin's incarnation that replaced the crashed one.
-        incarnation: u64,
-        /// The origin's message counters asked about.
-        counters: Vec<u64>,
+    /// "Everything I send from now on is stamped above `clock`."
+    Ack {
+        /// The sender's multicast sequence number.
+        seq: u64,
+        /// The stamp's clock.
+        clock: u64,
     },
-    /// Recovery: the final priority of each message asked about, if known.
-    Answer {
-        /// The crashed origin.
-        origin: ServerId,
-        /// `(counter, final priority and its excluded servers if known)` per
-        /// message asked about.
-        answers: Vec<(u64, Option<KnownFinal>)>,
+    /// One of the sender's own messages not delivered yet, multicast
+    /// before the receiver's incarnation was met (so the receiver never got
+    /// it): sent to it just before the hello.
+    Resent {
+        /// The stamp's clock.
+        clock: u64,
+        /// The origin's message counter.
+        counter: u64,
+        /// The room.
+        room: RoomId,
+        /// The line every member receives.
+        line: Bytes,
+    },
+    /// To an incarnation met for the first time.
+    Hello {
+        /// The sender's clock (everything it delivered is at most this).
+        clock: u64,
+        /// The sequence number of the sender's first multicast that the
+        /// receiver gets.
+        first_seq: u64,
+        /// The highest counter the sender holds of the receiver's previous
+        /// incarnation, after their flush: those messages are delivered.
+        held: Option<u64>,
     },
 }
 
-const FLAG_RESENT: u8 = 1;
-
-impl TotalMessage {
+impl StampedMessage {
     /// The payload for a peer.
     pub fn encode(&self) -> Bytes {
         let mut w;
         match self {
-            TotalMessage::Chat { resent, chat } => {
-                w = Writer::with_capacity(chat.line.len() + 25);
-                w.u8(kind::TOTAL_MSG)
-                    .u8(if *resent { FLAG_RESENT } else { 0 });
-                chat.write(&mut w);
-            }
-            TotalMessage::Propose { counter, priority } => {
-                w = Writer::with_capacity(16);
-                w.u8(kind::TOTAL_PROPOSE).varint(*counter).varint(*priority);
-            }
-            TotalMessage::Final {
+            StampedMessage::Chat {
+                seq,
+                clock,
                 counter,
                 room,
-                priority,
-                excluded,
+                line,
             } => {
-                w = Writer::with_capacity(21 + 3 * excluded.len());
-                w.u8(kind::TOTAL_FINAL)
+                w = Writer::with_capacity(line.len() + 32);
+                w.u8(kind::STAMPED_CHAT)
+                    .varint(*seq)
+                    .varint(*clock)
                     .varint(*counter)
                     .varint(u64::from(*room))
-                    .varint(priority.n)
-                    .varint(u64::from(priority.server));
-                write_servers(&mut w, excluded);
+                    .bytes(line);
             }
-            TotalMessage::StreamStart(start) => {
-                w = Writer::with_capacity(12);
-                w.u8(kind::STREAM_START);
-                start.write(&mut w);
+            StampedMessage::Ack { seq, clock } => {
+                w = Writer::with_capacity(20);
+                w.u8(kind::STAMPED_ACK).varint(*seq).varint(*clock);
             }
-            TotalMessage::Query {
-                origin,
-                incarnation,
-                counters,
+            StampedMessage::Resent {
+                clock,
+                counter,
+                room,
+                line,
             } => {
-                w = Writer::with_capacity(16 + 9 * counters.len());
-                w.u8(kind::TOTAL_QUERY)
-                    .varint(u64::from(origin.0))
-                    .varint(*incarnation)
-                    .varint(counters.len() as u64);
-                for &c in counters {
-                    w.varint(c);
-                }
+                w = Writer::with_capacity(line.len() + 24);
+                w.u8(kind::STAMPED_RESENT)
+                    .varint(*clock)
+                    .varint(*counter)
+                    .varint(u64::from(*room))
+                    .bytes(line);
             }
-            TotalMessage::Answer { origin, answers } => {
-                w = Writer::with_capacity(16 + 12 * answers.len());
-                w.u8(kind::TOTAL_ANSWER)
-                    .varint(u64::from(origin.0))
-                    .varint(answers.len() as u64);
-                for (c, answer) in answers {
-                    w.varint(*c);
-                    match answer {
-                        Some((p, excluded)) => {
-                            w.u8(1).varint(p.n).varint(u64::from(p.server));
-                            write_servers(&mut w, excluded);
-                        }
-                        None => {
-                            w.u8(0);
-                        }
-                    };
-                }
+            StampedMessage::Hello {
+                clock,
+                first_seq,
+                held,
+            } => {
+                w = Writer::with_capacity(32);
+                w.u8(kind::STAMPED_HELLO).varint(*clock).varint(*first_seq);
+                match held {
+                    Some(c) => w.u8(1).varint(*c),
+                    None => w.u8(0),
+                };
             }
         }
         w.into_bytes()
     }
 
-    /// Decodes a whole payload; any malformed or trailing byte is an error.
-    /// Priority numbers above [`MAX_PRIORITY`] are refused.
+    /// Decodes a payload; anything malformed is an error, never a panic.
     pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
+        let clock_of = |r: &mut Reader<'_>| -> Result<u64, WireError> {
+            let c = r.varint()?;
+            if c > MAX_CLOCK {
+                return Err(WireError::OutOfRange("stamp clock"));
+            }
+            Ok(c)
+        };
         let message = match r.u8()? {
-            kind::TOTAL_MSG => {
-                // Flag bits other than "resent" are ignored.
-                let flags = r.u8()?;
-                TotalMessage::Chat {
-                    resent: flags & FLAG_RESENT != 0,
-                    chat: ChatMessage::read(&mut r)?,
+            kind::STAMPED_CHAT => {
+                let seq = r.varint()?;
+                let clock = clock_of(&mut r)?;
+                StampedMessage::Chat {
+                    seq,
+                    clock,
+                    counter: r.varint()?,
+                    room: r.varint_u32("room")?,
+                    line: Bytes::copy_from_slice(r.bytes()?),
                 }
             }
-            kind::TOTAL_PROPOSE => TotalMessage::Propose {
-                counter: r.varint()?,
-                priority: priority_number(&mut r)?,
-            },
-            kind::TOTAL_FINAL => TotalMessage::Final {
-                counter: r.varint()?,
-                room: r.varint_u32("room")?,
-                priority: Priority {
-                    n: priority_number(&mut r)?,
-                    server: r.varint_u16("server")?,
-                },
-                excluded: read_servers(&mut r)?,
-            },
-            kind::STREAM_START => TotalMessage::StreamStart(StreamStart::read(&mut r)?),
-            kind::TOTAL_QUERY => {
-                let origin = ServerId(r.varint_u16("server")?);
-                let incarnation = r.varint()?;
-                let n = r.varint()?;
-                // Each counter takes a byte at least: bounds the allocation.
-                if n > r.remaining() as u64 {
-                    return Err(WireError::OutOfRange("query"));
-                }
-                let counters = (0..n).map(|_| r.varint()).collect::<Result<_, _>>()?;
-                TotalMessage::Query {
-                    origin,
-                    incarnation,
-                    counters,
+            kind::STAMPED_ACK => {
+                let seq = r.varint()?;
+                StampedMessage::Ack {
+                    seq,
+                    clock: clock_of(&mut r)?,
                 }
             }
-            kind::TOTAL_ANSWER => {
-                let origin = ServerId(r.varint_u16("server")?);
-                let n = r.varint()?;
-                if n > r.remaining() as u64 {
-                    return Err(WireError::Truncated);
+            kind::STAMPED_RESENT => {
+                let clock = clock_of(&mut r)?;
+                StampedMessage::Resent {
+                    clock,
+                    counter: r.varint()?,
+                    room: r.varint_u32("room")?,
+                    line: Bytes::copy_from_slice(r.bytes()?),
                 }
-                let mut answers = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    let counter = r.varint()?;
-                    let answer = match r.u8()? {
-                        0 => None,
-                        1 => Some((
-                            Priority {
-                                n: priority_number(&mut r)?,
-                                server: r.varint_u16("server")?,
-                            },
-                            read_servers(&mut r)?,
-                        )),
-                        _ => return Err(WireError::OutOfRange("answer")),
-                    };
-                    answers.push((counter, answer));
+            }
+            kind::STAMPED_HELLO => {
+                let clock = clock_of(&mut r)?;
+                let first_seq = r.varint()?;
+                let held = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.varint()?),
+                    _ => return Err(WireError::OutOfRange("hello flag")),
+                };
+                StampedMessage::Hello {
+                    clock,
+                    first_seq,
+                    held,
                 }
-                TotalMessage::Answer { origin, answers }
             }
             k => return Err(WireError::UnknownKind(k)),
         };
@@ -293,672 +248,601 @@ impl TotalMessage {
     }
 }
 
-/// A list of server numbers: a count, then each.
-fn write_servers(w: &mut Writer, servers: &[u16]) {
-    w.varint(servers.len() as u64);
-    for &s in servers {
-        w.varint(u64::from(s));
-    }
-}
-
-fn read_servers(r: &mut Reader<'_>) -> Result<Vec<u16>, WireError> {
-    let n = r.varint()?;
-    // Each number takes a byte at least: bounds the allocation.
-    if n > r.remaining() as u64 {
-        return Err(WireError::OutOfRange("servers"));
-    }
-    (0..n).map(|_| r.varint_u16("server")).collect()
-}
-
-/// Most messages held back per origin. An honest origin never gets near it:
-/// it refuses posts once its link to us holds 65,536 unacknowledged
-/// payloads. Beyond it, a broken or hostile peer's messages are dropped and
-/// counted rather than allowed to exhaust memory.
-pub(super) const MAX_HELD_PER_ORIGIN: usize = 1 << 17;
-
-fn release(held: &mut HashMap<ServerId, usize>, origin: ServerId) {
-    if let Some(n) = held.get_mut(&origin) {
-        *n = n.saturating_sub(1);
-    }
-}
-
-/// Settling a crashed origin's tentative message (see the module docs).
-#[derive(Debug)]
-struct Recovery {
+#[derive(Debug, Clone)]
+struct Held {
+    id: MsgId,
     room: RoomId,
-    /// Per server: `None` = no answer yet; `Some(None)` = does not know.
-    answers: Vec<Option<Option<KnownFinal>>>,
+    line: Bytes,
 }
 
+/// A post that waits until this server may stamp (see the module docs).
+#[derive(Debug)]
+struct Waiting {
+    post: Post,
+    /// Posted again after a rejoin: its id in the incarnation it was first
+    /// sent by.
+    first_id: Option<MsgId>,
+}
+
+/// What this server knows of one peer.
 #[derive(Debug, Default)]
-struct RecentFinals {
-    order: std::collections::VecDeque<u64>,
-    by_counter: HashMap<u64, KnownFinal>,
+struct PeerState {
+    /// In the view, as the replica told us (every peer starts as one).
+    member: bool,
+    /// The latest stamp clock received from its current incarnation.
+    latest: Option<u64>,
+    /// While the flush of its departed incarnation runs: the latest stamp
+    /// clock received from that one (`None`: nothing).
+    departed_latest: Option<u64>,
+    /// The sequence number of its next multicast to handle; `None` until
+    /// its hello says where they start.
+    expected: Option<u64>,
+    /// Its multicasts that came before an earlier one (or before its hello).
+    reordered: BTreeMap<u64, Bytes>,
+    /// A hello is owed to its current incarnation, starting at this
+    /// sequence number; sent once the flush of its previous one completed.
+    hello_due: Option<u64>,
+    /// Our own messages that were waiting when we met its new incarnation:
+    /// it never got them (the link started afresh), so they go just before
+    /// the hello.
+    resend: Vec<(u64, Held)>,
 }
 
-impl RecentFinals {
-    fn remember(&mut self, counter: u64, p: Priority, excluded: Vec<u16>) {
-        if self.by_counter.insert(counter, (p, excluded)).is_none() {
-            self.order.push_back(counter);
-            if self.order.len() > RECENT_FINALS
-                && let Some(old) = self.order.pop_front()
-            {
-                self.by_counter.remove(&old);
-            }
-        }
-    }
-}
-
+/// The strategy's state (see the module docs).
 pub(super) struct Total {
-    /// Priorities of this incarnation start here (its start time in
-    /// microseconds): above every number an earlier incarnation of this
-    /// server can have proposed, so a restarted server's proposals never
-    /// collide with its old ones still held elsewhere.
-    priority_base: u64,
     me: ServerId,
-    servers: usize,
-    counters: StreamCounters,
-    streams: StreamHoldback,
-    rooms: HashMap<RoomId, RoomQueue>,
-    rounds: BTreeMap<MsgId, ProposalRound>,
-    /// Per room: the counters of our open rounds, so that they are
-    /// finalized in stream order.
-    open_by_room: HashMap<RoomId, BTreeSet<u64>>,
-    /// Per room: the final of our latest finalized message. A later one's
-    /// final must be above it (FIFO), which the proposals alone no longer
-    /// guarantee once a member that proposed for the earlier one has left.
-    own_last_final: HashMap<RoomId, Priority>,
-    recent_finals: HashMap<ServerId, RecentFinals>,
-    recoveries: BTreeMap<MsgId, Recovery>,
-    /// Held messages per origin, for the holdback limit.
-    held_by_origin: HashMap<ServerId, usize>,
-    /// Per server: in this server's view (rounds wait for its proposal).
-    members: Vec<bool>,
-    /// Payloads that named messages we do not know (stale or hostile).
-    pub ignored: u64,
-    /// Messages dropped by the holdback limit.
-    pub refused: u64,
-    /// Crashed origins' messages settled by recovery: (finalized, dropped).
-    pub recovered: (u64, u64),
+    clock: u64,
+    /// Sequence number of our next multicast.
+    next_seq: u64,
+    peers: Vec<PeerState>,
+    queue: BTreeMap<Stamp, Held>,
+    /// The last stamp delivered: nothing at or below it is taken any more.
+    delivered_upto: Option<Stamp>,
+    /// The clock of our latest multicast stamp.
+    announced: u64,
+    /// The highest stamp clock received that calls for an acknowledgement.
+    to_cover: u64,
+    /// Heard from every member since we started: we may stamp.
+    ready: bool,
+    waiting: VecDeque<Waiting>,
+    /// Our own messages in `queue`.
+    own_queued: usize,
+    /// The highest counter of our previous incarnation some survivor holds.
+    previous_held: Option<u64>,
+    relay: DepartedRelay<Bytes>,
+    refused: u64,
+    last_now: Time,
 }
 
 impl Total {
-    pub(super) fn new(ctx: &StrategyContext) -> Self {
+    fn new(ctx: &StrategyContext) -> Self {
+        let peers = (0..ctx.servers)
+            .map(|i| PeerState {
+                member: i != ctx.me.index(),
+                hello_due: (i != ctx.me.index()).then_some(1),
+                ..PeerState::default()
+            })
+            .collect();
         Self {
-            priority_base: ctx.incarnation,
             me: ctx.me,
-            servers: ctx.servers,
-            counters: StreamCounters::default(),
-            streams: StreamHoldback::default(),
-            rooms: HashMap::new(),
-            rounds: BTreeMap::new(),
-            open_by_room: HashMap::new(),
-            own_last_final: HashMap::new(),
-            recent_finals: HashMap::new(),
-            recoveries: BTreeMap::new(),
-            held_by_origin: HashMap::new(),
-            members: vec![true; ctx.servers],
-            ignored: 0,
+            clock: 0,
+            next_seq: 1,
+            peers,
+            queue: BTreeMap::new(),
+            delivered_upto: None,
+            announced: 0,
+            to_cover: 0,
+            ready: ctx.servers <= 1,
+            waiting: VecDeque::new(),
+            own_queued: 0,
+            previous_held: None,
+            relay: DepartedRelay::new(ctx.me, ctx.servers, ctx.window),
             refused: 0,
-            recovered: (0, 0),
+            last_now: Time::ZERO,
         }
     }
 
-    /// Proposal step: hold the message back under a fresh priority.
-    fn propose(&mut self, msg: StreamMsg, out: &mut Outbox) {
-        let held = self.held_by_origin.entry(msg.id.origin).or_default();
-        if msg.id.origin != self.me && *held >= MAX_HELD_PER_ORIGIN {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// Stamps and multicasts a post, and queues it here.
+    fn multicast(&mut self, post: Post, out: &mut Outbox) {
+        let clock = self.tick();
+        let seq = self.take_seq();
+        let chat = StampedMessage::Chat {
+            seq,
+            clock,
+            counter: post.id.counter,
+            room: post.room,
+            line: post.line.clone(),
+        };
+        out.send(Dest::AllPeers, chat.encode());
+        self.announced = clock;
+        self.own_queued += 1;
+        self.queue.insert(
+            Stamp {
+                clock,
+                server: self.me.0,
+            },
+            Held {
+                id: post.id,
+                room: post.room,
+                line: post.line,
+            },
+        );
+    }
+
+    /// Queues a received or relayed message, unless the order has passed it
+    /// (a hostile or broken peer: refused).
+    fn enqueue(&mut self, stamp: Stamp, held: Held) {
+        if self.delivered_upto.is_some_and(|d| stamp <= d) || self.queue.contains_key(&stamp) {
             self.refused += 1;
             return;
         }
-        let base = self.priority_base;
-        let rq = self.rooms.entry(msg.room).or_insert_with(|| RoomQueue {
-            highest: base,
-            ..RoomQueue::default()
-        });
-        if rq.position.contains_key(&msg.id) {
-            self.ignored += 1;
-            return;
+        self.queue.insert(stamp, held);
+    }
+
+    /// Records a stamp from `from`'s current incarnation: stamps grow along
+    /// a link.
+    fn observe(&mut self, from: ServerId, clock: u64) -> Result<(), WireError> {
+        let st = &mut self.peers[from.index()];
+        if st.latest.is_some_and(|prev| clock <= prev) {
+            return Err(WireError::OutOfRange("stamp did not grow"));
         }
-        *held += 1;
-        rq.highest += 1;
-        let p = Priority {
-            n: rq.highest,
-            server: self.me.0,
+        st.latest = Some(clock);
+        self.clock = self.clock.max(clock);
+        Ok(())
+    }
+
+    fn peer_index(&self, from: ServerId) -> Result<usize, WireError> {
+        let k = from.index();
+        if k >= self.peers.len() || from == self.me {
+            return Err(WireError::OutOfRange("server"));
+        }
+        Ok(k)
+    }
+
+    fn handle_payload(
+        &mut self,
+        from: ServerId,
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
+        let k = self.peer_index(from)?;
+        if RelayMessage::is_relay_kind(payload) {
+            return self.handle_relay(from, payload, out);
+        }
+        let message = StampedMessage::decode(payload)?;
+        if self.relay.stash(from, payload) {
+            return Ok(());
+        }
+        let seq = match &message {
+            StampedMessage::Hello {
+                clock,
+                first_seq,
+                held,
+            } => {
+                let st = &mut self.peers[k];
+                if st.expected.is_none() {
+                    st.expected = Some(*first_seq);
+                    st.reordered = st.reordered.split_off(first_seq);
+                }
+                if let Some(h) = held {
+                    self.previous_held = Some(self.previous_held.map_or(*h, |p| p.max(*h)));
+                }
+                let clock = *clock;
+                // What was multicast before the hello goes first.
+                self.handle_in_order(from)?;
+                let st = &mut self.peers[k];
+                st.latest = Some(st.latest.map_or(clock, |l| l.max(clock)));
+                self.clock = self.clock.max(clock);
+                self.to_cover = self.to_cover.max(clock);
+                return Ok(());
+            }
+            StampedMessage::Resent {
+                clock,
+                counter,
+                room,
+                line,
+            } => {
+                // Before the hello, so nothing is delivered here yet that
+                // it could come after.
+                let (clock, counter) = (*clock, *counter);
+                self.clock = self.clock.max(clock);
+                self.to_cover = self.to_cover.max(clock);
+                self.relay
+                    .note_received(from, counter, Bytes::copy_from_slice(payload));
+                self.enqueue(
+                    Stamp {
+                        clock,
+                        server: from.0,
+                    },
+                    Held {
+                        id: MsgId {
+                            origin: from,
+                            counter,
+                        },
+                        room: *room,
+                        line: line.clone(),
+                    },
+                );
+                return Ok(());
+            }
+            StampedMessage::Chat { seq, .. } | StampedMessage::Ack { seq, .. } => *seq,
         };
-        let clash = rq.queue.insert(
-            p,
-            Held {
-                id: msg.id,
-                line: msg.line,
-                is_final: false,
-            },
-        );
-        debug_assert!(
-            clash.is_none(),
-            "{} proposed a priority already in use: {p:?}",
-            self.me
-        );
-        rq.position.insert(msg.id, p);
-        if msg.id.origin == self.me {
-            self.record_proposal(msg.id, self.me, p, out);
-        } else {
-            let proposal = TotalMessage::Propose {
-                counter: msg.id.counter,
-                priority: p.n,
+        let st = &mut self.peers[k];
+        if st.expected.is_some_and(|e| seq < e) || st.reordered.contains_key(&seq) {
+            return Ok(()); // before the hello's start, or twice: not ours
+        }
+        if st.expected == Some(seq) && st.reordered.is_empty() {
+            // The usual case over the links: next in line, nothing waits.
+            st.expected = Some(seq + 1);
+            return self.handle_multicast(from, message, payload);
+        }
+        if st.reordered.len() >= MAX_REORDERED {
+            self.refused += 1;
+            return Ok(());
+        }
+        st.reordered.insert(seq, Bytes::copy_from_slice(payload));
+        self.handle_in_order(from)
+    }
+
+    /// Handles `from`'s multicasts that are next in its sequence.
+    fn handle_in_order(&mut self, from: ServerId) -> Result<(), WireError> {
+        let k = from.index();
+        loop {
+            let st = &mut self.peers[k];
+            let Some(expected) = st.expected else {
+                return Ok(());
             };
-            out.send(Dest::Peer(msg.id.origin), proposal.encode());
-        }
-    }
-
-    fn record_proposal(&mut self, id: MsgId, from: ServerId, p: Priority, out: &mut Outbox) {
-        let Some(round) = self.rounds.get_mut(&id) else {
-            self.ignored += 1;
-            return;
-        };
-        let Some(slot) = round.proposals.get_mut(from.index()) else {
-            self.ignored += 1;
-            return;
-        };
-        *slot = Some(p);
-        self.try_finish_round(id, out);
-    }
-
-    /// Finalizes our message `id` once every member of our view proposed
-    /// and our earlier messages of the room are final; then the next one.
-    fn try_finish_round(&mut self, id: MsgId, out: &mut Outbox) {
-        let mut next = Some(id);
-        while let Some(id) = next.take() {
-            let Some(room) = self.finish_round(id, out) else {
-                return;
+            let Some(payload) = st.reordered.remove(&expected) else {
+                return Ok(());
             };
-            next = self
-                .open_by_room
-                .get(&room)
-                .and_then(|open| open.first())
-                .map(|&counter| MsgId {
-                    origin: self.me,
-                    counter,
-                });
+            st.expected = Some(expected + 1);
+            let message = StampedMessage::decode(&payload)?;
+            self.handle_multicast(from, message, &payload)?;
         }
     }
 
-    /// [`Total::try_finish_round`] for one round; returns its room if it
-    /// was finalized.
-    fn finish_round(&mut self, id: MsgId, out: &mut Outbox) -> Option<RoomId> {
-        let round = self.rounds.get(&id)?;
-        let first_open = self
-            .open_by_room
-            .get(&round.room)
-            .and_then(|open| open.first().copied());
-        if first_open != Some(id.counter) {
-            return None;
+    /// A chat or acknowledgement of `from`, in its sequence.
+    fn handle_multicast(
+        &mut self,
+        from: ServerId,
+        message: StampedMessage,
+        payload: &[u8],
+    ) -> Result<(), WireError> {
+        match message {
+            StampedMessage::Chat {
+                clock,
+                counter,
+                room,
+                line,
+                ..
+            } => {
+                self.observe(from, clock)?;
+                // A chat calls for an acknowledgement; an acknowledgement
+                // does not.
+                self.to_cover = self.to_cover.max(clock);
+                self.relay
+                    .note_received(from, counter, Bytes::copy_from_slice(payload));
+                self.enqueue(
+                    Stamp {
+                        clock,
+                        server: from.0,
+                    },
+                    Held {
+                        id: MsgId {
+                            origin: from,
+                            counter,
+                        },
+                        room,
+                        line,
+                    },
+                );
+            }
+            StampedMessage::Ack { clock, .. } => {
+                self.observe(from, clock)?;
+            }
+            StampedMessage::Hello { .. } | StampedMessage::Resent { .. } => {
+                return Err(WireError::OutOfRange("not a multicast"));
+            }
         }
-        let mut final_p: Option<Priority> = None;
-        let mut excluded = Vec::new();
-        for (i, proposal) in round.proposals.iter().enumerate() {
-            if !self.members[i] {
-                excluded.push(i as u16);
+        Ok(())
+    }
+
+    fn handle_relay(
+        &mut self,
+        from: ServerId,
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
+        let Some(r) = self
+            .relay
+            .handle(from, RelayMessage::decode(payload)?, out)?
+        else {
+            return Ok(());
+        };
+        let StampedMessage::Chat {
+            clock,
+            counter,
+            room,
+            line,
+            ..
+        } = StampedMessage::decode(&r.payload)?
+        else {
+            return Err(WireError::OutOfRange("relayed payload"));
+        };
+        if self.relay.take(&r, counter) {
+            self.clock = self.clock.max(clock);
+            // The others wait for our stamps to pass it, like any chat.
+            self.to_cover = self.to_cover.max(clock);
+            self.enqueue(
+                Stamp {
+                    clock,
+                    server: r.origin.0,
+                },
+                Held {
+                    id: MsgId {
+                        origin: r.origin,
+                        counter,
+                    },
+                    room,
+                    line,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Everything that may follow any handler: payloads released by a
+    /// completed flush, hellos owed, posts that waited, deliveries.
+    fn settle(&mut self, out: &mut Outbox) {
+        while let Some((from, payload)) = self.relay.take_released() {
+            // It decoded when it arrived.
+            let _ = self.handle_payload(from, &payload, out);
+        }
+        for k in 0..self.peers.len() {
+            let p = ServerId(k as u16);
+            let st = &self.peers[k];
+            let Some(first_seq) = st.hello_due else {
+                continue;
+            };
+            if !st.member || self.relay.flushing(p) {
                 continue;
             }
-            match proposal {
-                Some(p) => final_p = final_p.max(Some(*p)),
-                None => return None,
+            self.peers[k].hello_due = None;
+            for (clock, held) in std::mem::take(&mut self.peers[k].resend) {
+                let resent = StampedMessage::Resent {
+                    clock,
+                    counter: held.id.counter,
+                    room: held.room,
+                    line: held.line,
+                };
+                out.send(Dest::Peer(p), resent.encode());
             }
-        }
-        let mut final_p = final_p?;
-        let room = round.room;
-        if let Some(last) = self.own_last_final.get(&room)
-            && final_p <= *last
-            && let Some(rq) = self.rooms.get_mut(&room)
-        {
-            // A fresh priority of ours: above everything agreed here, and
-            // so above `last` and every proposal counted.
-            rq.highest += 1;
-            final_p = Priority {
-                n: rq.highest,
-                server: self.me.0,
+            let hello = StampedMessage::Hello {
+                clock: self.tick(),
+                first_seq,
+                held: self.relay.departed_received(p),
             };
+            out.send(Dest::Peer(p), hello.encode());
         }
-        self.own_last_final.insert(room, final_p);
-        self.rounds.remove(&id);
-        if let Some(open) = self.open_by_room.get_mut(&room) {
-            open.remove(&id.counter);
-        }
-        let announcement = TotalMessage::Final {
-            counter: id.counter,
-            room,
-            priority: final_p,
-            excluded: excluded.clone(),
-        };
-        out.send(Dest::AllPeers, announcement.encode());
-        self.apply_final(id, room, final_p, excluded, out);
-        Some(room)
+        self.check_ready(out);
+        self.deliver(out);
     }
 
-    fn apply_final(
-        &mut self,
-        id: MsgId,
-        room: RoomId,
-        p: Priority,
-        excluded: Vec<u16>,
-        out: &mut Outbox,
-    ) {
-        if excluded.contains(&self.me.0) {
-            // Our proposal did not count: delivering could invert the order
-            // against the servers whose did. The origin's view has left us.
-            if out.excluded_by.is_none() {
-                out.excluded_by = Some(id.origin);
+    /// Once every member was heard from, stamps the posts that waited;
+    /// a post again of one the survivors hold is given up (see the module
+    /// docs).
+    fn check_ready(&mut self, out: &mut Outbox) {
+        if !self.ready {
+            if self.peers.iter().any(|p| p.member && p.latest.is_none()) {
+                return;
             }
-            return;
+            self.ready = true;
         }
-        let Some(rq) = self.rooms.get_mut(&room) else {
-            self.ignored += 1;
-            return;
-        };
-        let Some(old) = rq.position.remove(&id) else {
-            self.ignored += 1;
-            return;
-        };
-        let Some(mut held) = rq.queue.remove(&old) else {
-            self.ignored += 1;
-            return;
-        };
-        if rq.queue.contains_key(&p) {
-            // Two messages cannot share a final priority; only a broken or
-            // hostile peer sends this. Keep the held message where it was.
-            rq.queue.insert(old, held);
-            rq.position.insert(id, old);
-            self.ignored += 1;
-            return;
+        while let Some(w) = self.waiting.pop_front() {
+            if let Some(first) = w.first_id
+                && self.previous_held.is_some_and(|h| first.counter <= h)
+            {
+                out.discard(w.post.id);
+                continue;
+            }
+            self.multicast(w.post, out);
         }
-        held.is_final = true;
-        rq.highest = rq.highest.max(p.n);
-        rq.queue.insert(p, held);
-        rq.position.insert(id, p);
-        if id.origin != self.me {
-            self.recent_finals
-                .entry(id.origin)
-                .or_default()
-                .remember(id.counter, p, excluded);
-        }
-        self.drain_room(room, out);
     }
 
-    /// Delivers the final messages at the head of a room's queue.
-    fn drain_room(&mut self, room: RoomId, out: &mut Outbox) {
-        let Some(rq) = self.rooms.get_mut(&room) else {
-            return;
-        };
-        while let Some(entry) = rq.queue.first_entry() {
-            if !entry.get().is_final {
+    /// Delivers, in stamp order, every queued message that nothing can
+    /// still precede.
+    fn deliver(&mut self, out: &mut Outbox) {
+        let mut frontier = u64::MAX;
+        for (k, st) in self.peers.iter().enumerate() {
+            if k == self.me.index() {
+                continue;
+            }
+            if st.member {
+                match st.latest {
+                    Some(c) => frontier = frontier.min(c),
+                    None => return,
+                }
+            }
+            if self.relay.flushing(ServerId(k as u16)) {
+                match st.departed_latest {
+                    Some(c) => frontier = frontier.min(c),
+                    None => return,
+                }
+            }
+        }
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().clock > frontier {
                 break;
             }
+            let stamp = *entry.key();
             let held = entry.remove();
-            rq.position.remove(&held.id);
-            release(&mut self.held_by_origin, held.id.origin);
+            if held.id.origin == self.me {
+                self.own_queued -= 1;
+            }
+            self.delivered_upto = Some(stamp);
             out.deliver(Post {
                 id: held.id,
-                room,
+                room: held.room,
                 line: held.line,
             });
         }
     }
 
-    /// Asks `to` what it knows of the listed messages of `origin`.
-    fn send_query(
-        &self,
-        to: Dest,
-        origin: ServerId,
-        incarnation: u64,
-        counters: &[u64],
-        out: &mut Outbox,
-    ) {
-        let query = TotalMessage::Query {
-            origin,
-            incarnation,
-            counters: counters.to_vec(),
-        };
-        out.send(to, query.encode());
-    }
-
-    fn handle_query(
-        &mut self,
-        from: ServerId,
-        origin: ServerId,
-        incarnation: u64,
-        counters: Vec<u64>,
-        out: &mut Outbox,
-    ) -> Result<(), WireError> {
-        if origin.index() >= self.servers {
-            return Err(WireError::OutOfRange("query"));
-        }
-        // Mark the old incarnation dead before answering: from now on we
-        // never accept a final from it, so "unknown" stays true.
-        out.hint_incarnation(origin, incarnation);
-        let known = self.recent_finals.get(&origin);
-        let answers = counters
-            .into_iter()
-            .map(|c| (c, known.and_then(|k| k.by_counter.get(&c)).cloned()))
-            .collect();
-        out.send(
-            Dest::Peer(from),
-            TotalMessage::Answer { origin, answers }.encode(),
-        );
-        Ok(())
-    }
-
-    fn handle_answer(
-        &mut self,
-        from: ServerId,
-        origin: ServerId,
-        answers: Vec<(u64, Option<KnownFinal>)>,
-        out: &mut Outbox,
-    ) {
-        for (counter, answer) in answers {
-            let id = MsgId { origin, counter };
-            let Some(rec) = self.recoveries.get_mut(&id) else {
-                continue;
-            };
-            if let Some(slot) = rec.answers.get_mut(from.index()) {
-                *slot = Some(answer);
-            }
-            self.try_settle(id, out);
-        }
-    }
-
-    /// Settles a recovery once one survivor knows the final, or all say no.
-    fn try_settle(&mut self, id: MsgId, out: &mut Outbox) {
-        let Some(rec) = self.recoveries.get(&id) else {
-            return;
-        };
-        let known = rec.answers.iter().flatten().flatten().next().cloned();
-        let all_answered = rec.answers.iter().all(Option::is_some);
-        let room = rec.room;
-        if let Some((p, excluded)) = known {
-            self.recoveries.remove(&id);
-            self.recovered.0 += 1;
-            self.apply_final(id, room, p, excluded, out);
-        } else if all_answered {
-            self.recoveries.remove(&id);
-            self.recovered.1 += 1;
-            if let Some(rq) = self.rooms.get_mut(&room)
-                && let Some(pos) = rq.position.remove(&id)
-            {
-                rq.queue.remove(&pos);
-                release(&mut self.held_by_origin, id.origin);
-            }
-            self.drain_room(room, out);
-        }
+    /// `peer`'s current incarnation is over: its stamps hold us up only
+    /// until its flush completes.
+    fn depart(&mut self, peer: ServerId, out: &mut Outbox) {
+        self.relay.release_for(peer);
+        self.settle(out);
+        let st = &mut self.peers[peer.index()];
+        st.departed_latest = st.latest.take();
+        st.expected = None;
+        st.reordered.clear();
+        st.hello_due = None;
+        st.resend.clear();
     }
 }
 
 impl Ordering for Total {
-    fn handle_post(&mut self, _now: Time, post: Post, out: &mut Outbox) {
-        let msg = StreamMsg {
-            id: post.id,
-            room: post.room,
-            seq: self.counters.next(post.room),
-            line: post.line,
-        };
-        self.open_by_room
-            .entry(msg.room)
-            .or_default()
-            .insert(msg.id.counter);
-        self.rounds.insert(
-            msg.id,
-            ProposalRound {
-                room: msg.room,
-                line: msg.line.clone(),
-                proposals: vec![None; self.servers],
-            },
-        );
-        let chat = TotalMessage::Chat {
-            resent: false,
-            chat: msg.to_chat(),
-        };
-        out.send(Dest::AllPeers, chat.encode());
-        self.propose(msg, out);
+    fn handle_post(&mut self, now: Time, post: Post, out: &mut Outbox) {
+        self.last_now = now;
+        self.waiting.push_back(Waiting {
+            post,
+            first_id: None,
+        });
+        self.settle(out);
+    }
+
+    fn handle_repost(&mut self, now: Time, post: Post, first_id: MsgId, out: &mut Outbox) {
+        self.last_now = now;
+        self.waiting.push_back(Waiting {
+            post,
+            first_id: Some(first_id),
+        });
+        self.settle(out);
     }
 
     fn handle_peer(
         &mut self,
-        _now: Time,
+        now: Time,
         from: ServerId,
         payload: &[u8],
         out: &mut Outbox,
     ) -> Result<(), WireError> {
-        match TotalMessage::decode(payload)? {
-            TotalMessage::Chat { resent, chat } => {
-                let m = chat.into_stream_msg(from);
-                if resent {
-                    // Re-sent after our restart, in stream order over the link.
-                    self.propose(m, out);
-                } else {
-                    for m in self.streams.accept(m) {
-                        self.propose(m, out);
-                    }
-                }
-            }
-            TotalMessage::Propose { counter, priority } => {
-                let id = MsgId {
-                    origin: self.me,
-                    counter,
-                };
-                let p = Priority {
-                    n: priority,
-                    server: from.0,
-                };
-                self.record_proposal(id, from, p, out);
-            }
-            TotalMessage::Final {
-                counter,
-                room,
-                priority,
-                excluded,
-            } => {
-                let id = MsgId {
-                    origin: from,
-                    counter,
-                };
-                self.apply_final(id, room, priority, excluded, out);
-            }
-            TotalMessage::StreamStart(start) => {
-                for m in self.streams.restart_at(from, start.room, start.next) {
-                    self.propose(m, out);
-                }
-            }
-            TotalMessage::Query {
-                origin,
-                incarnation,
-                counters,
-            } => self.handle_query(from, origin, incarnation, counters, out)?,
-            TotalMessage::Answer { origin, answers } => {
-                self.handle_answer(from, origin, answers, out);
-            }
-        }
-        Ok(())
+        self.last_now = now;
+        let result = self.handle_payload(from, payload, out);
+        self.settle(out);
+        result
     }
 
     fn handle_peer_incarnation(
         &mut self,
-        _now: Time,
+        now: Time,
         peer: ServerId,
         incarnation: u64,
         restarted: bool,
         out: &mut Outbox,
     ) {
-        if !restarted {
+        self.last_now = now;
+        if peer == self.me || peer.index() >= self.peers.len() {
             return;
         }
-        let was_member = self.members.get(peer.index()).copied().unwrap_or(false);
-        if let Some(m) = self.members.get_mut(peer.index()) {
-            *m = true;
+        // The link to a new incarnation starts afresh: our multicasts reach
+        // it from this one on (even those sent before the hello).
+        let first_seq = self.next_seq;
+        if restarted {
+            self.depart(peer, out);
         }
-        if was_member {
-            // Counters start at the incarnation: the old one's are below.
-            self.settle_departed(peer, incarnation, incarnation, out);
+        self.relay.note_incarnation(peer, incarnation, out);
+        let own: Vec<(u64, Held)> = if restarted {
+            self.queue
+                .iter()
+                .filter(|(_, h)| h.id.origin == self.me)
+                .map(|(s, h)| (s.clock, h.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let st = &mut self.peers[peer.index()];
+        st.member = true;
+        if restarted {
+            st.hello_due = Some(first_seq);
+            st.resend = own;
         }
-
-        // The new incarnation knows none of our open rounds: tell it where
-        // our streams continue, then send them again; its old proposals are
-        // void (a proposal must come from a server that holds the message).
-        self.counters.announce_to(peer, out);
-        // We also propose afresh for each open round, above every priority
-        // agreed here so far: the new incarnation's proposals start low, and
-        // without this a re-sent message could be ordered before an earlier
-        // message of the same sender that was finalized before the crash.
-        let mut resend = Vec::new();
-        for (&id, round) in self.rounds.iter_mut() {
-            if let Some(slot) = round.proposals.get_mut(peer.index()) {
-                *slot = None;
-            }
-            if let Some(rq) = self.rooms.get_mut(&round.room)
-                && let Some(old) = rq.position.get(&id).copied()
-                && let Some(held) = rq.queue.remove(&old)
-            {
-                rq.highest += 1;
-                let fresh = Priority {
-                    n: rq.highest,
-                    server: self.me.0,
-                };
-                rq.queue.insert(fresh, held);
-                rq.position.insert(id, fresh);
-                round.proposals[self.me.index()] = Some(fresh);
-            }
-            resend.push(StreamMsg {
-                id,
-                room: round.room,
-                seq: 0,
-                line: round.line.clone(),
-            });
-        }
-        for m in resend {
-            let chat = TotalMessage::Chat {
-                resent: true,
-                chat: m.to_chat(),
-            };
-            out.send(Dest::Peer(peer), chat.encode());
-        }
+        self.settle(out);
     }
 
     fn handle_member_left(
         &mut self,
-        _now: Time,
+        now: Time,
         peer: ServerId,
-        dead_below: u64,
+        _dead_below: u64,
         out: &mut Outbox,
     ) {
-        let Some(m) = self.members.get_mut(peer.index()) else {
-            return;
-        };
-        if !*m {
+        self.last_now = now;
+        if peer == self.me || peer.index() >= self.peers.len() {
             return;
         }
-        *m = false;
-        // Nothing of a later incarnation can be held yet: every tentative
-        // message of `peer` is the departed incarnation's.
-        self.settle_departed(peer, dead_below, u64::MAX, out);
-        // Rounds that waited for its proposal complete without it.
-        let open: Vec<MsgId> = self.rounds.keys().copied().collect();
-        for id in open {
-            self.try_finish_round(id, out);
-        }
+        self.depart(peer, out);
+        self.peers[peer.index()].member = false;
+        self.relay.depart(peer, out);
+        self.settle(out);
     }
 
     fn unsettled_posts(&self) -> Vec<Post> {
-        self.rounds
-            .iter()
-            .map(|(&id, round)| Post {
-                id,
-                room: round.room,
-                line: round.line.clone(),
-            })
-            .collect()
+        let own = self
+            .queue
+            .values()
+            .filter(|h| h.id.origin == self.me)
+            .map(|h| Post {
+                id: h.id,
+                room: h.room,
+                line: h.line.clone(),
+            });
+        // A post that waits again keeps the id it was first sent under:
+        // that is what the survivors may hold.
+        let waiting = self.waiting.iter().map(|w| Post {
+            id: w.first_id.unwrap_or(w.post.id),
+            room: w.post.room,
+            line: w.post.line.clone(),
+        });
+        own.chain(waiting).collect()
+    }
+
+    fn handle_timeout(&mut self, now: Time, out: &mut Outbox) {
+        self.last_now = now;
+        self.settle(out);
+        if self.to_cover > self.announced {
+            let clock = self.tick();
+            let seq = self.take_seq();
+            out.send(Dest::AllPeers, StampedMessage::Ack { seq, clock }.encode());
+            self.announced = clock;
+        }
+    }
+
+    /// An acknowledgement waits for the end of the datagram being handled
+    /// (the replica runs due timers then), so one covers all it carried.
+    fn poll_timeout(&self) -> Option<Time> {
+        (self.to_cover > self.announced).then_some(self.last_now)
     }
 
     fn stats(&self) -> StrategyStats {
         StrategyStats {
-            refused: self.refused + self.streams.refused,
-            held_back: self.streams.held()
-                + self.rooms.values().map(|r| r.queue.len()).sum::<usize>(),
-            in_flight: self.rounds.len() + self.recoveries.len(),
-            relayed: 0,
-        }
-    }
-}
-
-impl Total {
-    /// Everything `peer`'s incarnations before `incarnation` left behind:
-    /// its stream position, its tentative messages with counters below
-    /// `counters_below` (settled by asking the other members, who learn
-    /// from the query that those incarnations are over), and our queries
-    /// that waited for its answer.
-    fn settle_departed(
-        &mut self,
-        peer: ServerId,
-        incarnation: u64,
-        counters_below: u64,
-        out: &mut Outbox,
-    ) {
-        self.streams.forget_origin(peer);
-
-        // The crashed incarnation's tentative messages: ask the survivors.
-        // Its counters are below the new incarnation (they start there).
-        let mut stuck: Vec<(MsgId, RoomId)> = Vec::new();
-        for (&room, rq) in &self.rooms {
-            for held in rq.queue.values() {
-                if held.id.origin == peer
-                    && !held.is_final
-                    && held.id.counter < counters_below
-                    && !self.recoveries.contains_key(&held.id)
-                {
-                    stuck.push((held.id, room));
-                }
-            }
-        }
-        stuck.sort_unstable();
-        for &(id, room) in &stuck {
-            // Servers outside our view have no say, nor has the crashed
-            // origin; we hold it tentatively, so we do not know its final.
-            let mut answers: Vec<Option<Option<KnownFinal>>> = self
-                .members
-                .iter()
-                .map(|&m| if m { None } else { Some(None) })
-                .collect();
-            answers[self.me.index()] = Some(None);
-            answers[peer.index()] = Some(None);
-            self.recoveries.insert(id, Recovery { room, answers });
-        }
-        if !stuck.is_empty() {
-            let counters: Vec<u64> = stuck.iter().map(|(id, _)| id.counter).collect();
-            for s in 0..self.servers {
-                let s = ServerId(s as u16);
-                if s != self.me && s != peer && self.members[s.index()] {
-                    self.send_query(Dest::Peer(s), peer, incarnation, &counters, out);
-                }
-            }
-            for (id, _) in stuck {
-                self.try_settle(id, out);
-            }
-        }
-        // Queries of ours that waited for its answer: it has none now (a
-        // member that left has no say; a new incarnation knows nothing).
-        let waiting: Vec<MsgId> = self
-            .recoveries
-            .iter()
-            .filter(|(id, rec)| {
-                id.origin != peer && rec.answers.get(peer.index()).is_some_and(Option::is_none)
-            })
-            .map(|(&id, _)| id)
-            .collect();
-        for id in waiting {
-            if let Some(rec) = self.recoveries.get_mut(&id)
-                && let Some(slot) = rec.answers.get_mut(peer.index())
-            {
-                *slot = Some(None);
-            }
-            self.try_settle(id, out);
+            refused: self.refused,
+            held_back: self.queue.len() - self.own_queued
+                + self.peers.iter().map(|p| p.reordered.len()).sum::<usize>(),
+            in_flight: self.own_queued + self.waiting.len(),
+            relayed: self.relay.relayed,
         }
     }
 }
@@ -970,8 +854,202 @@ fn build(ctx: &StrategyContext) -> Box<dyn Ordering> {
 inventory::submit! {
     StrategySpec {
         name: "total",
-        summary: "one identical order per room for all members (ISIS/Skeen agreement, leaderless), keeping each sender's order",
-        guarantees: Guarantees { fifo: true, total: true, causal: false },
+        summary: "one identical order for all members (stamps and acknowledgements among all servers, leaderless: four one-way delays), keeping each sender's order and causal order",
+        guarantees: Guarantees { fifo: true, total: true, causal: true },
         build,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(me: u16, servers: usize) -> StrategyContext {
+        StrategyContext {
+            me: ServerId(me),
+            servers,
+            incarnation: 1,
+            window: 64,
+        }
+    }
+
+    /// Three servers wired by hand (FIFO, nothing lost): payloads are
+    /// handed over one hop at a time, so a test can count hops.
+    struct Trio {
+        nodes: Vec<Total>,
+        /// `(from, to, payload)` sent but not yet handed over.
+        wire: Vec<(usize, usize, Bytes)>,
+        delivered: Vec<Vec<MsgId>>,
+    }
+
+    impl Trio {
+        fn new() -> Self {
+            let mut t = Trio {
+                nodes: (0..3).map(|i| Total::new(&ctx(i, 3))).collect(),
+                wire: Vec::new(),
+                delivered: vec![Vec::new(); 3],
+            };
+            for i in 0..3 {
+                for p in (0..3).filter(|&p| p != i) {
+                    let mut out = Outbox::default();
+                    t.nodes[i].handle_peer_incarnation(
+                        Time::ZERO,
+                        ServerId(p as u16),
+                        1,
+                        false,
+                        &mut out,
+                    );
+                    t.take(i, out);
+                }
+            }
+            while !t.wire.is_empty() {
+                t.hop();
+            }
+            t
+        }
+
+        fn take(&mut self, from: usize, out: Outbox) {
+            for (dest, payload) in out.sends {
+                match dest {
+                    Dest::Peer(p) => self.wire.push((from, p.index(), payload)),
+                    Dest::AllPeers => {
+                        for to in (0..3).filter(|&to| to != from) {
+                            self.wire.push((from, to, payload.clone()));
+                        }
+                    }
+                }
+            }
+            for d in out.deliveries {
+                self.delivered[from].push(d.id);
+            }
+        }
+
+        /// Hands over everything on the wire now (one one-way delay), each
+        /// receiver ending the "datagram" with its timer like the replica.
+        fn hop(&mut self) {
+            for (from, to, payload) in std::mem::take(&mut self.wire) {
+                let mut out = Outbox::default();
+                let node = &mut self.nodes[to];
+                node.handle_peer(Time::ZERO, ServerId(from as u16), &payload, &mut out)
+                    .expect("valid payload");
+                if node.poll_timeout().is_some() {
+                    node.handle_timeout(Time::ZERO, &mut out);
+                }
+                self.take(to, out);
+            }
+        }
+
+        fn post(&mut self, at: usize, counter: u64) -> MsgId {
+            let id = MsgId {
+                origin: ServerId(at as u16),
+                counter,
+            };
+            let mut out = Outbox::default();
+            self.nodes[at].handle_post(
+                Time::ZERO,
+                Post {
+                    id,
+                    room: 1,
+                    line: Bytes::from_static(b"<a> hi"),
+                },
+                &mut out,
+            );
+            self.take(at, out);
+            id
+        }
+    }
+
+    /// A remote server delivers after two one-way delays (the message, then
+    /// the third server's acknowledgement), the origin after two as well:
+    /// with the client's two hops, four in all, one fewer than `isis`.
+    #[test]
+    fn a_message_is_delivered_everywhere_after_two_one_way_delays() {
+        let mut t = Trio::new();
+        let id = t.post(0, 10);
+        t.hop(); // the message reaches servers 1 and 2, which acknowledge
+        assert!(t.delivered.iter().all(Vec::is_empty), "{:?}", t.delivered);
+        t.hop(); // the acknowledgements arrive
+        for (i, d) in t.delivered.iter().enumerate() {
+            assert_eq!(d, &vec![id], "server {i}");
+        }
+    }
+
+    /// Concurrent posts at every server end in one order everywhere.
+    #[test]
+    fn concurrent_posts_are_delivered_in_one_order() {
+        let mut t = Trio::new();
+        let mut counter = 100;
+        for round in 0..5 {
+            for at in 0..3 {
+                counter += 1;
+                t.post(at, counter);
+            }
+            if round % 2 == 0 {
+                t.hop();
+            }
+        }
+        for _ in 0..6 {
+            t.hop();
+        }
+        assert_eq!(t.delivered[0].len(), 15);
+        assert_eq!(t.delivered[0], t.delivered[1]);
+        assert_eq!(t.delivered[0], t.delivered[2]);
+    }
+
+    /// Acknowledgements are coalesced: a burst of messages from one server
+    /// costs each other server one acknowledgement, not one per message.
+    #[test]
+    fn one_acknowledgement_covers_a_burst() {
+        let mut t = Trio::new();
+        let mut burst = Vec::new();
+        for c in 0..20 {
+            let mut out = Outbox::default();
+            t.nodes[0].handle_post(
+                Time::ZERO,
+                Post {
+                    id: MsgId {
+                        origin: ServerId(0),
+                        counter: 200 + c,
+                    },
+                    room: 1,
+                    line: Bytes::from_static(b"<a> x"),
+                },
+                &mut out,
+            );
+            burst.extend(out.sends.into_iter().map(|(_, p)| p));
+        }
+        // All twenty in one "datagram" to server 1.
+        let mut out = Outbox::default();
+        for p in &burst {
+            t.nodes[1]
+                .handle_peer(Time::ZERO, ServerId(0), p, &mut out)
+                .expect("valid");
+        }
+        assert!(t.nodes[1].poll_timeout().is_some());
+        t.nodes[1].handle_timeout(Time::ZERO, &mut out);
+        let acks = out
+            .sends
+            .iter()
+            .filter(|(_, p)| p.first() == Some(&kind::STAMPED_ACK))
+            .count();
+        assert_eq!(acks, 1);
+        assert_eq!(t.nodes[1].poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_clock_beyond_the_limit_or_a_stamp_that_did_not_grow_is_refused() {
+        let mut w = Writer::new();
+        w.u8(kind::STAMPED_ACK).varint(1).varint(MAX_CLOCK + 1);
+        assert!(StampedMessage::decode(&w.finish()).is_err());
+        let mut t = Trio::new();
+        let mut out = Outbox::default();
+        let latest = t.nodes[1].peers[0].latest.expect("heard server 0");
+        let seq = t.nodes[1].peers[0].expected.expect("hello came");
+        let stale = StampedMessage::Ack { seq, clock: latest }.encode();
+        assert!(
+            t.nodes[1]
+                .handle_peer(Time::ZERO, ServerId(0), &stale, &mut out)
+                .is_err()
+        );
     }
 }

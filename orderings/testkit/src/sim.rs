@@ -450,6 +450,9 @@ pub fn run_checking(
     sim.nodes = (0..sim.cfg.servers)
         .map(|i| sim.build_node(ServerId(i as u16)))
         .collect();
+    for i in 0..sim.cfg.servers {
+        sim.introduce_raw(ServerId(i as u16));
+    }
     for c in 0..sim.clients.len() {
         let t = Time(sim.rng.below(sim.cfg.post_gap_us.max(1)));
         sim.schedule(t, Event::Post { client: c });
@@ -495,23 +498,9 @@ impl Sim {
             window: self.cfg.window.unwrap_or(orderings::DEFAULT_WINDOW),
         };
         match self.cfg.network {
-            Network::Raw => {
-                let mut strategy = (self.spec.build)(&ctx);
-                // No links to introduce the peers: do it by hand.
-                let mut out = Outbox::default();
-                for p in 0..self.cfg.servers {
-                    if p != me.index() {
-                        strategy.handle_peer_incarnation(
-                            Time::ZERO,
-                            ServerId(p as u16),
-                            self.incarnations[p],
-                            false,
-                            &mut out,
-                        );
-                    }
-                }
-                Node::Raw(strategy)
-            }
+            // The peers are introduced once all nodes exist
+            // (`introduce_raw`).
+            Network::Raw => Node::Raw((self.spec.build)(&ctx)),
             Network::Links => {
                 let mut rc =
                     ReplicaConfig::new(me, self.cfg.servers, self.incarnations[me.index()]);
@@ -823,6 +812,28 @@ impl Sim {
                 },
             );
         }
+    }
+
+    /// Raw mode: no links introduce the peers, so the harness does, and
+    /// sends what the strategy writes in answer (a greeting, say).
+    fn introduce_raw(&mut self, me: ServerId) {
+        let Node::Raw(strategy) = &mut self.nodes[me.index()] else {
+            return;
+        };
+        let mut out = Outbox::default();
+        for p in 0..self.cfg.servers {
+            if p != me.index() {
+                strategy.handle_peer_incarnation(
+                    Time::ZERO,
+                    ServerId(p as u16),
+                    self.incarnations[p],
+                    false,
+                    &mut out,
+                );
+            }
+        }
+        self.raw_outbox(me, out);
+        self.after_step(me);
     }
 
     fn raw_outbox(&mut self, me: ServerId, out: Outbox) {
