@@ -89,6 +89,9 @@ counters! {
     rejoins,
     /// Own messages posted again after a rejoin.
     reposted,
+    /// After a rejoin: messages handed over again that the previous
+    /// incarnation had delivered (dropped, not delivered twice).
+    repeats_dropped,
     /// Messages of departed servers received from a survivor's relay
     /// (since this server's latest rejoin).
     relayed,
@@ -146,6 +149,7 @@ impl From<&ServerStats> for ServerCounters {
             view_members: r.view_members as u64,
             rejoins: r.rejoins,
             reposted: r.reposted,
+            repeats_dropped: r.repeats_dropped,
         }
     }
 }
@@ -192,6 +196,6 @@ mod tests {
             (sum.client_datagrams, sum.deliveries, sum.posts),
             (24, 18, 0)
         );
-        assert_eq!(c.entries().count(), 47);
+        assert_eq!(c.entries().count(), 48);
     }
 }

@@ -208,6 +208,9 @@ pub struct ReplicaStats {
     pub rejoins: u64,
     /// Own messages posted again after a rejoin.
     pub reposted: u64,
+    /// After a rejoin: messages handed over again that the previous
+    /// incarnation had delivered already (not delivered twice).
+    pub repeats_dropped: u64,
     /// This server hears too few members to make up the quorum.
     pub cut_off: bool,
     /// Members a view needs to order `total` messages.
@@ -249,6 +252,16 @@ pub struct Replica {
     reposted: u64,
     /// Exclusions of this server that could not be acted on (no builder).
     excluded_unhandled: u64,
+    /// Per origin: the highest message counter delivered here.
+    delivered_max: Vec<u64>,
+    /// After a rejoin: `delivered_max` as the previous incarnation left it.
+    /// The new one may be handed a message the old one delivered (a peer
+    /// resends what it thinks we never got); the clients are the same, so
+    /// it is not delivered again. Per origin, deliveries come in counter
+    /// order in every built-in mode, so "at or below" is "already seen".
+    delivered_before_rejoin: Option<Vec<u64>>,
+    /// Deliveries dropped by the rule above.
+    repeats_dropped: u64,
 }
 
 impl Replica {
@@ -320,6 +333,9 @@ impl Replica {
             rejoins: 0,
             reposted: 0,
             excluded_unhandled: 0,
+            delivered_max: vec![0; n],
+            delivered_before_rejoin: None,
+            repeats_dropped: 0,
         }
     }
 
@@ -720,6 +736,7 @@ impl Replica {
             self.delivered_from[i] = 0;
         }
         self.membership.restart(now);
+        self.delivered_before_rejoin = Some(self.delivered_max.clone());
         self.next_counter = self.next_counter.max(incarnation);
         self.rejoins += 1;
         self.events
@@ -856,6 +873,7 @@ impl Replica {
             view_members: self.membership.view().len(),
             rejoins: self.rejoins,
             reposted: self.reposted,
+            repeats_dropped: self.repeats_dropped,
             cut_off: self.membership.cut_off(),
             quorum: self.membership.quorum(),
         }
@@ -924,6 +942,20 @@ impl Replica {
             // Never sent: it does not count against the window either.
             self.posts = self.posts.saturating_sub(1);
             self.events.push_back(ReplicaEvent::Discarded { id });
+        }
+        if let Some(before) = &self.delivered_before_rejoin {
+            let n = self.scratch.deliveries.len();
+            self.scratch.deliveries.retain(|d| {
+                before
+                    .get(d.id.origin.index())
+                    .is_none_or(|&c| d.id.counter > c)
+            });
+            self.repeats_dropped += (n - self.scratch.deliveries.len()) as u64;
+        }
+        for d in &self.scratch.deliveries {
+            if let Some(m) = self.delivered_max.get_mut(d.id.origin.index()) {
+                *m = (*m).max(d.id.counter);
+            }
         }
         self.delivered += self.scratch.deliveries.len() as u64;
         for d in &self.scratch.deliveries {

@@ -46,6 +46,8 @@ fn scenario(seed: u64, network: Network, crash: bool) -> SimConfig {
 /// counted the others as heard and excluded one it never heard; another
 /// then readmitted the excluded incarnation it had never heard. 14993: a
 /// stale "never heard" exclusion was followed for a newer incarnation.
+/// 4588 (stamp-order `total`): a server paused past its exclusion delivered
+/// a peer's messages on resuming, rejoined, and was sent them again.
 #[test]
 fn regression_seeds() {
     for (seed, crash) in [
@@ -66,7 +68,7 @@ fn regression_seeds() {
             );
         }
     }
-    for seed in [2990, 197, 314, 169, 105, 470, 2564, 14993] {
+    for seed in [2990, 197, 314, 169, 105, 470, 2564, 14993, 4588] {
         for spec in registered() {
             let out = sim::run(spec, SimConfig::membership(seed));
             assert!(
