@@ -24,12 +24,18 @@ struct Run {
 }
 
 fn bench(name: &str) -> Run {
+    bench_with(name, &[])
+}
+
+/// `launcher bench NAME --quick` with `extra` arguments.
+fn bench_with(name: &str, extra: &[&str]) -> Run {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Scratch::new(&format!("bench-{name}"));
     let json = dir.path().join("report.json");
     let mut cmd = Command::new(bin("launcher"));
     cmd.args(["bench", name, "--quick", "-q", "--json"])
-        .arg(&json);
+        .arg(&json)
+        .args(extra);
     let mut p = Proc::spawn(&format!("launcher bench {name}"), cmd);
     let deadline = Instant::now() + LIMIT;
     let status = loop {
@@ -200,6 +206,25 @@ fn cpu_runs_and_says_what_it_could_not_measure() {
             "{r:#}"
         );
     }
+}
+
+/// `--ordering isis` runs the total-order figures with agreement through the
+/// origin, to compare with `total` on the same preset.
+#[test]
+fn the_total_order_runs_take_another_mode() {
+    let run = bench_with("faults", &["--ordering", "isis"]);
+    assert!(
+        run.stdout.contains("Latency under faults: isis,"),
+        "{}",
+        run.stdout
+    );
+    let out = Command::new(bin("launcher"))
+        .args(["bench", "faults", "--quick", "--ordering", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope") && err.contains("isis"), "{err}");
 }
 
 #[test]

@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// The mode of the total-order runs: `total` (stamps and
+    /// acknowledgements) or `isis` (agreement through the origin), to
+    /// compare the two on the same figures.
+    #[arg(long, short = 'o', default_value = "total", value_name = "MODE")]
+    pub ordering: String,
     /// The chatserver binary (default: next to the launcher).
     #[arg(long, value_name = "PATH")]
     pub chatserver: Option<PathBuf>,

@@ -187,15 +187,22 @@ fn handled(counters: &[Option<ServerCounters>], node: usize, fallback: u64) -> u
         .unwrap_or(fallback)
 }
 
-fn props() -> anyhow::Result<Option<Properties>> {
+fn props(env: &Env) -> anyhow::Result<Option<Properties>> {
     Ok(Some(Properties::from_guarantees(
-        orderings::lookup("total")?.guarantees,
+        orderings::lookup(&env.total)?.guarantees,
     )))
 }
 
 fn native(env: &Env, spec: &LoadSpec) -> anyhow::Result<NativeRun> {
     env.say("cpu: native run");
-    let running = start_cluster(env, 3, "total", 10, None, Duration::from_secs(20))?;
+    let running = start_cluster(
+        env,
+        3,
+        env.total.as_str(),
+        10,
+        None,
+        Duration::from_secs(20),
+    )?;
     let pids = running.pids.clone();
     let perf_out = env.scratch().join("perf-syscalls.txt");
     let mut perf = match (which("perf"), pids[0]) {
@@ -235,7 +242,15 @@ fn native(env: &Env, spec: &LoadSpec) -> anyhow::Result<NativeRun> {
     };
     let (counters, problems) = running.stop(Duration::from_secs(3));
     let (load, drops) = result?;
-    let load = figures("total", 3, spec, &load, drops, props()?, problems);
+    let load = figures(
+        env.total.as_str(),
+        3,
+        spec,
+        &load,
+        drops,
+        props(env)?,
+        problems,
+    );
     env.say(load.summary());
     let cpu = before
         .iter()
@@ -252,7 +267,14 @@ fn native(env: &Env, spec: &LoadSpec) -> anyhow::Result<NativeRun> {
 
 fn strace_run(env: &Env, spec: &LoadSpec, strace: &Path) -> anyhow::Result<StraceRun> {
     env.say("cpu: server 1 under strace -c");
-    let running = start_cluster(env, 3, "total", 10, None, Duration::from_secs(20))?;
+    let running = start_cluster(
+        env,
+        3,
+        env.total.as_str(),
+        10,
+        None,
+        Duration::from_secs(20),
+    )?;
     let pid = running.pids[0].context("server 1 is not running")?;
     let out = env.scratch().join("strace.txt");
     let mut child = attach(strace, &["-c", "-f"], &out, pid)
@@ -289,7 +311,15 @@ fn strace_run(env: &Env, spec: &LoadSpec, strace: &Path) -> anyhow::Result<Strac
     let (counters, problems) = running.stop(Duration::from_secs(5));
     reap(&mut child, Duration::from_secs(10));
     let (load, drops) = result?;
-    let load = figures("total", 3, spec, &load, drops, props()?, problems);
+    let load = figures(
+        env.total.as_str(),
+        3,
+        spec,
+        &load,
+        drops,
+        props(env)?,
+        problems,
+    );
     env.say(load.summary());
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let (syscalls, total_calls) = parse_strace_summary(&text);
@@ -321,7 +351,7 @@ fn callgrind_run(env: &Env, spec: &LoadSpec, valgrind: &Path) -> anyhow::Result<
     let running = start_cluster(
         env,
         3,
-        "total",
+        env.total.as_str(),
         10,
         Some(&wrapper),
         Duration::from_secs(120),
@@ -352,7 +382,15 @@ fn callgrind_run(env: &Env, spec: &LoadSpec, valgrind: &Path) -> anyhow::Result<
     // Callgrind writes its output when the server exits: give it time.
     let (counters, problems) = running.stop(Duration::from_secs(60));
     let (load, drops) = result?;
-    let load = figures("total", 3, spec, &load, drops, props()?, problems);
+    let load = figures(
+        env.total.as_str(),
+        3,
+        spec,
+        &load,
+        drops,
+        props(env)?,
+        problems,
+    );
     env.say(load.summary());
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     Ok(CallgrindRun {

@@ -27,7 +27,8 @@ fn faults() -> FaultConfig {
 }
 
 pub(super) fn run(env: &Env) -> anyhow::Result<PresetReport> {
-    let props = Properties::from_guarantees(orderings::lookup("total")?.guarantees);
+    let mode = env.total.as_str();
+    let props = Properties::from_guarantees(orderings::lookup(&env.total)?.guarantees);
     let total = env.count(3_000.0, 100.0);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -53,7 +54,7 @@ pub(super) fn run(env: &Env) -> anyhow::Result<PresetReport> {
         let running = start_cluster_behind(
             env,
             servers,
-            "total",
+            env.total.as_str(),
             10,
             None,
             Duration::from_secs(20),
@@ -63,7 +64,15 @@ pub(super) fn run(env: &Env) -> anyhow::Result<PresetReport> {
         let result = drive(env, &binds, &spec);
         let (counters, problems) = running.stop(Duration::from_secs(3));
         let (load, drops) = result?;
-        let mut f = figures("total", servers, &spec, &load, drops, Some(props), problems);
+        let mut f = figures(
+            env.total.as_str(),
+            servers,
+            &spec,
+            &load,
+            drops,
+            Some(props),
+            problems,
+        );
         f.server_totals = sum_counters(&counters);
         env.say(f.summary());
         ok &= f.complete && f.check_ok && f.server_problems.is_empty();
@@ -106,7 +115,7 @@ pub(super) fn run(env: &Env) -> anyhow::Result<PresetReport> {
     Ok(PresetReport {
         bench: "faults".into(),
         title: format!(
-            "Latency under faults: total, 0-20 ms delay and 10% loss between servers, 4 clients per server, 2 rooms, {RATE} messages/s in all, {total} messages, 100 B"
+            "Latency under faults: {mode}, 0-20 ms delay and 10% loss between servers, 4 clients per server, 2 rooms, {RATE} messages/s in all, {total} messages, 100 B"
         ),
         quick: env.quick,
         ok,

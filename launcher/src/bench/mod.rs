@@ -62,6 +62,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let env = Env {
         chatserver,
+        total: a.ordering.clone(),
         quick: a.quick,
         scale: a.scale,
         window: a.window.map(|w| w.max(1)),
@@ -70,6 +71,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         progress: !a.quiet,
         scratch: scratch.path().to_path_buf(),
     };
+    // An unknown mode fails here, with the list, not after a cluster start.
+    let total_spec = orderings::lookup(&env.total)?;
+    if !total_spec.guarantees.total {
+        crate::outln!(
+            "bench: note: {} does not promise total order; the total-order runs use it anyway and check what it promises",
+            env.total
+        );
+    }
     let machine = machine::machine();
     crate::outln!(
         "bench: {machine}; chatserver {}; server links {}",

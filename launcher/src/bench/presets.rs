@@ -33,13 +33,13 @@ fn w1(env: &Env) -> anyhow::Result<PresetReport> {
     } else {
         &[16, 32, 64, 128, 256]
     };
-    let (sweep_runs, best) = sweep(env, 3, "total", &base(100), windows)?;
+    let (sweep_runs, best) = sweep(env, 3, env.total.as_str(), &base(100), windows)?;
     let window = sweep_runs[best].window;
     let head = &sweep_runs[best];
     let mut ok = sweep_runs.iter().all(LoadFigures::ok);
     let mut rows = vec![
         Row::new(
-            format!("total, 100 B: messages/s (window {window})"),
+            format!("{}, 100 B: messages/s (window {window})", env.total),
             Some(head.messages_per_s.round()),
             "msg/s",
             Target::at_least(50_000.0),
@@ -50,7 +50,11 @@ fn w1(env: &Env) -> anyhow::Result<PresetReport> {
         )),
     ];
     let mut runs = Vec::new();
-    for (mode, size) in [("total", 1000), ("fifo", 100), ("unordered", 100)] {
+    for (mode, size) in [
+        (env.total.as_str(), 1000),
+        ("fifo", 100),
+        ("unordered", 100),
+    ] {
         let f = cluster_run(
             env,
             3,
@@ -106,8 +110,16 @@ fn w1(env: &Env) -> anyhow::Result<PresetReport> {
 }
 
 fn w2(env: &Env) -> anyhow::Result<PresetReport> {
+    let mode = env.total.as_str();
     let messages = env.count(10_000.0, 300.0);
-    let running = start_cluster(env, 3, "total", 10, None, Duration::from_secs(20))?;
+    let running = start_cluster(
+        env,
+        3,
+        env.total.as_str(),
+        10,
+        None,
+        Duration::from_secs(20),
+    )?;
     let plan = LatencyPlan {
         servers: running.binds.clone(),
         room: 1,
@@ -117,7 +129,7 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
         spin: env.spin,
         quiet: Duration::from_secs(3),
         deadline: bound(f64::from(messages) / 1000.0),
-        properties: Properties::from_guarantees(orderings::lookup("total")?.guarantees),
+        properties: Properties::from_guarantees(orderings::lookup(&env.total)?.guarantees),
     };
     env.say(format!(
         "3 clients at 1,000 messages/s each, {messages} messages each"
@@ -178,7 +190,7 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
     Ok(PresetReport {
         bench: "w2".into(),
         title: format!(
-            "W2 latency: 3 servers, total, 3 clients at 1,000 messages/s each (3,000/s), {messages} messages each, 100 B"
+            "W2 latency: 3 servers, {mode}, 3 clients at 1,000 messages/s each (3,000/s), {messages} messages each, 100 B"
         ),
         quick: env.quick,
         ok,
@@ -190,6 +202,7 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
 }
 
 fn w3(env: &Env, one_room: bool) -> anyhow::Result<PresetReport> {
+    let mode = env.total.as_str();
     let (rooms, rate, secs) = if one_room {
         (1u32, 1_000.0, 10.0)
     } else {
@@ -208,7 +221,7 @@ fn w3(env: &Env, one_room: bool) -> anyhow::Result<PresetReport> {
         timeout: bound(f64::from(messages) * clients as f64 / rate),
         quiet: Duration::from_secs(3),
     };
-    let f = cluster_run(env, 10, "total", &spec, true)?;
+    let f = cluster_run(env, 10, env.total.as_str(), &spec, true)?;
     let sustained = f.sustained_rate().round();
     let mut rows = vec![
         Row::new(
@@ -248,14 +261,14 @@ fn w3(env: &Env, one_room: bool) -> anyhow::Result<PresetReport> {
         (
             "w3-one-room",
             format!(
-                "W3 one room: 10 servers, 250 clients all in room 1, total, {rate:.0} messages/s, {messages} per client"
+                "W3 one room: 10 servers, 250 clients all in room 1, {mode}, {rate:.0} messages/s, {messages} per client"
             ),
         )
     } else {
         (
             "w3",
             format!(
-                "W3 scale: 10 servers, 250 clients, 10 rooms of 25 spanning servers, total, {rate:.0} messages/s, {messages} per client"
+                "W3 scale: 10 servers, 250 clients, 10 rooms of 25 spanning servers, {mode}, {rate:.0} messages/s, {messages} per client"
             ),
         )
     };
@@ -279,6 +292,7 @@ fn w3(env: &Env, one_room: bool) -> anyhow::Result<PresetReport> {
 }
 
 fn w4(env: &Env) -> anyhow::Result<PresetReport> {
+    let mode = env.total.as_str();
     let messages = env.count(4_000.0, 100.0);
     let spec = LoadSpec {
         clients: 10,
@@ -295,7 +309,7 @@ fn w4(env: &Env) -> anyhow::Result<PresetReport> {
     } else {
         &[8, 16, 32, 64, 128]
     };
-    let (runs, best) = sweep(env, 10, "total", &spec, windows)?;
+    let (runs, best) = sweep(env, 10, env.total.as_str(), &spec, windows)?;
     let f = &runs[best];
     let rows = vec![
         Row::new(
@@ -328,7 +342,7 @@ fn w4(env: &Env) -> anyhow::Result<PresetReport> {
     Ok(PresetReport {
         bench: "w4".into(),
         title: format!(
-            "W4 ten servers: 10 servers, one client on each, one room, total, 100 B, {messages} messages per client, \
+            "W4 ten servers: 10 servers, one client on each, one room, {mode}, 100 B, {messages} messages per client, \
              as fast as a window of un-echoed messages per client allows"
         ),
         quick: env.quick,
@@ -348,6 +362,7 @@ struct RssSample {
 }
 
 fn memory(env: &Env) -> anyhow::Result<PresetReport> {
+    let mode = env.total.as_str();
     let (secs, rate) = if env.quick {
         (3.0, 2_000.0)
     } else {
@@ -365,7 +380,14 @@ fn memory(env: &Env) -> anyhow::Result<PresetReport> {
         timeout: bound(secs),
         quiet: Duration::from_secs(3),
     };
-    let running = start_cluster(env, 10, "total", 10, None, Duration::from_secs(20))?;
+    let running = start_cluster(
+        env,
+        10,
+        env.total.as_str(),
+        10,
+        None,
+        Duration::from_secs(20),
+    )?;
     let pids = running.pids.clone();
     let at_start: Vec<u64> = pids
         .iter()
@@ -414,7 +436,7 @@ fn memory(env: &Env) -> anyhow::Result<PresetReport> {
     let (_, problems) = running.stop(Duration::from_secs(3));
     let (load, drops) = result?;
     // Counts only: the checker would double the run's memory for nothing here.
-    let f = figures("total", 10, &spec, &load, drops, None, problems);
+    let f = figures(env.total.as_str(), 10, &spec, &load, drops, None, problems);
     env.say(f.summary());
 
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -499,7 +521,7 @@ fn memory(env: &Env) -> anyhow::Result<PresetReport> {
     Ok(PresetReport {
         bench: "memory".into(),
         title: format!(
-            "Memory: the W3 setup (10 servers, 250 clients, 10 rooms, total, {rate:.0} messages/s) for {secs:.0} s, RSS sampled every second"
+            "Memory: the W3 setup (10 servers, 250 clients, 10 rooms, {mode}, {rate:.0} messages/s) for {secs:.0} s, RSS sampled every second"
         ),
         quick: env.quick,
         ok: f.complete && f.check_ok && f.server_problems.is_empty() && known == pids.len(),

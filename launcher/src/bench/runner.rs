@@ -18,6 +18,8 @@ use testkit::check::Properties;
 /// Settings shared by every benchmark of one invocation.
 pub struct Env {
     pub chatserver: PathBuf,
+    /// The mode of the total-order runs (`--ordering`).
+    pub total: String,
     pub quick: bool,
     pub scale: f64,
     /// `--window`, if given.

@@ -72,9 +72,10 @@ use std::collections::{BTreeMap, VecDeque};
 /// the headroom keeps the clock from overflowing.
 pub const MAX_CLOCK: u64 = 1 << 62;
 
-/// Multicasts from one peer held for an earlier one at most (a reordering
-/// network without links, or a hostile peer); beyond, they are refused.
-const MAX_REORDERED: usize = 1 << 16;
+/// Multicasts from one peer held for an earlier one (a reordering network
+/// without links, the wait for a hello, or a hostile peer) at most this
+/// many admission windows' worth; beyond, they are refused.
+const REORDERED_WINDOWS: usize = 4;
 
 /// A position in the order: unique, since a server never stamps twice with
 /// one clock value.
@@ -312,6 +313,8 @@ pub(super) struct Total {
     relay: DepartedRelay<Bytes>,
     refused: u64,
     last_now: Time,
+    /// Bound of each peer's `reordered`.
+    max_reordered: usize,
 }
 
 impl Total {
@@ -339,6 +342,7 @@ impl Total {
             relay: DepartedRelay::new(ctx.me, ctx.servers, ctx.window),
             refused: 0,
             last_now: Time::ZERO,
+            max_reordered: ctx.window.saturating_mul(REORDERED_WINDOWS).max(1 << 16),
         }
     }
 
@@ -487,7 +491,7 @@ impl Total {
             st.expected = Some(seq + 1);
             return self.handle_multicast(from, message, payload);
         }
-        if st.reordered.len() >= MAX_REORDERED {
+        if st.reordered.len() >= self.max_reordered {
             self.refused += 1;
             return Ok(());
         }
