@@ -377,11 +377,13 @@ impl PeerLink {
     pub(crate) fn receive(&mut self, now: Time, clock_at_zero: u64, d: &Datagram<'_>) -> Received {
         let mut out = Received::default();
         if d.excluded {
-            // The peer we know, addressing this very incarnation of ours,
-            // says it is out of its view (see `exclude`).
+            // The peer, addressing this very incarnation of ours, says it is
+            // out of its view (see `exclude`). Naming our incarnation is the
+            // proof it heard us; we may never have heard it: it excluded us
+            // before we came up, and since then says nothing else to us.
             if d.dst_incarnation == self.my_incarnation
-                && d.src_incarnation == self.peer_incarnation
-                && self.peer_incarnation != 0
+                && d.src_incarnation != 0
+                && (d.src_incarnation == self.peer_incarnation || self.peer_incarnation == 0)
             {
                 if self.excluded {
                     // We excluded each other: one of us must come back.
@@ -895,6 +897,30 @@ mod tests {
             vec![Bytes::from_static(b"early")]
         );
         assert_eq!(b.peer_incarnation(), 11);
+    }
+
+    /// A server that came up after a peer had excluded it (the peer never
+    /// heard it in time) hears only "excluded" datagrams from that peer: it
+    /// must learn from them that it is excluded, though it never learned
+    /// the peer's incarnation.
+    #[test]
+    fn an_exclusion_from_a_peer_never_heard_is_noticed() {
+        let cfg = LinkConfig::default();
+        let mut late = PeerLink::new(11, cfg.clone());
+        let mut excluder = PeerLink::new(22, cfg);
+        assert_eq!(excluder.exclude(), 0, "excluded before it was heard");
+        // The late one speaks; the excluder takes it for the one excluded.
+        carry(&mut late, &mut excluder, Time(0));
+        let raw = excluder
+            .poll_datagram(Time(1), false, 0)
+            .expect("a datagram");
+        let (d, _) = Datagram::decode_raw(&raw).unwrap();
+        assert!(d.excluded && d.dst_incarnation == 11);
+        assert_eq!(late.peer_incarnation(), 0);
+        assert!(late.receive(Time(1), 0, &d).excluded_us);
+        // Addressed to another incarnation of ours: not about us.
+        let mut other = PeerLink::new(12, LinkConfig::default());
+        assert!(!other.receive(Time(1), 0, &d).excluded_us);
     }
 
     #[test]
