@@ -13,8 +13,10 @@ pub const STOPPED: &str = " stopped: ";
 macro_rules! counters {
     ($( $(#[$doc:meta])* $field:ident ),* $(,)?) => {
         /// One server's counters at stop (links summed over the peers).
+        // A counter an older server does not print reads as 0 (its line
+        // still counts); an unknown one is refused (not our line).
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields)]
+        #[serde(default, deny_unknown_fields)]
         pub struct ServerCounters {
             $( $(#[$doc])* pub $field: u64, )*
         }
@@ -50,6 +52,9 @@ counters! {
     resends_on_gap,
     /// Frames resent because their retransmission timer expired.
     resends_on_timeout,
+    /// Resent frames acknowledged too soon for the resend to have arrived
+    /// (the original was late: reordering, not loss).
+    needless_resends,
     duplicates,
     stale,
     peer_restarts,
@@ -115,6 +120,7 @@ impl From<&ServerStats> for ServerCounters {
             duplicated_datagrams: link(|l| l.duplicated_datagrams),
             resends_on_gap: link(|l| l.resends_on_gap),
             resends_on_timeout: link(|l| l.resends_on_timeout),
+            needless_resends: link(|l| l.needless_resends),
             duplicates: link(|l| l.duplicates),
             stale: link(|l| l.stale),
             peer_restarts: link(|l| l.peer_restarts),
@@ -186,6 +192,10 @@ mod tests {
             "{line}"
         );
         assert_eq!(ServerCounters::from_stopped_line(&line), Some(c));
+        // An older server's line, without the newest counter.
+        let older = line.replace(",\"needless_resends\":0", "");
+        assert_ne!(older, line);
+        assert!(ServerCounters::from_stopped_line(&older).is_some());
         assert_eq!(
             ServerCounters::from_stopped_line("S01 ready: listening"),
             None
@@ -196,6 +206,6 @@ mod tests {
             (sum.client_datagrams, sum.deliveries, sum.posts),
             (24, 18, 0)
         );
-        assert_eq!(c.entries().count(), 48);
+        assert_eq!(c.entries().count(), 49);
     }
 }

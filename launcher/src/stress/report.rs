@@ -427,12 +427,13 @@ pub(super) fn print(r: &StressReport) {
     if !r.server_counters.is_empty() {
         let c = |k: &str| r.server_counters.get(k).copied().unwrap_or(0);
         crate::outln!(
-            "  servers (summed): {} server datagrams sent ({} second copies on lossy links), {} retransmitted payloads ({} on a reported gap, {} on a timeout), {} duplicate payloads dropped, {} bad peer datagrams, {} posts refused",
+            "  servers (summed): {} server datagrams sent ({} second copies on lossy links), {} retransmitted payloads ({} on a reported gap, {} on a timeout; {} found needless), {} duplicate payloads dropped, {} bad peer datagrams, {} posts refused",
             c("link_datagrams_sent"),
             c("duplicated_datagrams"),
             c("retransmissions"),
             c("resends_on_gap"),
             c("resends_on_timeout"),
+            c("needless_resends"),
             c("duplicates"),
             c("bad_peer_datagrams"),
             c("refused_posts")

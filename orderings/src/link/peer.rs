@@ -125,6 +125,9 @@ pub struct LinkStats {
     pub resends_on_gap: u64,
     /// Frames queued for a resend because their timer expired.
     pub resends_on_timeout: u64,
+    /// Resent frames acknowledged too soon after the resend for the resend
+    /// to have arrived: the original did, late (reordering, not loss).
+    pub needless_resends: u64,
 }
 
 #[derive(Debug)]
@@ -553,7 +556,19 @@ impl PeerLink {
             }
             let f = self.queue.pop_front().expect("front exists");
             progressed = true;
-            self.note_resend_sample(f.retransmitted);
+            // An acknowledgement sooner than a quarter of a round trip after
+            // the resend answers the original: the frame was late, not lost,
+            // so it does not count towards the loss that makes the link send
+            // datagrams twice. (A quarter, so that a real loss with a quick
+            // resend and a quick answer is seldom taken for reordering.)
+            let needless = f.retransmitted
+                && f.sent_at
+                    .zip(self.srtt_us)
+                    .is_some_and(|(sent, srtt)| now.saturating_since(sent) < srtt / 4);
+            if needless {
+                self.stats.needless_resends += 1;
+            }
+            self.note_resend_sample(f.retransmitted && !needless);
             if f.resend {
                 self.resend_pending -= 1;
             }
@@ -1037,6 +1052,59 @@ mod tests {
         assert!(!a.duplicating, "a clean link stops duplicating");
         let late = a.stats.duplicated_datagrams - copies;
         assert!(late < 400, "copies once clean again: {late}");
+    }
+
+    /// Hands every datagram `from` has at `now` to `to` at `at`.
+    fn carry_at(from: &mut PeerLink, to: &mut PeerLink, now: Time, at: Time) {
+        while let Some(raw) = from.poll_datagram(now, false, 0) {
+            let (d, _) = Datagram::decode_raw(&raw).unwrap();
+            to.receive(at, 0, &d);
+        }
+    }
+
+    /// A frame resent on a timeout whose original was only late: the
+    /// acknowledgement comes right after the resend, too soon to answer it,
+    /// so the resend is counted needless and is no loss.
+    #[test]
+    fn a_resend_answered_too_soon_was_needless() {
+        let (mut a, mut b) = pair();
+        // Round trips of 20 ms.
+        for k in 0..10u64 {
+            let t = 1_000_000 + k * 100_000;
+            a.push(Bytes::from(format!("f{k}")));
+            carry_at(&mut a, &mut b, Time(t), Time(t + 8_000));
+            // b acknowledges after its acknowledgement delay.
+            b.handle_timeout(Time(t + 10_000));
+            carry_at(&mut b, &mut a, Time(t + 10_000), Time(t + 20_000));
+        }
+        assert_eq!(a.stats.retransmissions, 0);
+        assert_eq!(a.backlog(), 0, "all acknowledged");
+        let srtt = a.srtt_us.expect("rtt measured");
+        assert!((15_000..=25_000).contains(&srtt), "srtt {srtt}");
+        // The original leaves at t and is delayed past the retransmission
+        // timeout; the resend is lost; the original arrives just after it.
+        let t = 3_000_000;
+        a.push(Bytes::from_static(b"late"));
+        let original = a.poll_datagram(Time(t), false, 0).expect("original");
+        let resend_at = Time(t + a.rto_us);
+        a.handle_timeout(resend_at);
+        let lost = a.poll_datagram(resend_at, false, 0).expect("the resend");
+        let (l, _) = Datagram::decode_raw(&lost).unwrap();
+        assert_eq!(l.frames.len(), 1);
+        assert_eq!(a.stats.retransmissions, 1);
+        let (d, _) = Datagram::decode_raw(&original).unwrap();
+        let now = resend_at.plus_micros(1_000);
+        assert_eq!(b.receive(now, 0, &d).payloads.len(), 1);
+        b.handle_timeout(now.plus_micros(2_000));
+        carry_at(
+            &mut b,
+            &mut a,
+            now.plus_micros(2_000),
+            now.plus_micros(3_000),
+        );
+        assert_eq!(a.backlog(), 0, "acknowledged");
+        assert_eq!(a.stats.needless_resends, 1);
+        assert_eq!(a.resend_rate, 0.0, "no loss counted");
     }
 
     #[test]
