@@ -574,15 +574,23 @@ impl Total {
         else {
             return Ok(());
         };
-        let StampedMessage::Chat {
-            clock,
-            counter,
-            room,
-            line,
-            ..
-        } = StampedMessage::decode(&r.payload)?
-        else {
-            return Err(WireError::OutOfRange("relayed payload"));
+        // What is kept for relaying is a chat as multicast, or as resent to
+        // this server when it met the origin late.
+        let (clock, counter, room, line) = match StampedMessage::decode(&r.payload)? {
+            StampedMessage::Chat {
+                clock,
+                counter,
+                room,
+                line,
+                ..
+            }
+            | StampedMessage::Resent {
+                clock,
+                counter,
+                room,
+                line,
+            } => (clock, counter, room, line),
+            _ => return Err(WireError::OutOfRange("relayed payload")),
         };
         if self.relay.take(&r, counter) {
             self.clock = self.clock.max(clock);
