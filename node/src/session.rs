@@ -534,6 +534,23 @@ impl Sessions {
 
     fn confirm(&mut self, from: SocketAddr, token: &[u8]) -> Result<Outcome, SessionError> {
         let want = self.token(from);
+        if token.is_empty()
+            && let Some(s) = self.clients.get_mut(&from)
+            && !s.confirmed
+            && !s.noticed
+        {
+            // A client about to receive much more than it sends asks for
+            // its token up front, before the cap could bite. The token goes
+            // to the address, so only a client that receives there can use
+            // it; once per session (the notice's single datagram), so a
+            // forged source gains nothing by asking again.
+            s.noticed = true;
+            self.stats.notices += 1;
+            return Ok(Outcome::Reply {
+                client: Some(s.number),
+                reply: Bytes::from(format!("{NOTICE_PREFIX}{want}")),
+            });
+        }
         // Constant time over the 16 bytes.
         let ok = token.len() == want.len()
             && token
@@ -1024,6 +1041,36 @@ mod tests {
         );
         // Commands are still answered.
         assert!(s.handle(addr(2), b"/bogus").reply().is_some());
+    }
+
+    /// A client may ask for its token before the cap is near: once per
+    /// session, and only with a session (no datagram for a bare address).
+    #[test]
+    fn a_client_can_ask_for_its_token_up_front() {
+        let mut s = Sessions::with_policy(SessionLimits::default(), policy(0, 1000));
+        let a = addr(9);
+        assert_eq!(
+            s.handle(a, b"/confirm").reply(),
+            Some(BAD_TOKEN_REPLY.as_bytes()),
+            "no session: nothing but the usual refusal"
+        );
+        s.handle(a, b"/join 1");
+        let token = s.token(a);
+        let notice = format!("{NOTICE_PREFIX}{token}");
+        assert_eq!(s.handle(a, b"/confirm").reply(), Some(notice.as_bytes()));
+        assert_eq!(
+            s.handle(a, b"/confirm").reply(),
+            Some(BAD_TOKEN_REPLY.as_bytes()),
+            "once per session"
+        );
+        assert_eq!(
+            s.handle(a, format!("/confirm {token}").as_bytes()).reply(),
+            Some(CONFIRMED_REPLY.as_bytes())
+        );
+        // Confirmed: nothing is capped any more, and no notice comes.
+        for _ in 0..100 {
+            assert_eq!(s.charge(a, 1000), Charge::Send);
+        }
     }
 
     #[test]
