@@ -952,14 +952,12 @@ impl Replica {
             });
             self.repeats_dropped += (n - self.scratch.deliveries.len()) as u64;
         }
-        for d in &self.scratch.deliveries {
-            if let Some(m) = self.delivered_max.get_mut(d.id.origin.index()) {
-                *m = (*m).max(d.id.counter);
-            }
-        }
         self.delivered += self.scratch.deliveries.len() as u64;
         for d in &self.scratch.deliveries {
             let origin = d.id.origin.index();
+            if let Some(m) = self.delivered_max.get_mut(origin) {
+                *m = (*m).max(d.id.counter);
+            }
             if d.id.origin == self.cfg.me {
                 if d.id.counter >= self.cfg.incarnation {
                     self.delivered_from[origin] += 1;

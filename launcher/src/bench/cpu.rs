@@ -19,10 +19,11 @@
 
 use super::machine::which;
 use super::report::{PresetReport, Row};
-use super::runner::{Env, LoadFigures, LoadSpec, drive, figures, start_cluster};
+use super::runner::{Env, LoadFigures, LoadSpec, drive, figures, start_total_cluster};
 use crate::cluster::plan::shell_quote;
 use crate::cluster::process::{self, StopEnd};
 use crate::cluster::procfs::{self, CpuTime};
+use crate::load::LoadResult;
 use anyhow::Context;
 use nix::sys::signal::Signal;
 use node::stats::ServerCounters;
@@ -187,22 +188,29 @@ fn handled(counters: &[Option<ServerCounters>], node: usize, fallback: u64) -> u
         .unwrap_or(fallback)
 }
 
-fn props(env: &Env) -> anyhow::Result<Option<Properties>> {
-    Ok(Some(Properties::from_guarantees(
-        orderings::lookup(&env.total)?.guarantees,
-    )))
+/// A run's figures, checked for everything the mode promises.
+fn measured(
+    env: &Env,
+    spec: &LoadSpec,
+    load: &LoadResult,
+    drops: Option<u64>,
+    problems: Vec<String>,
+) -> anyhow::Result<LoadFigures> {
+    let props = Properties::from_guarantees(orderings::lookup(&env.total)?.guarantees);
+    Ok(figures(
+        env.total.as_str(),
+        3,
+        spec,
+        load,
+        drops,
+        Some(props),
+        problems,
+    ))
 }
 
 fn native(env: &Env, spec: &LoadSpec) -> anyhow::Result<NativeRun> {
     env.say("cpu: native run");
-    let running = start_cluster(
-        env,
-        3,
-        env.total.as_str(),
-        10,
-        None,
-        Duration::from_secs(20),
-    )?;
+    let running = start_total_cluster(env, 3, None, Duration::from_secs(20))?;
     let pids = running.pids.clone();
     let perf_out = env.scratch().join("perf-syscalls.txt");
     let mut perf = match (which("perf"), pids[0]) {
@@ -242,15 +250,7 @@ fn native(env: &Env, spec: &LoadSpec) -> anyhow::Result<NativeRun> {
     };
     let (counters, problems) = running.stop(Duration::from_secs(3));
     let (load, drops) = result?;
-    let load = figures(
-        env.total.as_str(),
-        3,
-        spec,
-        &load,
-        drops,
-        props(env)?,
-        problems,
-    );
+    let load = measured(env, spec, &load, drops, problems)?;
     env.say(load.summary());
     let cpu = before
         .iter()
@@ -267,14 +267,7 @@ fn native(env: &Env, spec: &LoadSpec) -> anyhow::Result<NativeRun> {
 
 fn strace_run(env: &Env, spec: &LoadSpec, strace: &Path) -> anyhow::Result<StraceRun> {
     env.say("cpu: server 1 under strace -c");
-    let running = start_cluster(
-        env,
-        3,
-        env.total.as_str(),
-        10,
-        None,
-        Duration::from_secs(20),
-    )?;
+    let running = start_total_cluster(env, 3, None, Duration::from_secs(20))?;
     let pid = running.pids[0].context("server 1 is not running")?;
     let out = env.scratch().join("strace.txt");
     let mut child = attach(strace, &["-c", "-f"], &out, pid)
@@ -311,15 +304,7 @@ fn strace_run(env: &Env, spec: &LoadSpec, strace: &Path) -> anyhow::Result<Strac
     let (counters, problems) = running.stop(Duration::from_secs(5));
     reap(&mut child, Duration::from_secs(10));
     let (load, drops) = result?;
-    let load = figures(
-        env.total.as_str(),
-        3,
-        spec,
-        &load,
-        drops,
-        props(env)?,
-        problems,
-    );
+    let load = measured(env, spec, &load, drops, problems)?;
     env.say(load.summary());
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let (syscalls, total_calls) = parse_strace_summary(&text);
@@ -352,14 +337,7 @@ fn callgrind_run(env: &Env, spec: &LoadSpec, valgrind: &Path) -> anyhow::Result<
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
     }
-    let running = start_cluster(
-        env,
-        3,
-        env.total.as_str(),
-        10,
-        Some(&wrapper),
-        Duration::from_secs(120),
-    )?;
+    let running = start_total_cluster(env, 3, Some(&wrapper), Duration::from_secs(120))?;
     let zeroed = match (running.pids[0], which("callgrind_control")) {
         (Some(pid), Some(ctl)) => {
             let mut c = Command::new(ctl)
@@ -386,15 +364,7 @@ fn callgrind_run(env: &Env, spec: &LoadSpec, valgrind: &Path) -> anyhow::Result<
     // Callgrind writes its output when the server exits: give it time.
     let (counters, problems) = running.stop(Duration::from_secs(60));
     let (load, drops) = result?;
-    let load = figures(
-        env.total.as_str(),
-        3,
-        spec,
-        &load,
-        drops,
-        props(env)?,
-        problems,
-    );
+    let load = measured(env, spec, &load, drops, problems)?;
     env.say(load.summary());
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     Ok(CallgrindRun {

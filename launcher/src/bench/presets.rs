@@ -5,7 +5,7 @@ use super::args::Preset;
 use super::latency::{self, LatencyPlan};
 use super::report::{PresetReport, Row, Target};
 use super::runner::{
-    Env, LoadFigures, LoadSpec, bound, cluster_run, drive, figures, start_cluster, sweep,
+    Env, LoadFigures, LoadSpec, bound, cluster_run, drive, figures, start_total_cluster, sweep,
     sweep_note,
 };
 use crate::cluster::procfs;
@@ -112,14 +112,7 @@ fn w1(env: &Env) -> anyhow::Result<PresetReport> {
 fn w2(env: &Env) -> anyhow::Result<PresetReport> {
     let mode = env.total.as_str();
     let messages = env.count(10_000.0, 300.0);
-    let running = start_cluster(
-        env,
-        3,
-        env.total.as_str(),
-        10,
-        None,
-        Duration::from_secs(20),
-    )?;
+    let running = start_total_cluster(env, 3, None, Duration::from_secs(20))?;
     let plan = LatencyPlan {
         servers: running.binds.clone(),
         room: 1,
@@ -380,14 +373,7 @@ fn memory(env: &Env) -> anyhow::Result<PresetReport> {
         timeout: bound(secs),
         quiet: Duration::from_secs(3),
     };
-    let running = start_cluster(
-        env,
-        10,
-        env.total.as_str(),
-        10,
-        None,
-        Duration::from_secs(20),
-    )?;
+    let running = start_total_cluster(env, 10, None, Duration::from_secs(20))?;
     let pids = running.pids.clone();
     let at_start: Vec<u64> = pids
         .iter()

@@ -82,6 +82,24 @@ pub fn start_cluster(
 
 /// [`start_cluster`], with the servers' traffic through the fault proxy
 /// when `faults` is given.
+/// `servers` servers of the run's total-order mode (`--ordering`), 10
+/// rooms; `chatserver` replaces the binary (a wrapper script).
+pub fn start_total_cluster(
+    env: &Env,
+    servers: usize,
+    chatserver: Option<&Path>,
+    ready_timeout: Duration,
+) -> anyhow::Result<BenchCluster> {
+    start_cluster(
+        env,
+        servers,
+        env.total.as_str(),
+        10,
+        chatserver,
+        ready_timeout,
+    )
+}
+
 pub fn start_cluster_behind(
     env: &Env,
     servers: usize,

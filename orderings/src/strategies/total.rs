@@ -192,6 +192,16 @@ impl StampedMessage {
 
     /// Decodes a payload; anything malformed is an error, never a panic.
     pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        Self::decode_with(payload, Bytes::copy_from_slice)
+    }
+
+    /// Decodes a payload the caller keeps anyway: the line shares its bytes
+    /// (one copy per message, not two).
+    fn decode_shared(payload: &Bytes) -> Result<Self, WireError> {
+        Self::decode_with(payload, |line| payload.slice_ref(line))
+    }
+
+    fn decode_with(payload: &[u8], line_of: impl Fn(&[u8]) -> Bytes) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
         let clock_of = |r: &mut Reader<'_>| -> Result<u64, WireError> {
             let c = r.varint()?;
@@ -209,7 +219,7 @@ impl StampedMessage {
                     clock,
                     counter: r.varint()?,
                     room: r.varint_u32("room")?,
-                    line: Bytes::copy_from_slice(r.bytes()?),
+                    line: line_of(r.bytes()?),
                 }
             }
             kind::STAMPED_ACK => {
@@ -225,7 +235,7 @@ impl StampedMessage {
                     clock,
                     counter: r.varint()?,
                     room: r.varint_u32("room")?,
-                    line: Bytes::copy_from_slice(r.bytes()?),
+                    line: line_of(r.bytes()?),
                 }
             }
             kind::STAMPED_HELLO => {
@@ -384,14 +394,23 @@ impl Total {
         );
     }
 
-    /// Queues a received or relayed message, unless the order has passed it
-    /// (a hostile or broken peer: refused).
-    fn enqueue(&mut self, stamp: Stamp, held: Held) {
+    /// Queues `origin`'s chat message (received, resent or relayed) at its
+    /// stamp, unless the order has passed it (a hostile or broken peer:
+    /// refused). Like any chat, it calls for an acknowledgement: the others
+    /// wait for our stamps to pass it.
+    fn hold(&mut self, origin: ServerId, clock: u64, counter: u64, room: RoomId, line: Bytes) {
+        self.clock = self.clock.max(clock);
+        self.to_cover = self.to_cover.max(clock);
+        let stamp = Stamp {
+            clock,
+            server: origin.0,
+        };
         if self.delivered_upto.is_some_and(|d| stamp <= d) || self.queue.contains_key(&stamp) {
             self.refused += 1;
             return;
         }
-        self.queue.insert(stamp, held);
+        let id = MsgId { origin, counter };
+        self.queue.insert(stamp, Held { id, room, line });
     }
 
     /// Records a stamp from `from`'s current incarnation: stamps grow along
@@ -424,8 +443,10 @@ impl Total {
         if RelayMessage::is_relay_kind(payload) {
             return self.handle_relay(from, payload, out);
         }
-        let message = StampedMessage::decode(payload)?;
-        if self.relay.stash(from, payload) {
+        // The one copy: the relay keeps it, the line shares it.
+        let payload = Bytes::copy_from_slice(payload);
+        let message = StampedMessage::decode_shared(&payload)?;
+        if self.relay.stash(from, &payload) {
             return Ok(());
         }
         let seq = match &message {
@@ -459,25 +480,8 @@ impl Total {
             } => {
                 // Before the hello, so nothing is delivered here yet that
                 // it could come after.
-                let (clock, counter) = (*clock, *counter);
-                self.clock = self.clock.max(clock);
-                self.to_cover = self.to_cover.max(clock);
-                self.relay
-                    .note_received(from, counter, Bytes::copy_from_slice(payload));
-                self.enqueue(
-                    Stamp {
-                        clock,
-                        server: from.0,
-                    },
-                    Held {
-                        id: MsgId {
-                            origin: from,
-                            counter,
-                        },
-                        room: *room,
-                        line: line.clone(),
-                    },
-                );
+                self.relay.note_received(from, *counter, payload.clone());
+                self.hold(from, *clock, *counter, *room, line.clone());
                 return Ok(());
             }
             StampedMessage::Chat { seq, .. } | StampedMessage::Ack { seq, .. } => *seq,
@@ -489,13 +493,13 @@ impl Total {
         if st.expected == Some(seq) && st.reordered.is_empty() {
             // The usual case over the links: next in line, nothing waits.
             st.expected = Some(seq + 1);
-            return self.handle_multicast(from, message, payload);
+            return self.handle_multicast(from, message, &payload);
         }
         if st.reordered.len() >= self.max_reordered {
             self.refused += 1;
             return Ok(());
         }
-        st.reordered.insert(seq, Bytes::copy_from_slice(payload));
+        st.reordered.insert(seq, payload);
         self.handle_in_order(from)
     }
 
@@ -511,7 +515,7 @@ impl Total {
                 return Ok(());
             };
             st.expected = Some(expected + 1);
-            let message = StampedMessage::decode(&payload)?;
+            let message = StampedMessage::decode_shared(&payload)?;
             self.handle_multicast(from, message, &payload)?;
         }
     }
@@ -521,7 +525,7 @@ impl Total {
         &mut self,
         from: ServerId,
         message: StampedMessage,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<(), WireError> {
         match message {
             StampedMessage::Chat {
@@ -532,25 +536,8 @@ impl Total {
                 ..
             } => {
                 self.observe(from, clock)?;
-                // A chat calls for an acknowledgement; an acknowledgement
-                // does not.
-                self.to_cover = self.to_cover.max(clock);
-                self.relay
-                    .note_received(from, counter, Bytes::copy_from_slice(payload));
-                self.enqueue(
-                    Stamp {
-                        clock,
-                        server: from.0,
-                    },
-                    Held {
-                        id: MsgId {
-                            origin: from,
-                            counter,
-                        },
-                        room,
-                        line,
-                    },
-                );
+                self.relay.note_received(from, counter, payload.clone());
+                self.hold(from, clock, counter, room, line);
             }
             StampedMessage::Ack { clock, .. } => {
                 self.observe(from, clock)?;
@@ -593,23 +580,7 @@ impl Total {
             _ => return Err(WireError::OutOfRange("relayed payload")),
         };
         if self.relay.take(&r, counter) {
-            self.clock = self.clock.max(clock);
-            // The others wait for our stamps to pass it, like any chat.
-            self.to_cover = self.to_cover.max(clock);
-            self.enqueue(
-                Stamp {
-                    clock,
-                    server: r.origin.0,
-                },
-                Held {
-                    id: MsgId {
-                        origin: r.origin,
-                        counter,
-                    },
-                    room,
-                    line,
-                },
-            );
+            self.hold(r.origin, clock, counter, room, line);
         }
         Ok(())
     }
