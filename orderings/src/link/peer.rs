@@ -24,6 +24,13 @@
 //! start produces it, and adopting it would make every later datagram of the
 //! real peer look stale.
 //!
+//! A frame that arrives twice is reported back (an entry `(seq, 0)` among
+//! the gaps, which a server without this report ignores), like TCP's
+//! D-SACK: a sender that resent that frame once learns that the resend was
+//! needless (the original was late, not lost). The resend then counts as
+//! no loss, and one that a timeout caused is taken as the round-trip sample
+//! it is, so the timeout grows past the delays this link shows.
+//!
 //! Every datagram also carries how many of the receiver's messages (of its
 //! current incarnation) the sender has delivered: the origin's admission
 //! window ([`crate::replica`]) is built on it.
@@ -107,7 +114,7 @@ pub struct LinkStats {
     pub frames_delivered: u64,
     /// Frames sent again.
     pub retransmissions: u64,
-    /// Frames received again.
+    /// Frames received again (each is reported back to the peer).
     pub duplicates: u64,
     /// Datagrams or frames of another incarnation (or far out of window).
     pub stale: u64,
@@ -125,10 +132,18 @@ pub struct LinkStats {
     pub resends_on_gap: u64,
     /// Frames queued for a resend because their timer expired.
     pub resends_on_timeout: u64,
-    /// Resent frames acknowledged too soon after the resend for the resend
-    /// to have arrived: the original did, late (reordering, not loss).
+    /// Resent frames whose original turned out to have arrived, late
+    /// (reordering, not loss): the peer reported the frame twice, or
+    /// acknowledged it too soon after the resend for the resend to have
+    /// arrived.
     pub needless_resends: u64,
 }
+
+/// The most duplicate reports one datagram carries.
+const MAX_DUPLICATE_REPORTS: usize = 16;
+/// Resent frames remembered after their acknowledgement, for a duplicate
+/// report that may still come.
+const RECENT_RESENDS: usize = 128;
 
 #[derive(Debug)]
 struct OutFrame {
@@ -136,9 +151,30 @@ struct OutFrame {
     payload: Bytes,
     /// When last put into a datagram; `None` while never sent.
     sent_at: Option<Time>,
+    /// When first put into a datagram.
+    first_sent_at: Option<Time>,
     retransmitted: bool,
+    /// Copies sent since the first resend (datagram copies included): a
+    /// duplicate report proves the resend needless only when it is 1.
+    resent_copies: u8,
+    /// The first resend was a timeout's (else a gap report's).
+    resent_on_timeout: bool,
+    /// The peer reported it twice before acknowledging it.
+    reported_twice: bool,
     /// Queued for an early resend (gap reported or timer fired).
     resend: bool,
+}
+
+/// A resent frame, acknowledged and counted as a loss, that a duplicate
+/// report may yet show was not lost.
+#[derive(Debug)]
+struct AcknowledgedResend {
+    seq: u64,
+    first_sent_at: Time,
+    acknowledged_at: Time,
+    on_timeout: bool,
+    /// The index of its loss sample (see [`PeerLink::loss_samples`]).
+    sample: u64,
 }
 
 /// What happened when a datagram arrived on a link.
@@ -215,6 +251,12 @@ pub(crate) struct PeerLink {
     duplicating: bool,
     /// The second copy of the datagram just sent, due next.
     copy: Option<Vec<u8>>,
+    /// Loss samples taken so far (each acknowledged frame is one).
+    loss_samples: u64,
+    /// Resent frames acknowledged lately, oldest first.
+    acknowledged_resends: VecDeque<AcknowledgedResend>,
+    /// Frames that arrived again, to report to the peer.
+    duplicates_seen: Vec<u64>,
 
     pub stats: LinkStats,
 }
@@ -248,6 +290,9 @@ impl PeerLink {
             resend_rate: 0.0,
             duplicating: false,
             copy: None,
+            loss_samples: 0,
+            acknowledged_resends: VecDeque::new(),
+            duplicates_seen: Vec::new(),
             stats: LinkStats::default(),
         }
     }
@@ -267,7 +312,11 @@ impl PeerLink {
             seq: self.next_seq,
             payload,
             sent_at: None,
+            first_sent_at: None,
             retransmitted: false,
+            resent_copies: 0,
+            resent_on_timeout: false,
+            reported_twice: false,
             resend: false,
         });
         self.next_seq += 1;
@@ -289,6 +338,8 @@ impl PeerLink {
         self.probe = None;
         self.delivered_reported = 0;
         self.copy = None;
+        self.acknowledged_resends.clear();
+        self.duplicates_seen.clear();
         // Answer at once, so the peer learns our incarnation.
         self.last_sent = None;
     }
@@ -473,6 +524,9 @@ impl PeerLink {
         for &(seq, payload) in &d.frames {
             if seq <= self.recv_upto || self.early.contains_key(&seq) {
                 self.stats.duplicates += 1;
+                if self.duplicates_seen.len() < MAX_DUPLICATE_REPORTS {
+                    self.duplicates_seen.push(seq);
+                }
                 continue;
             }
             if seq == self.recv_upto + 1 {
@@ -544,6 +598,8 @@ impl PeerLink {
     }
 
     fn handle_ack(&mut self, now: Time, ack: u64, gaps: &[(u64, u64)]) {
+        // `(seq, 0)`: the peer got frame `seq` more than once.
+        let reported_twice = |seq: u64| gaps.iter().any(|&(s, count)| count == 0 && s == seq);
         let mut progressed = false;
         while let Some(front) = self.queue.front() {
             if front.seq > ack {
@@ -556,28 +612,24 @@ impl PeerLink {
             }
             let f = self.queue.pop_front().expect("front exists");
             progressed = true;
-            // An acknowledgement sooner than a quarter of a round trip after
-            // the resend answers the original: the frame was late, not lost,
-            // so it does not count towards the loss that makes the link send
-            // datagrams twice. (A quarter, so that a real loss with a quick
-            // resend and a quick answer is seldom taken for reordering.)
-            let needless = f.retransmitted
-                && f.sent_at
-                    .zip(self.srtt_us)
-                    .is_some_and(|(sent, srtt)| now.saturating_since(sent) < srtt / 4);
-            if needless {
-                self.stats.needless_resends += 1;
-            }
-            self.note_resend_sample(f.retransmitted && !needless);
             if f.resend {
                 self.resend_pending -= 1;
             }
             self.first_unsent = self.first_unsent.saturating_sub(1);
-            if !f.retransmitted
-                && f.seq == ack
-                && let Some(sent) = f.sent_at
-            {
-                self.rtt_sample(now.saturating_since(sent));
+            if f.retransmitted {
+                self.settle_resend(now, &f, f.reported_twice || reported_twice(f.seq));
+            } else {
+                self.note_resend_sample(false);
+                if f.seq == ack
+                    && let Some(sent) = f.sent_at
+                {
+                    self.rtt_sample(now.saturating_since(sent));
+                }
+            }
+        }
+        for &(seq, count) in gaps {
+            if count == 0 {
+                self.note_reported_twice(seq);
             }
         }
         if progressed {
@@ -613,18 +665,102 @@ impl PeerLink {
         }
     }
 
+    /// An acknowledged frame that was resent: was the resend needed? Not
+    /// when the peer reported the frame twice and only one copy went out
+    /// since the first send (so one of the earlier copies arrived), nor when
+    /// the acknowledgement came sooner than a quarter of a round trip after
+    /// the resend (it answers the original; a quarter, so that a real loss
+    /// with a quick resend and a quick answer is seldom taken for
+    /// reordering). Otherwise it counts as a loss until a duplicate report
+    /// shows otherwise.
+    fn settle_resend(&mut self, now: Time, f: &OutFrame, reported_twice: bool) {
+        let answered_too_soon = f
+            .sent_at
+            .zip(self.srtt_us)
+            .is_some_and(|(sent, srtt)| now.saturating_since(sent) < srtt / 4);
+        let proven = reported_twice && f.resent_copies == 1;
+        if proven || answered_too_soon {
+            self.stats.needless_resends += 1;
+            self.note_resend_sample(false);
+            if proven && f.resent_on_timeout {
+                self.note_spurious_timeout(now, f.first_sent_at);
+            }
+            return;
+        }
+        self.note_resend_sample(true);
+        if f.resent_copies == 1
+            && let Some(first_sent_at) = f.first_sent_at
+        {
+            if self.acknowledged_resends.len() == RECENT_RESENDS {
+                self.acknowledged_resends.pop_front();
+            }
+            self.acknowledged_resends.push_back(AcknowledgedResend {
+                seq: f.seq,
+                first_sent_at,
+                acknowledged_at: now,
+                on_timeout: f.resent_on_timeout,
+                sample: self.loss_samples,
+            });
+        }
+    }
+
+    /// The peer got frame `seq` twice. If it is a resent frame counted as a
+    /// loss, it was not lost: its loss sample is taken back.
+    fn note_reported_twice(&mut self, seq: u64) {
+        let Some(i) = self.acknowledged_resends.iter().position(|r| r.seq == seq) else {
+            // Not acknowledged yet (it arrived before a gap): settled then.
+            if let Some(f) = self
+                .queue
+                .front()
+                .and_then(|front| seq.checked_sub(front.seq))
+                .and_then(|i| self.queue.get_mut(usize::try_from(i).ok()?))
+            {
+                f.reported_twice = true;
+            }
+            return;
+        };
+        let r = self.acknowledged_resends.remove(i).expect("position is in range");
+        self.stats.needless_resends += 1;
+        // The sample added 1/64 to the moving average, decayed by 63/64 for
+        // every sample since.
+        let since = i32::try_from(self.loss_samples - r.sample).unwrap_or(i32::MAX);
+        self.resend_rate = (self.resend_rate - (63.0f64 / 64.0).powi(since) / 64.0).max(0.0);
+        self.update_duplicating();
+        if r.on_timeout {
+            self.note_spurious_timeout(r.acknowledged_at, Some(r.first_sent_at));
+        }
+    }
+
+    /// A timeout fired for a frame that was only late: its acknowledgement
+    /// answered the original, so the time from the original's send to it is
+    /// a round trip of this link (Karn's ambiguity is resolved by the
+    /// duplicate report), one longer than the timeout allowed.
+    fn note_spurious_timeout(&mut self, acknowledged_at: Time, first_sent_at: Option<Time>) {
+        if let Some(sent) = first_sent_at {
+            self.rtt_sample(acknowledged_at.saturating_since(sent));
+        }
+    }
+
     /// One acknowledged frame: whether it had to be sent again. Keeps the
     /// moving resend rate, and with it whether datagrams go out twice. While
     /// they do, a frame needs a resend only when both copies were lost, so
     /// the loss is estimated as the square root of the rate (hysteresis:
     /// on above the threshold, off below a quarter of it).
     fn note_resend_sample(&mut self, resent: bool) {
-        let threshold = self.cfg.duplicate_above_loss;
-        if threshold <= 0.0 {
+        self.loss_samples += 1;
+        if self.cfg.duplicate_above_loss <= 0.0 {
             return;
         }
         let sample = if resent { 1.0 } else { 0.0 };
         self.resend_rate += (sample - self.resend_rate) / 64.0;
+        self.update_duplicating();
+    }
+
+    fn update_duplicating(&mut self) {
+        let threshold = self.cfg.duplicate_above_loss;
+        if threshold <= 0.0 {
+            return;
+        }
         let loss = if self.duplicating {
             self.resend_rate.sqrt()
         } else {
@@ -696,6 +832,7 @@ impl PeerLink {
                 && !f.resend
             {
                 f.resend = true;
+                f.resent_on_timeout |= !f.retransmitted;
                 self.resend_pending += 1;
                 self.stats.resends_on_timeout += 1;
                 fired = true;
@@ -786,7 +923,8 @@ impl PeerLink {
                 .encode_raw(authenticated),
             );
         }
-        let gaps = self.reportable_gaps(now);
+        let mut gaps = self.reportable_gaps(now);
+        gaps.extend(self.duplicates_seen.drain(..).map(|seq| (seq, 0)));
         self.delivered_reported = delivered;
         let mut header = Datagram {
             src_incarnation: self.my_incarnation,
@@ -832,11 +970,19 @@ impl PeerLink {
             picked.push(i);
             i += 1;
         }
+        let copied = self.duplicating
+            && !picked.is_empty()
+            && self.queue.len() < self.cfg.duplicate_below_backlog;
         for &i in &picked {
             let f = &mut self.queue[i];
             if f.sent_at.is_some() {
                 f.retransmitted = true;
                 self.stats.retransmissions += 1;
+            }
+            if f.retransmitted {
+                f.resent_copies = f.resent_copies.saturating_add(1 + u8::from(copied));
+            } else if f.first_sent_at.is_none() {
+                f.first_sent_at = Some(now);
             }
             if f.resend {
                 f.resend = false;
@@ -851,10 +997,7 @@ impl PeerLink {
             .map(|&i| (self.queue[i].seq, &self.queue[i].payload[..]))
             .collect();
         let raw = header.encode_raw(authenticated);
-        if self.duplicating
-            && !picked.is_empty()
-            && self.queue.len() < self.cfg.duplicate_below_backlog
-        {
+        if copied {
             self.copy = Some(raw.clone());
         }
         self.ack_due = None;
@@ -1105,6 +1248,118 @@ mod tests {
         assert_eq!(a.backlog(), 0, "acknowledged");
         assert_eq!(a.stats.needless_resends, 1);
         assert_eq!(a.resend_rate, 0.0, "no loss counted");
+    }
+
+    /// Runs a -> b with one-way delays `ab_us` and `ba_us` (every datagram
+    /// in flight that long), one frame from a every 200 ms for `rounds`
+    /// frames, dropping the first copy of every frame when `lose_originals`;
+    /// returns the frames b got.
+    fn delayed_exchange(
+        a: &mut PeerLink,
+        b: &mut PeerLink,
+        start: u64,
+        rounds: u64,
+        (ab_us, ba_us): (u64, u64),
+        lose_originals: bool,
+    ) -> Vec<Bytes> {
+        let mut in_flight: Vec<(u64, bool, Vec<u8>)> = Vec::new();
+        let mut got = Vec::new();
+        for ms in 0..rounds * 200 {
+            let now = start + ms * 1_000;
+            if ms % 200 == 0 {
+                a.push(Bytes::from(format!("r{}", ms / 200)));
+            }
+            let (due, later): (Vec<_>, Vec<_>) =
+                in_flight.drain(..).partition(|(at, _, _)| *at <= now);
+            in_flight = later;
+            for (_, to_b, raw) in due {
+                let (d, _) = Datagram::decode_raw(&raw).unwrap();
+                if to_b {
+                    got.extend(b.receive(Time(now), 0, &d).payloads);
+                } else {
+                    a.receive(Time(now), 0, &d);
+                }
+            }
+            a.handle_timeout(Time(now));
+            while let Some(raw) = a.poll_datagram(Time(now), false, 0) {
+                let (d, _) = Datagram::decode_raw(&raw).unwrap();
+                let original = d.frames.first().is_some_and(|&(seq, _)| {
+                    a.queue.iter().any(|f| f.seq == seq && !f.retransmitted)
+                });
+                if !(lose_originals && original) {
+                    in_flight.push((now + ab_us, true, raw));
+                }
+            }
+            b.handle_timeout(Time(now));
+            while let Some(raw) = b.poll_datagram(Time(now), false, 0) {
+                in_flight.push((now + ba_us, false, raw));
+            }
+        }
+        got
+    }
+
+    /// Round trips of 20 ms, then the path from a to b slows to 60 ms one
+    /// way: the timeout fires before every acknowledgement, the resends
+    /// arrive after their originals, and b reports each frame it got twice.
+    /// a counts those resends needless (no loss, so it never starts sending
+    /// datagrams twice) and takes their round trips as samples, so its
+    /// timeout soon covers the slower path and stops firing.
+    #[test]
+    fn frames_reported_twice_were_late_not_lost() {
+        let (mut a, mut b) = pair();
+        let got = delayed_exchange(&mut a, &mut b, 1_000_000, 10, (10_000, 10_000), false);
+        assert_eq!(got.len(), 10);
+        assert_eq!(a.stats.retransmissions, 0);
+        let rto_before = a.rto_us;
+        let got = delayed_exchange(&mut a, &mut b, 3_000_000, 30, (60_000, 10_000), false);
+        assert_eq!(got.len(), 30, "everything arrives, once");
+        let resent = a.stats.retransmissions;
+        assert!(resent >= 1, "the slower path fires the timeout at first");
+        assert!(resent < 10, "then the timeout covers it: {resent} resends");
+        assert_eq!(b.stats.duplicates, resent, "every resend arrived twice");
+        assert_eq!(a.stats.needless_resends, resent, "each was reported needless");
+        assert!(a.resend_rate < 1e-9, "no loss counted: {}", a.resend_rate);
+        assert!(!a.duplicating && a.stats.duplicated_datagrams == 0);
+        assert!(
+            a.rto_us > 70_000 && a.rto_us > rto_before,
+            "timeout {} us (was {rto_before})",
+            a.rto_us
+        );
+    }
+
+    /// Every original is lost: the resends were needed, and each counts as
+    /// a loss, though the link soon sends datagrams twice and so frames do
+    /// arrive twice (those copies prove nothing about the resends).
+    #[test]
+    fn resends_that_arrive_once_were_needed() {
+        let (mut a, mut b) = pair();
+        delayed_exchange(&mut a, &mut b, 1_000_000, 10, (10_000, 10_000), false);
+        let got = delayed_exchange(&mut a, &mut b, 3_000_000, 10, (10_000, 10_000), true);
+        assert_eq!(got.len(), 10, "every frame arrives, resent");
+        assert!(a.duplicating, "a link losing every original sends twice");
+        assert!(b.stats.duplicates > 0 && b.stats.duplicates <= a.stats.duplicated_datagrams);
+        assert_eq!(a.stats.needless_resends, 0);
+        assert!(a.resend_rate > 0.1, "losses counted: {}", a.resend_rate);
+    }
+
+    /// A duplicate report is a gap entry `(seq, 0)`: it names a frame at or
+    /// below the acknowledgement, so a server that does not know the report
+    /// resends nothing for it.
+    #[test]
+    fn a_duplicate_report_resends_nothing() {
+        let (mut a, mut b) = pair();
+        a.push(Bytes::from_static(b"once"));
+        let raw = a.poll_datagram(Time(10), false, 0).expect("frame");
+        let (d, _) = Datagram::decode_raw(&raw).unwrap();
+        assert_eq!(b.receive(Time(11), 0, &d).payloads.len(), 1);
+        assert!(b.receive(Time(12), 0, &d).payloads.is_empty());
+        let raw = b.poll_datagram(Time(5_000), false, 0).expect("report");
+        let (report, _) = Datagram::decode_raw(&raw).unwrap();
+        assert_eq!((report.ack, report.gaps.clone()), (1, vec![(1, 0)]));
+        a.receive(Time(5_001), 0, &report);
+        assert_eq!(a.backlog(), 0);
+        assert!(a.poll_datagram(Time(5_002), false, 0).is_none());
+        assert_eq!(a.stats.retransmissions, 0);
     }
 
     #[test]
