@@ -165,16 +165,14 @@ struct OutFrame {
     resend: bool,
 }
 
-/// A resent frame, acknowledged and counted as a loss, that a duplicate
-/// report may yet show was not lost.
+/// A resent frame, acknowledged, that a duplicate report may yet show was
+/// not lost: it counts as a loss only once no report came in time.
 #[derive(Debug)]
 struct AcknowledgedResend {
     seq: u64,
     first_sent_at: Time,
     acknowledged_at: Time,
     on_timeout: bool,
-    /// The index of its loss sample (see [`PeerLink::loss_samples`]).
-    sample: u64,
 }
 
 /// What happened when a datagram arrived on a link.
@@ -251,8 +249,6 @@ pub(crate) struct PeerLink {
     duplicating: bool,
     /// The second copy of the datagram just sent, due next.
     copy: Option<Vec<u8>>,
-    /// Loss samples taken so far (each acknowledged frame is one).
-    loss_samples: u64,
     /// Resent frames acknowledged lately, oldest first.
     acknowledged_resends: VecDeque<AcknowledgedResend>,
     /// Frames that arrived again, to report to the peer.
@@ -290,7 +286,6 @@ impl PeerLink {
             resend_rate: 0.0,
             duplicating: false,
             copy: None,
-            loss_samples: 0,
             acknowledged_resends: VecDeque::new(),
             duplicates_seen: Vec::new(),
             stats: LinkStats::default(),
@@ -632,6 +627,7 @@ impl PeerLink {
                 self.note_reported_twice(seq);
             }
         }
+        self.expire_resends(now);
         if progressed {
             // The peer is alive and taking frames: drop any timer back-off
             // (samples are rare under loss, so waiting for one would keep a
@@ -671,8 +667,10 @@ impl PeerLink {
     /// the acknowledgement came sooner than a quarter of a round trip after
     /// the resend (it answers the original; a quarter, so that a real loss
     /// with a quick resend and a quick answer is seldom taken for
-    /// reordering). Otherwise it counts as a loss until a duplicate report
-    /// shows otherwise.
+    /// reordering). Otherwise it waits for a duplicate report for a while
+    /// (see [`PeerLink::expire_resends`]), and counts as a loss if none
+    /// comes: counted at once, the loss would turn on datagram copies on a
+    /// link that only reorders, before the report could say so.
     fn settle_resend(&mut self, now: Time, f: &OutFrame, reported_twice: bool) {
         let answered_too_soon = f
             .sent_at
@@ -687,25 +685,41 @@ impl PeerLink {
             }
             return;
         }
-        self.note_resend_sample(true);
-        if f.resent_copies == 1
-            && let Some(first_sent_at) = f.first_sent_at
-        {
-            if self.acknowledged_resends.len() == RECENT_RESENDS {
-                self.acknowledged_resends.pop_front();
+        match f.first_sent_at {
+            Some(first_sent_at) if f.resent_copies == 1 => {
+                if self.acknowledged_resends.len() == RECENT_RESENDS {
+                    self.acknowledged_resends.pop_front();
+                    self.note_resend_sample(true);
+                }
+                self.acknowledged_resends.push_back(AcknowledgedResend {
+                    seq: f.seq,
+                    first_sent_at,
+                    acknowledged_at: now,
+                    on_timeout: f.resent_on_timeout,
+                });
             }
-            self.acknowledged_resends.push_back(AcknowledgedResend {
-                seq: f.seq,
-                first_sent_at,
-                acknowledged_at: now,
-                on_timeout: f.resent_on_timeout,
-                sample: self.loss_samples,
-            });
+            // Several copies went out since the first resend: a report
+            // would not tell which arrived twice.
+            _ => self.note_resend_sample(true),
         }
     }
 
-    /// The peer got frame `seq` twice. If it is a resent frame counted as a
-    /// loss, it was not lost: its loss sample is taken back.
+    /// Resends acknowledged longer ago than a retransmission timeout were
+    /// not reported twice in time (the report of a late original follows
+    /// the acknowledgement within about a round trip): they were losses.
+    fn expire_resends(&mut self, now: Time) {
+        let wait = self.base_rto();
+        while let Some(r) = self.acknowledged_resends.front() {
+            if now.saturating_since(r.acknowledged_at) < wait {
+                break;
+            }
+            self.acknowledged_resends.pop_front();
+            self.note_resend_sample(true);
+        }
+    }
+
+    /// The peer got frame `seq` twice. If it is a resent frame not yet
+    /// counted as a loss, it was not lost.
     fn note_reported_twice(&mut self, seq: u64) {
         let Some(i) = self.acknowledged_resends.iter().position(|r| r.seq == seq) else {
             // Not acknowledged yet (it arrived before a gap): settled then.
@@ -721,11 +735,7 @@ impl PeerLink {
         };
         let r = self.acknowledged_resends.remove(i).expect("position is in range");
         self.stats.needless_resends += 1;
-        // The sample added 1/64 to the moving average, decayed by 63/64 for
-        // every sample since.
-        let since = i32::try_from(self.loss_samples - r.sample).unwrap_or(i32::MAX);
-        self.resend_rate = (self.resend_rate - (63.0f64 / 64.0).powi(since) / 64.0).max(0.0);
-        self.update_duplicating();
+        self.note_resend_sample(false);
         if r.on_timeout {
             self.note_spurious_timeout(r.acknowledged_at, Some(r.first_sent_at));
         }
@@ -747,20 +757,12 @@ impl PeerLink {
     /// the loss is estimated as the square root of the rate (hysteresis:
     /// on above the threshold, off below a quarter of it).
     fn note_resend_sample(&mut self, resent: bool) {
-        self.loss_samples += 1;
-        if self.cfg.duplicate_above_loss <= 0.0 {
-            return;
-        }
-        let sample = if resent { 1.0 } else { 0.0 };
-        self.resend_rate += (sample - self.resend_rate) / 64.0;
-        self.update_duplicating();
-    }
-
-    fn update_duplicating(&mut self) {
         let threshold = self.cfg.duplicate_above_loss;
         if threshold <= 0.0 {
             return;
         }
+        let sample = if resent { 1.0 } else { 0.0 };
+        self.resend_rate += (sample - self.resend_rate) / 64.0;
         let loss = if self.duplicating {
             self.resend_rate.sqrt()
         } else {
