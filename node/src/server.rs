@@ -72,6 +72,8 @@ pub struct ServerStats {
     pub suppressed_error_replies: u64,
     /// Datagrams dropped because the send buffer stayed full.
     pub dropped_sends: u64,
+    /// Datagrams sent in segmented runs (UDP segmentation offload).
+    pub segmented_sends: u64,
     /// Refused posts not answered (a refused client is told at most every
     /// 250 ms).
     pub unanswered_refusals: u64,
@@ -411,6 +413,7 @@ impl Server {
         let r = self.out.flush(&self.socket).await;
         self.stats.failed_sends += r.failed;
         self.stats.dropped_sends += r.dropped;
+        self.stats.segmented_sends += r.segmented;
         // Read the error queue after every flush: its entries (each with a
         // copy of the refused datagram) count against the receive buffer,
         // and a room of dead members would fill it and starve the socket.

@@ -52,8 +52,9 @@ counters! {
     resends_on_gap,
     /// Frames resent because their retransmission timer expired.
     resends_on_timeout,
-    /// Resent frames acknowledged too soon for the resend to have arrived
-    /// (the original was late: reordering, not loss).
+    /// Resent frames whose original arrived after all (reported twice by
+    /// the peer, or acknowledged too soon for the resend to have arrived):
+    /// reordering, not loss.
     needless_resends,
     duplicates,
     stale,
@@ -85,6 +86,9 @@ counters! {
     confirmed_addresses,
     bad_confirmations,
     dropped_sends,
+    /// Datagrams sent in runs of one length to one address, segmented by
+    /// the kernel (UDP segmentation offload).
+    segmented_sends,
     unanswered_refusals,
     /// View changes this server made (exclusions, admissions, rejoins).
     views_installed,
@@ -150,6 +154,7 @@ impl From<&ServerStats> for ServerCounters {
             confirmed_addresses: s.sessions.confirmed,
             bad_confirmations: s.sessions.bad_confirmations,
             dropped_sends: s.dropped_sends,
+            segmented_sends: s.segmented_sends,
             unanswered_refusals: s.unanswered_refusals,
             views_installed: r.views_installed,
             view_members: r.view_members as u64,
@@ -206,6 +211,6 @@ mod tests {
             (sum.client_datagrams, sum.deliveries, sum.posts),
             (24, 18, 0)
         );
-        assert_eq!(c.entries().count(), 49);
+        assert_eq!(c.entries().count(), 50);
     }
 }
