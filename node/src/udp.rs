@@ -509,7 +509,11 @@ impl SendQueue {
         let mut n = 1;
         let mut bytes = size;
         for (a, d) in &self.items[from + 1..] {
-            if n == self.max_segments || a != to || d.len() > size || bytes + d.len() > GSO_MAX_BYTES {
+            if n == self.max_segments
+                || a != to
+                || d.len() > size
+                || bytes + d.len() > GSO_MAX_BYTES
+            {
                 break;
             }
             n += 1;
@@ -693,8 +697,10 @@ mod tests {
     async fn a_refused_segmented_send_goes_out_one_by_one() {
         let a = receiver();
         let sock = sender();
-        let mut q = SendQueue::default();
-        q.max_segments = 1_000;
+        let mut q = SendQueue {
+            max_segments: 1_000,
+            ..SendQueue::default()
+        };
         let want: Vec<Vec<u8>> = (0..300).map(|i| format!("{i:08}").into_bytes()).collect();
         for d in &want {
             q.push(a.local_addr().unwrap(), bytes::Bytes::from(d.clone()));

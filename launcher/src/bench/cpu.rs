@@ -441,6 +441,18 @@ pub fn run(env: &Env) -> anyhow::Result<PresetReport> {
             "",
             None,
         ));
+        // Deliveries and server datagrams that went out in segmented runs
+        // (one pass through the kernel's stack per run).
+        rows.push(Row::new(
+            "datagrams sent segmented, share, S01",
+            Some(
+                (c.segmented_sends as f64 / (c.deliveries + c.link_datagrams_sent).max(1) as f64
+                    * 100.0)
+                    .round(),
+            ),
+            "%",
+            None,
+        ));
     } else {
         notes.push("server 1's counters (its `stopped:` line) were not found".into());
     }

@@ -315,7 +315,7 @@ impl Causal {
             if clock.len() != self.servers || clock[o].incarnation != r.incarnation {
                 return Err(WireError::OutOfRange("relayed clock"));
             }
-            if self.relay.take(&r, counter) {
+            if self.relay.take(&r, counter, r.payload.clone(), out) {
                 // A departure of an incarnation we never heard of learns
                 // which it was from its first relay.
                 self.follow_relay_records();

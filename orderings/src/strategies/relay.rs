@@ -34,6 +34,12 @@
 //! clients. Not covered: a server started after X (incarnations are start
 //! times) that received nothing at all of X's before X departed.
 //!
+//! A relayed message a survivor takes joins what it holds of X, and goes on
+//! to every peer whose report it answered with less: a survivor that held
+//! a message alone may come back as a new incarnation (and forget it)
+//! before it answers everybody, and then whoever took it from its relays
+//! is the only one left to pass it on.
+//!
 //! A server that never heard X's incarnation at all joins its flush when
 //! it learns of it: from X's departure here (incarnation 0, "whichever"),
 //! from a survivor's report, or from a message that depends on one of X's
@@ -193,6 +199,9 @@ struct Held<M> {
     /// Live only: its messages up to this counter came from relays before
     /// it turned out to be live (it resends them from its start).
     relayed_upto: u64,
+    /// Departed only: the peers whose reports we answered, with the
+    /// counter each reported, raised by what we relayed to it since.
+    answered: Vec<(ServerId, u64)>,
 }
 
 impl<M> Held<M> {
@@ -204,6 +213,7 @@ impl<M> Held<M> {
             awaiting: Vec::new(),
             below: 0,
             relayed_upto: 0,
+            answered: Vec::new(),
         }
     }
 
@@ -302,6 +312,7 @@ impl<M: Retained> DepartedRelay<M> {
                 relayed_upto: h.received,
                 below: 0,
                 awaiting: Vec::new(),
+                answered: Vec::new(),
                 ..h
             },
             None => Held::new(incarnation),
@@ -398,9 +409,11 @@ impl<M: Retained> DepartedRelay<M> {
         };
         let incarnation = h.incarnation;
         let pending = std::mem::take(&mut self.pending[k]);
+        let mut h = h;
         for (from, inc, received) in pending {
             if inc == incarnation || inc == 0 {
-                self.answer_from(&h, from, peer, received, out);
+                let upto = self.answer_from(&h, from, peer, received, out);
+                note_answered(&mut h.answered, from, upto);
             }
         }
         self.open_flush(peer, h, out);
@@ -516,7 +529,10 @@ impl<M: Retained> DepartedRelay<M> {
                     h.incarnation == incarnation || incarnation == 0 || h.incarnation == 0
                 };
                 if let Some(h) = self.departed[k].as_ref().filter(|h| matches(h)) {
-                    self.answer_from(h, from, origin, received, out);
+                    let upto = self.answer_from(h, from, origin, received, out);
+                    if let Some(h) = self.departed[k].as_mut() {
+                        note_answered(&mut h.answered, from, upto);
+                    }
                     return Ok(None);
                 }
                 let live = self.live[k].as_ref().map(|h| h.incarnation);
@@ -558,8 +574,17 @@ impl<M: Retained> DepartedRelay<M> {
     }
 
     /// The strategy decoded a relayed message's counter: whether it
-    /// extends our prefix of the departed incarnation (then it is taken).
-    pub(super) fn take(&mut self, relayed: &Relayed, counter: u64) -> bool {
+    /// extends our prefix of the departed incarnation (then it is taken,
+    /// kept with what we hold, and relayed on to the peers we answered
+    /// with less).
+    pub(super) fn take(
+        &mut self,
+        relayed: &Relayed,
+        counter: u64,
+        message: M,
+        out: &mut Outbox,
+    ) -> bool {
+        let keep = self.keep;
         let Some(Some(h)) = self.departed.get_mut(relayed.origin.index()) else {
             return false;
         };
@@ -569,6 +594,21 @@ impl<M: Retained> DepartedRelay<M> {
         // We never heard which incarnation departed: the relayer knows.
         h.incarnation = relayed.incarnation;
         h.received = counter;
+        for (peer, upto) in &mut h.answered {
+            if *upto < counter {
+                *upto = counter;
+                let relay = RelayMessage::Relay {
+                    origin: relayed.origin,
+                    incarnation: relayed.incarnation,
+                    payload: relayed.payload.clone(),
+                };
+                out.send(Dest::Peer(*peer), relay.encode());
+            }
+        }
+        if h.recent.len() == keep {
+            h.recent.pop_front();
+        }
+        h.recent.push_back((counter, message));
         self.relayed += 1;
         true
     }
@@ -577,7 +617,7 @@ impl<M: Retained> DepartedRelay<M> {
     /// `received`) from `h`: every message above that, in order, then
     /// [`RelayMessage::Answered`]. A reporter that received nothing is sent
     /// everything only if it is not newer than the departed incarnation
-    /// (see the module docs).
+    /// (see the module docs). Returns the highest counter `to` holds now.
     fn answer_from(
         &self,
         h: &Held<M>,
@@ -585,12 +625,13 @@ impl<M: Retained> DepartedRelay<M> {
         origin: ServerId,
         received: u64,
         out: &mut Outbox,
-    ) {
+    ) -> u64 {
         let reporter = self
             .live
             .get(to.index())
             .and_then(|l| l.as_ref())
             .map_or(u64::MAX, |l| l.incarnation);
+        let mut upto = received;
         if received > 0 || reporter <= h.incarnation {
             for (counter, message) in &h.recent {
                 if *counter > received {
@@ -600,10 +641,15 @@ impl<M: Retained> DepartedRelay<M> {
                         payload: message.payload(),
                     };
                     out.send(Dest::Peer(to), relay.encode());
+                    upto = *counter;
                 }
             }
+        } else {
+            // Sent nothing: it must not be sent later relays either.
+            upto = u64::MAX;
         }
         out.send(Dest::Peer(to), answered(origin, h.incarnation));
+        upto
     }
 }
 
@@ -623,10 +669,18 @@ impl DepartedRelay<ChatMessage> {
         let StreamMessage::Chat(m) = StreamMessage::decode(&r.payload)? else {
             return Err(WireError::OutOfRange("relayed payload"));
         };
-        if self.take(&r, m.counter) {
+        if self.take(&r, m.counter, m.clone(), out) {
             out.deliver(m.into_stream_msg(r.origin).into());
         }
         Ok(())
+    }
+}
+
+/// Records that `peer` was answered and holds up to `upto`.
+fn note_answered(answered: &mut Vec<(ServerId, u64)>, peer: ServerId, upto: u64) {
+    match answered.iter_mut().find(|(p, _)| *p == peer) {
+        Some(entry) => entry.1 = upto,
+        None => answered.push((peer, upto)),
     }
 }
 
@@ -683,7 +737,7 @@ mod tests {
             let from_id = ServerId(from as u16 + 1);
             if let Some(r) = nodes[to].handle(from_id, msg, &mut out).expect("valid") {
                 let counter = u64::from(r.payload[1]);
-                if nodes[to].take(&r, counter) {
+                if nodes[to].take(&r, counter, r.payload.clone(), &mut out) {
                     taken[to].push(counter);
                 }
             }
@@ -720,6 +774,85 @@ mod tests {
             )
             .expect("ok");
         assert_eq!(relays(&answer), 5, "all five held messages");
+    }
+
+    /// Survivor 1 alone held messages 4 and 5 of the departed server; it
+    /// relays them to survivor 2 and then comes back as a new incarnation
+    /// (forgetting them) before it answers survivor 3. Survivor 2 had
+    /// already answered 3 with nothing: it passes 4 and 5 on when it takes
+    /// them, so 3 ends with them too.
+    #[test]
+    fn taken_relays_go_on_to_the_peers_answered_with_less() {
+        let x = ServerId(0);
+        let held = [5u64, 3, 3];
+        let mut nodes: Vec<DepartedRelay<Bytes>> = (1..4)
+            .map(|i| DepartedRelay::new(ServerId(i), 4, 100))
+            .collect();
+        let mut scratch = Outbox::default();
+        for (i, (n, &upto)) in nodes.iter_mut().zip(&held).enumerate() {
+            n.note_incarnation(x, 10, &mut scratch);
+            for j in (1..4u16).filter(|&j| usize::from(j) != i + 1) {
+                n.note_incarnation(ServerId(j), 1, &mut scratch);
+            }
+            for c in 1..=upto {
+                n.note_received(x, c, chat(c));
+            }
+        }
+        let report_of = |n: &mut DepartedRelay<Bytes>| {
+            let mut out = Outbox::default();
+            n.depart(x, &mut out);
+            let (_, report) = out.sends.pop().expect("a report");
+            RelayMessage::decode(&report).expect("decodes")
+        };
+        let (r1, r2, r3) = (
+            report_of(&mut nodes[0]),
+            report_of(&mut nodes[1]),
+            report_of(&mut nodes[2]),
+        );
+        let _ = (r1, r3.clone());
+        // 2 answers 3: nothing above 3.
+        let mut out = Outbox::default();
+        assert!(
+            nodes[1]
+                .handle(ServerId(3), r3, &mut out)
+                .expect("ok")
+                .is_none()
+        );
+        assert_eq!(relays(&out), 0);
+        // 1 answers 2 with 4 and 5; 2 takes them and passes them on to 3.
+        let mut answer = Outbox::default();
+        nodes[0].handle(ServerId(2), r2, &mut answer).expect("ok");
+        assert_eq!(relays(&answer), 2);
+        let mut onward = Outbox::default();
+        for (_, payload) in answer.sends {
+            let msg = RelayMessage::decode(&payload).expect("decodes");
+            if let Some(r) = nodes[1].handle(ServerId(1), msg, &mut onward).expect("ok") {
+                let counter = u64::from(r.payload[1]);
+                assert!(nodes[1].take(&r, counter, r.payload.clone(), &mut onward));
+            }
+        }
+        let mut taken = Vec::new();
+        for (dest, payload) in onward.sends {
+            assert_eq!(dest, Dest::Peer(ServerId(3)));
+            let msg = RelayMessage::decode(&payload).expect("decodes");
+            let mut out = Outbox::default();
+            if let Some(r) = nodes[2].handle(ServerId(2), msg, &mut out).expect("ok") {
+                let counter = u64::from(r.payload[1]);
+                if nodes[2].take(&r, counter, r.payload.clone(), &mut out) {
+                    taken.push(counter);
+                }
+            }
+        }
+        assert_eq!(taken, vec![4, 5]);
+        // And a report that comes after the take is answered with them.
+        let mut late = Outbox::default();
+        let report = RelayMessage::Report {
+            origin: x,
+            incarnation: 10,
+            received: 3,
+        };
+        nodes[1].handle(ServerId(3), report, &mut late).expect("ok");
+        assert_eq!(relays(&late), 2);
     }
 
     fn route(from: usize, out: Outbox, queue: &mut VecDeque<(usize, usize, Bytes)>) {

@@ -579,7 +579,7 @@ impl Total {
             } => (clock, counter, room, line),
             _ => return Err(WireError::OutOfRange("relayed payload")),
         };
-        if self.relay.take(&r, counter) {
+        if self.relay.take(&r, counter, r.payload.clone(), out) {
             self.hold(r.origin, clock, counter, room, line);
         }
         Ok(())
