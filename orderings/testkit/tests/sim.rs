@@ -68,7 +68,7 @@ fn regression_seeds() {
             );
         }
     }
-    for seed in [2990, 197, 314, 169, 105, 470, 2564, 14993, 4588] {
+    for seed in [2990, 197, 314, 169, 105, 470, 2564, 14993, 4588, 82] {
         for spec in registered() {
             let out = sim::run(spec, SimConfig::membership(seed));
             assert!(
