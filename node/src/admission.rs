@@ -22,7 +22,6 @@
 //! more is never refused by this rule.
 
 use orderings::MsgId;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 /// A client with this many messages in flight counts as heavy.
@@ -58,15 +57,15 @@ pub(crate) enum Refusal {
 /// Messages in flight per client; see the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct FairAdmission {
-    in_flight: HashMap<SocketAddr, u32>,
-    owner: HashMap<MsgId, SocketAddr>,
+    in_flight: crate::FastMap<SocketAddr, u32>,
+    owner: crate::FastMap<MsgId, SocketAddr>,
     /// After a rejoin: messages of the old incarnation, until each is
     /// posted again (`renamed`) or given up (`forget_stale`).
-    stale: HashMap<MsgId, SocketAddr>,
+    stale: crate::FastMap<MsgId, SocketAddr>,
     heavy: usize,
     /// Refusals of clients with messages in flight; the entry goes with
     /// their last delivery.
-    refused: HashMap<SocketAddr, Refused>,
+    refused: crate::FastMap<SocketAddr, Refused>,
     /// Refusals not answered (rate limit).
     pub(crate) silent_refusals: u64,
 }

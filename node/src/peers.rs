@@ -18,7 +18,7 @@
 //! task per lookup); this book only says what to resolve and when.
 
 use orderings::ServerId;
-use std::collections::{HashMap, HashSet};
+
 use std::net::SocketAddr;
 
 /// A peer silent this long (three heartbeats of 0.5 s) may have moved.
@@ -55,10 +55,10 @@ pub(crate) struct Moved {
 pub(crate) struct PeerBook {
     peers: Vec<Peer>,
     me: usize,
-    by_addr: HashMap<SocketAddr, ServerId>,
+    by_addr: crate::FastMap<SocketAddr, ServerId>,
     /// Every server's configured bind and advertised address (with the
     /// peers' current addresses, those no client can have).
-    configured: HashSet<SocketAddr>,
+    configured: crate::FastSet<SocketAddr>,
 }
 
 impl PeerBook {
@@ -73,8 +73,8 @@ impl PeerBook {
         let mut book = PeerBook {
             peers: Vec::new(),
             me: me.index(),
-            by_addr: HashMap::new(),
-            configured: HashSet::new(),
+            by_addr: crate::FastMap::default(),
+            configured: crate::FastSet::default(),
         };
         for (i, (addr, name, bind)) in servers.into_iter().enumerate() {
             if !bind.ip().is_unspecified() {

@@ -29,7 +29,7 @@ use crate::command::{ClientCommand, CommandError};
 use bytes::Bytes;
 use orderings::RoomId;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 
 /// Default idle time after which a session expires (1 hour).
@@ -234,13 +234,13 @@ pub struct SessionStats {
 pub struct Sessions {
     limits: SessionLimits,
     policy: SessionPolicy,
-    clients: HashMap<SocketAddr, Session>,
-    members: HashMap<RoomId, Vec<SocketAddr>>,
+    clients: crate::FastMap<SocketAddr, Session>,
+    members: crate::FastMap<RoomId, Vec<SocketAddr>>,
     next_number: u64,
     /// Expiry deadlines: (deadline µs, session number, address).
     deadlines: BinaryHeap<Reverse<(u64, u64, SocketAddr)>>,
     /// Recently expired addresses (value: generation in `expired_order`).
-    expired: HashMap<SocketAddr, u64>,
+    expired: crate::FastMap<SocketAddr, u64>,
     expired_order: VecDeque<(SocketAddr, u64)>,
     expired_gen: u64,
     /// The latest time passed in (µs).
@@ -686,7 +686,7 @@ impl Sessions {
 /// once at half the allowance. Addresses without a session are not capped
 /// (the server sends them only replies, one per datagram received).
 fn charge(
-    clients: &mut HashMap<SocketAddr, Session>,
+    clients: &mut crate::FastMap<SocketAddr, Session>,
     policy: &SessionPolicy,
     stats: &mut SessionStats,
     to: SocketAddr,

@@ -357,7 +357,7 @@ pub(crate) struct SendQueue {
     /// Most datagrams one segmented send carries.
     max_segments: usize,
     /// Reused by [`SendQueue::group_by_destination`].
-    group_of: std::collections::HashMap<SocketAddr, usize>,
+    group_of: crate::FastMap<SocketAddr, usize>,
     group_sizes: Vec<usize>,
     groups: Vec<usize>,
 }
@@ -371,7 +371,7 @@ impl Default for SendQueue {
             segmentation: true,
             segmented: 0,
             max_segments: GSO_MAX_SEGMENTS,
-            group_of: std::collections::HashMap::new(),
+            group_of: crate::FastMap::default(),
             group_sizes: Vec::new(),
             groups: Vec::new(),
         }
