@@ -700,28 +700,35 @@ mod tests {
         Bytes::from(vec![kind::CHAT, counter as u8])
     }
 
-    /// Three survivors of server 0 (incarnation 10) that received
-    /// different prefixes end with the same prefix, each taking every
-    /// message once.
-    #[test]
-    fn survivors_end_with_the_union_of_what_they_held() {
+    /// Servers 1-3, each holding the first `held[i]` messages of server 0's
+    /// incarnation 10 and knowing server j by `incarnation_of(j)`.
+    fn survivors(held: [u64; 3], incarnation_of: impl Fn(u16) -> u64) -> Vec<DepartedRelay<Bytes>> {
         let x = ServerId(0);
-        let held = [3u64, 5, 0];
         let mut nodes: Vec<DepartedRelay<Bytes>> = (1..4)
             .map(|i| DepartedRelay::new(ServerId(i), 4, 100))
             .collect();
         let mut scratch = Outbox::default();
         for (i, (n, &upto)) in nodes.iter_mut().zip(&held).enumerate() {
             n.note_incarnation(x, 10, &mut scratch);
-            // Peers 1 and 2 started before 0's incarnation 10, 3 after it.
             for j in (1..4u16).filter(|&j| usize::from(j) != i + 1) {
-                n.note_incarnation(ServerId(j), if j == 3 { 31 } else { 1 }, &mut scratch);
+                n.note_incarnation(ServerId(j), incarnation_of(j), &mut scratch);
             }
             for c in 1..=upto {
                 n.note_received(x, c, chat(c));
             }
         }
         assert!(scratch.is_empty());
+        nodes
+    }
+
+    /// Three survivors of server 0 (incarnation 10) that received
+    /// different prefixes end with the same prefix, each taking every
+    /// message once.
+    #[test]
+    fn survivors_end_with_the_union_of_what_they_held() {
+        let x = ServerId(0);
+        // Peers 1 and 2 started before 0's incarnation 10, 3 after it.
+        let mut nodes = survivors([3, 5, 0], |j| if j == 3 { 31 } else { 1 });
         // Departure everywhere; deliver every payload (FIFO per link) until
         // quiet, recording what each node takes.
         let mut queue: VecDeque<(usize, usize, Bytes)> = VecDeque::new();
@@ -784,20 +791,7 @@ mod tests {
     #[test]
     fn taken_relays_go_on_to_the_peers_answered_with_less() {
         let x = ServerId(0);
-        let held = [5u64, 3, 3];
-        let mut nodes: Vec<DepartedRelay<Bytes>> = (1..4)
-            .map(|i| DepartedRelay::new(ServerId(i), 4, 100))
-            .collect();
-        let mut scratch = Outbox::default();
-        for (i, (n, &upto)) in nodes.iter_mut().zip(&held).enumerate() {
-            n.note_incarnation(x, 10, &mut scratch);
-            for j in (1..4u16).filter(|&j| usize::from(j) != i + 1) {
-                n.note_incarnation(ServerId(j), 1, &mut scratch);
-            }
-            for c in 1..=upto {
-                n.note_received(x, c, chat(c));
-            }
-        }
+        let mut nodes = survivors([5, 3, 3], |_| 1);
         let report_of = |n: &mut DepartedRelay<Bytes>| {
             let mut out = Outbox::default();
             n.depart(x, &mut out);
