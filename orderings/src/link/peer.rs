@@ -24,11 +24,12 @@
 //! start produces it, and adopting it would make every later datagram of the
 //! real peer look stale.
 //!
-//! A frame that arrives twice is reported back (an entry `(seq, 0)` among
-//! the gaps, which a server without this report ignores), like TCP's
-//! D-SACK: a sender that resent that frame once learns that the resend was
-//! needless (the original was late, not lost), and the resend counts as no
-//! loss. (It is no round-trip sample: the acknowledgement of the original
+//! Every arrival of a frame beyond the first is reported back once (an
+//! entry `(seq, 0)` among the gaps, which a server without this report
+//! ignores; never in a datagram's second copy), like TCP's D-SACK. A
+//! sender whose resend copies are outnumbered by the reported arrivals
+//! learns that an earlier copy arrived: the resend was needless (the
+//! original was late, not lost), and it counts as no loss. (It is no round-trip sample: the acknowledgement of the original
 //! may have been what was lost.)
 //!
 //! Every datagram also carries how many of the receiver's messages (of its
@@ -152,11 +153,10 @@ struct OutFrame {
     /// When last put into a datagram; `None` while never sent.
     sent_at: Option<Time>,
     retransmitted: bool,
-    /// Copies sent since the first resend (datagram copies included): a
-    /// duplicate report proves the resend needless only when it is 1.
+    /// Copies sent since the first resend (datagram copies included).
     resent_copies: u8,
-    /// The peer reported it twice before acknowledging it.
-    reported_twice: bool,
+    /// Arrivals beyond the first the peer reported before acknowledging it.
+    extra_arrivals: u8,
     /// Queued for an early resend (gap reported or timer fired).
     resend: bool,
 }
@@ -167,6 +167,8 @@ struct OutFrame {
 struct AcknowledgedResend {
     seq: u64,
     acknowledged_at: Time,
+    resent_copies: u8,
+    extra_arrivals: u8,
 }
 
 /// What happened when a datagram arrived on a link.
@@ -303,7 +305,7 @@ impl PeerLink {
             sent_at: None,
             retransmitted: false,
             resent_copies: 0,
-            reported_twice: false,
+            extra_arrivals: 0,
             resend: false,
         });
         self.next_seq += 1;
@@ -598,8 +600,12 @@ impl PeerLink {
     }
 
     fn handle_ack(&mut self, now: Time, ack: u64, gaps: &[(u64, u64)]) {
-        // `(seq, 0)`: the peer got frame `seq` more than once.
-        let reported_twice = |seq: u64| gaps.iter().any(|&(s, count)| count == 0 && s == seq);
+        // `(seq, 0)`: frame `seq` arrived once more at the peer.
+        for &(seq, count) in gaps {
+            if count == 0 {
+                self.note_extra_arrival(seq);
+            }
+        }
         let mut progressed = false;
         while let Some(front) = self.queue.front() {
             if front.seq > ack {
@@ -617,7 +623,7 @@ impl PeerLink {
             }
             self.first_unsent = self.first_unsent.saturating_sub(1);
             if f.retransmitted {
-                self.settle_resend(now, &f, f.reported_twice || reported_twice(f.seq));
+                self.settle_resend(now, &f);
             } else {
                 self.note_resend_sample(false);
                 if f.seq == ack
@@ -625,11 +631,6 @@ impl PeerLink {
                 {
                     self.rtt_sample(now.saturating_since(sent));
                 }
-            }
-        }
-        for &(seq, count) in gaps {
-            if count == 0 {
-                self.note_reported_twice(seq);
             }
         }
         self.expire_resends(now);
@@ -667,8 +668,8 @@ impl PeerLink {
     }
 
     /// An acknowledged frame that was resent: was the resend needed? Not
-    /// when the peer reported the frame twice and only one copy went out
-    /// since the first send (so one of the earlier copies arrived), nor when
+    /// when the peer reported more arrivals of it than copies went out
+    /// since the first resend (so an earlier copy arrived), nor when
     /// the acknowledgement came sooner than a quarter of a round trip after
     /// the resend (it answers the original; a quarter, so that a real loss
     /// with a quick resend and a quick answer is seldom taken for
@@ -676,31 +677,26 @@ impl PeerLink {
     /// (see [`PeerLink::expire_resends`]), and counts as a loss if none
     /// comes: counted at once, the loss would turn on datagram copies on a
     /// link that only reorders, before the report could say so.
-    fn settle_resend(&mut self, now: Time, f: &OutFrame, reported_twice: bool) {
+    fn settle_resend(&mut self, now: Time, f: &OutFrame) {
         let answered_too_soon = f
             .sent_at
             .zip(self.srtt_us)
             .is_some_and(|(sent, srtt)| now.saturating_since(sent) < srtt / 4);
-        let proven = reported_twice && f.resent_copies == 1;
-        if proven || answered_too_soon {
+        if proven_needless(f.extra_arrivals, f.resent_copies) || answered_too_soon {
             self.stats.needless_resends += 1;
             self.note_resend_sample(false);
             return;
         }
-        if f.resent_copies == 1 {
-            if self.acknowledged_resends.len() == RECENT_RESENDS {
-                self.acknowledged_resends.pop_front();
-                self.note_resend_sample(true);
-            }
-            self.acknowledged_resends.push_back(AcknowledgedResend {
-                seq: f.seq,
-                acknowledged_at: now,
-            });
-        } else {
-            // Several copies went out since the first resend: a report
-            // would not tell which arrived twice.
+        if self.acknowledged_resends.len() == RECENT_RESENDS {
+            self.acknowledged_resends.pop_front();
             self.note_resend_sample(true);
         }
+        self.acknowledged_resends.push_back(AcknowledgedResend {
+            seq: f.seq,
+            acknowledged_at: now,
+            resent_copies: f.resent_copies,
+            extra_arrivals: f.extra_arrivals,
+        });
     }
 
     /// Resends acknowledged longer ago than a retransmission timeout were
@@ -717,24 +713,28 @@ impl PeerLink {
         }
     }
 
-    /// The peer got frame `seq` twice. If it is a resent frame not yet
-    /// counted as a loss, it was not lost.
-    fn note_reported_twice(&mut self, seq: u64) {
+    /// Frame `seq` arrived once more at the peer. A resent frame not yet
+    /// counted as a loss whose arrivals now prove it needless was not lost.
+    fn note_extra_arrival(&mut self, seq: u64) {
         let Some(i) = self.acknowledged_resends.iter().position(|r| r.seq == seq) else {
-            // Not acknowledged yet (it arrived before a gap): settled then.
+            // Not acknowledged yet: settled when it is.
             if let Some(f) = self
                 .queue
                 .front()
                 .and_then(|front| seq.checked_sub(front.seq))
                 .and_then(|i| self.queue.get_mut(usize::try_from(i).ok()?))
             {
-                f.reported_twice = true;
+                f.extra_arrivals = f.extra_arrivals.saturating_add(1);
             }
             return;
         };
-        self.acknowledged_resends.remove(i);
-        self.stats.needless_resends += 1;
-        self.note_resend_sample(false);
+        let r = &mut self.acknowledged_resends[i];
+        r.extra_arrivals = r.extra_arrivals.saturating_add(1);
+        if proven_needless(r.extra_arrivals, r.resent_copies) {
+            self.acknowledged_resends.remove(i);
+            self.stats.needless_resends += 1;
+            self.note_resend_sample(false);
+        }
     }
 
     /// One acknowledged frame: whether it had to be sent again. Keeps the
@@ -911,6 +911,7 @@ impl PeerLink {
             );
         }
         let mut gaps = self.reportable_gaps(now);
+        let missing = gaps.len();
         gaps.extend(self.duplicates_seen.drain(..).map(|seq| (seq, 0)));
         self.delivered_reported = delivered;
         let mut header = Datagram {
@@ -983,13 +984,23 @@ impl PeerLink {
             .collect();
         let raw = header.encode_raw(authenticated);
         if copied {
-            self.copy = Some(raw.clone());
+            // The copy reports no arrivals: each is reported once, so that
+            // the sender may count them.
+            header.gaps.truncate(missing);
+            self.copy = Some(header.encode_raw(authenticated));
         }
         self.ack_due = None;
         self.last_sent = Some(now);
         self.stats.datagrams_sent += 1;
         Some(raw)
     }
+}
+
+/// Whether a resend was needless, from the arrivals the peer reported
+/// beyond the first and the copies sent since the first resend: more
+/// arrivals than resend copies means an earlier copy arrived.
+fn proven_needless(extra_arrivals: u8, resent_copies: u8) -> bool {
+    extra_arrivals >= resent_copies
 }
 
 fn frame_cost(f: &OutFrame) -> usize {
@@ -1339,6 +1350,26 @@ mod tests {
         );
         assert!(a.resend_rate < 1e-9, "no loss counted: {}", a.resend_rate);
         assert!(!a.duplicating && a.stats.duplicated_datagrams == 0);
+    }
+
+    /// The same slow path on a link that sends datagrams twice: each resend
+    /// goes out twice too, and the peer reports every arrival beyond the
+    /// first once (not again in the copies of its own datagrams): four
+    /// arrivals of two resend copies prove each resend needless, no loss is
+    /// counted, and the link stops sending twice.
+    #[test]
+    fn counted_arrivals_prove_copied_resends_needless() {
+        let (mut a, mut b) = pair();
+        delayed_exchange(&mut a, &mut b, 1_000_000, 10, (10_000, 10_000), false);
+        a.duplicating = true;
+        b.duplicating = true;
+        let got = delayed_exchange(&mut a, &mut b, 3_000_000, 30, (60_000, 10_000), false);
+        assert_eq!(got.len(), 30, "everything arrives, once");
+        let resent = a.stats.retransmissions;
+        assert!(resent >= 5, "the slower path fires the timeout: {resent}");
+        assert_eq!(a.stats.needless_resends, resent, "each was proven needless");
+        assert!(a.resend_rate < 1e-9, "no loss counted: {}", a.resend_rate);
+        assert!(!a.duplicating, "a link that only reorders stops sending twice");
     }
 
     /// Every original is lost: the resends were needed, and each counts as
