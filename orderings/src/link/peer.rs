@@ -1369,7 +1369,10 @@ mod tests {
         assert!(resent >= 5, "the slower path fires the timeout: {resent}");
         assert_eq!(a.stats.needless_resends, resent, "each was proven needless");
         assert!(a.resend_rate < 1e-9, "no loss counted: {}", a.resend_rate);
-        assert!(!a.duplicating, "a link that only reorders stops sending twice");
+        assert!(
+            !a.duplicating,
+            "a link that only reorders stops sending twice"
+        );
     }
 
     /// Every original is lost: the resends were needed, and each counts as
