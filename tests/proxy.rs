@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{Proc, Scratch, WAIT, bin, legacy_config};
+use support::{Proc, Scratch, WAIT, bin, free_ports, legacy_config};
 
 /// A fake server bound to its bind address, with a receive buffer large
 /// enough for a burst of a few thousand small datagrams.
@@ -16,6 +16,28 @@ fn fake_server(addr: SocketAddr) -> UdpSocket {
     let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind fake server {addr}: {e}"));
     set_rcvbuf(&s, 4 << 20);
     s
+}
+
+/// A legacy config of two servers behind the proxy and a fake server on
+/// each bind address. The fakes bind first, on ports the kernel picks, so a
+/// test running in parallel cannot take a bind port between its choice and
+/// the bind. Returns the config text, the fakes and the forwarding
+/// addresses.
+fn fake_pair() -> (String, UdpSocket, UdpSocket, Vec<SocketAddr>) {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (a, b) = (fake_server(any), fake_server(any));
+    let fwds: Vec<SocketAddr> = free_ports(2)
+        .into_iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        .collect();
+    let text = format!(
+        "{},{}\n{},{}\n",
+        fwds[0],
+        a.local_addr().unwrap(),
+        fwds[1],
+        b.local_addr().unwrap()
+    );
+    (text, a, b, fwds)
 }
 
 fn set_rcvbuf(s: &UdpSocket, size: i32) {
@@ -92,10 +114,8 @@ fn stop_proxy(mut p: Proc, sig: nix::sys::signal::Signal) -> BTreeMap<String, u6
 #[test]
 fn forwards_byte_exact_from_the_senders_forwarding_address() {
     let dir = Scratch::new("proxy-exact");
-    let (text, binds, fwds) = legacy_config(2, true);
+    let (text, a, b, fwds) = fake_pair();
     let cfg = dir.write("servers.txt", &text);
-    let a = fake_server(binds[0]);
-    let b = fake_server(binds[1]);
     let p = start_proxy(&cfg, &[]);
 
     // A stranger's packet is dropped and counted, not forwarded.
@@ -141,10 +161,8 @@ fn forwards_byte_exact_from_the_senders_forwarding_address() {
 #[test]
 fn delay_reorders_packets_and_loses_none() {
     let dir = Scratch::new("proxy-delay");
-    let (text, binds, fwds) = legacy_config(2, true);
+    let (text, a, b, fwds) = fake_pair();
     let cfg = dir.write("servers.txt", &text);
-    let a = fake_server(binds[0]);
-    let b = fake_server(binds[1]);
     let p = start_proxy(&cfg, &["--delay", "0..20", "--seed", "3"]);
     let n = 200u32;
     let started = Instant::now();
@@ -183,10 +201,8 @@ fn delay_reorders_packets_and_loses_none() {
 /// copies of each packet arrived, plus the proxy's counts.
 fn run_numbered(args: &[&str], n: u32) -> (Vec<u32>, BTreeMap<String, u64>) {
     let dir = Scratch::new("proxy-numbered");
-    let (text, binds, fwds) = legacy_config(2, true);
+    let (text, a, b, fwds) = fake_pair();
     let cfg = dir.write("servers.txt", &text);
-    let a = fake_server(binds[0]);
-    let b = fake_server(binds[1]);
     let p = start_proxy(&cfg, args);
     let mut copies = vec![0u32; n as usize];
     for i in 0..n {
