@@ -82,16 +82,11 @@ impl Drop for Scratch {
     }
 }
 
-/// `n` UDP ports on 127.0.0.1 that were free a moment ago. Ports are drawn
-/// from the kernel (port 0), so parallel tests do not collide.
+/// `n` UDP ports on 127.0.0.1 that were free a moment ago, drawn below the
+/// kernel's ephemeral range (see [`launcher::net::free_ports`]), so no
+/// port-0 bind of a parallel test takes one before its server binds it.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let socks: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    socks
-        .iter()
-        .map(|s| s.local_addr().expect("local addr").port())
-        .collect()
+    launcher::net::free_ports([127, 0, 0, 1].into(), n).expect("free ports")
 }
 
 /// A legacy config with `n` servers; with `proxy` each server gets a
