@@ -400,13 +400,6 @@ impl SendQueue {
         self.items.len() - self.sent
     }
 
-    /// Sends nothing segmented from now on.
-    #[cfg(test)]
-    fn without_segmentation(mut self) -> Self {
-        self.segmentation = false;
-        self
-    }
-
     /// Reads the socket's error queue into [`SendQueue::icmp`]; returns
     /// (entries read, whether the queue was found empty).
     pub(crate) fn collect_icmp(&mut self, sock: &UdpSocket) -> (usize, bool) {
@@ -717,7 +710,10 @@ mod tests {
         assert!(!q.segmentation, "turned off");
         assert_eq!(receive(&a, 300), want);
         // Without segmentation, runs go out one by one.
-        let mut q = SendQueue::default().without_segmentation();
+        let mut q = SendQueue {
+            segmentation: false,
+            ..SendQueue::default()
+        };
         for d in &want {
             q.push(a.local_addr().unwrap(), bytes::Bytes::from(d.clone()));
         }
