@@ -651,3 +651,50 @@ fn bad_server_fault_options_are_refused() {
         );
     }
 }
+
+/// The load's clients read runs of deliveries whole (`UDP_GRO`): at full
+/// speed, some reads hold several deliveries, and every delivery is still
+/// checked on its own (exactly once, in order). With `--no-gro` each read
+/// is one datagram, as for a client of the spec, and the run passes the
+/// same checks.
+#[test]
+fn clients_read_runs_of_deliveries_whole_unless_told_not_to() {
+    let (dir, cfg) = three_servers("stress-gro");
+    for gro in [true, false] {
+        let json = dir.path().join(format!("report-{gro}.json"));
+        let mut args = vec![
+            "--ordering",
+            "total",
+            "--clients",
+            "3",
+            "--rooms",
+            "1",
+            "--messages",
+            "2000",
+            "--size",
+            "100",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        if !gro {
+            args.push("--no-gro");
+        }
+        let out = stress(&cfg, &args);
+        let text = out.text();
+        assert!(out.status.success(), "gro {gro}: {text}");
+        assert!(text.contains("result: PASS"), "gro {gro}: {text}");
+        assert!(text.contains("clients' socket reads: "), "{text}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["distinct_deliveries"], 18_000, "{report:#}");
+        let reads = report["client_reads"].as_u64().unwrap();
+        let runs = report["coalesced_reads"].as_u64().unwrap();
+        if gro {
+            assert!(runs > 0, "no read held a run: {report:#}");
+            assert!(reads < 18_000, "{reads} reads for 18,000 deliveries");
+        } else {
+            assert_eq!(runs, 0, "{report:#}");
+            assert!(reads >= 18_000, "{reads} reads for 18,000 deliveries");
+        }
+    }
+}

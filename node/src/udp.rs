@@ -621,6 +621,67 @@ fn set_segment_size(h: &mut libc::msghdr, control: &mut SegmentControl, segment:
     }
 }
 
+/// Asks the kernel to hand this socket a run of equal-length datagrams
+/// from one sender as one buffer (`UDP_GRO`, Linux 5.0 and later) instead of
+/// splitting a segmented send (`UDP_SEGMENT`, as the server sends) into one
+/// queued datagram each: the sender's kernel then skips the split, and the
+/// receiver is queued to and woken once per run. For clients that receive
+/// much (the load generator); read with [`recv_gro`]. Returns whether the
+/// kernel took the option; without it, each read is one datagram.
+pub fn enable_gro(sock: &impl AsRawFd) -> bool {
+    set_int_option(sock, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
+}
+
+/// Reads what one datagram, or one coalesced run, brought to a socket with
+/// [`enable_gro`]: `(bytes, segment)`, where `buf[..bytes]` holds datagrams
+/// of `segment` bytes each, the last possibly shorter (`segment == bytes`
+/// for a lone datagram); [`split_run`] gives them back one by one. `buf`
+/// should hold 64 KiB, the most a run carries: a longer run is cut short.
+/// Non-blocking: `WouldBlock` when nothing is queued.
+pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, usize)> {
+    // Room for one control message carrying an int, 8-byte aligned.
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid: no name, no iovec, no control.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at live buffers of the sizes it declares.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    // A negative count is an error, in errno.
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    let mut segment = n;
+    // SAFETY: walks the control messages the kernel wrote, within the
+    // length it set in msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                if let Ok(size) = usize::try_from(size)
+                    && size > 0
+                {
+                    segment = segment.min(size);
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n, segment.max(1)))
+}
+
+/// The datagrams of a run [`recv_gro`] read: `run` cut every `segment`
+/// bytes. An empty run is one empty datagram (never part of a longer run).
+pub fn split_run(run: &[u8], segment: usize) -> impl Iterator<Item = &[u8]> {
+    let lone_empty = run.is_empty().then_some(run);
+    run.chunks(segment.max(1)).chain(lone_empty)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,6 +780,53 @@ mod tests {
         }
         assert_eq!(q.flush(&sock).await.segmented, 0);
         assert_eq!(receive(&a, 300), want);
+    }
+
+    /// A receiver with `UDP_GRO` reads a segmented run as one buffer and
+    /// cuts it back into the very datagrams sent, in order: runs of
+    /// several lengths, a shorter last one, lone datagrams and an empty one.
+    #[tokio::test]
+    async fn a_gro_receiver_reads_runs_whole_and_splits_them_back() {
+        let a = receiver();
+        assert!(enable_gro(&a), "UDP_GRO is in Linux since 5.0");
+        a.set_nonblocking(true).unwrap();
+        let sock = sender();
+        let mut q = SendQueue::default();
+        let mut want = Vec::new();
+        for i in 0..200usize {
+            let len = match i {
+                60 => 0,
+                i if i % 50 == 49 => 11,
+                i => 100 + (i / 70) * 40,
+            };
+            let mut d = format!("{i:06}-").into_bytes().repeat(len / 7 + 1);
+            d.truncate(len);
+            q.push(a.local_addr().unwrap(), bytes::Bytes::from(d.clone()));
+            want.push(d);
+        }
+        let r = q.flush(&sock).await;
+        assert_eq!((r.failed, r.dropped), (0, 0));
+        assert!(r.segmented >= 100, "sent segmented: {}", r.segmented);
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut reads = 0;
+        let mut buf = vec![0u8; 65_536];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < want.len() && std::time::Instant::now() < deadline {
+            match recv_gro(&a, &mut buf) {
+                Ok((n, segment)) => {
+                    reads += 1;
+                    got.extend(split_run(&buf[..n], segment).map(<[u8]>::to_vec));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("recv_gro: {e}"),
+            }
+        }
+        assert_eq!(got, want);
+        assert!(
+            reads < want.len() / 4,
+            "runs came whole: {reads} reads for {}",
+            want.len()
+        );
     }
 
     /// A closed port answers with ICMP port unreachable; the error queue

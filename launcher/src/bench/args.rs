@@ -72,6 +72,11 @@ pub struct BenchArgs {
     /// w2: how long before each send deadline the sender busy-waits (µs).
     #[arg(long, default_value_t = 100, value_name = "US")]
     pub spin_us: u64,
+    /// The load's clients read one datagram per read, as a client of the
+    /// spec does, instead of whole runs of deliveries (`UDP_GRO`): what the
+    /// servers cost with clients that do not coalesce.
+    #[arg(long)]
+    pub no_gro: bool,
     /// No progress lines on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,

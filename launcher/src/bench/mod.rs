@@ -68,6 +68,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         window: a.window.map(|w| w.max(1)),
         secret_file,
         spin: Duration::from_micros(a.spin_us),
+        gro: !a.no_gro,
         progress: !a.quiet,
         scratch: scratch.path().to_path_buf(),
     };
@@ -81,12 +82,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let machine = machine::machine();
     crate::outln!(
-        "bench: {machine}; chatserver {}; server links {}",
+        "bench: {machine}; chatserver {}; server links {}; load clients read {}",
         env.chatserver.display(),
         if env.secret_file.is_some() {
             "authenticated (--secret)"
         } else {
             "not authenticated"
+        },
+        if env.gro {
+            "runs of deliveries whole (UDP_GRO)"
+        } else {
+            "one datagram per read (--no-gro)"
         }
     );
     if env

@@ -26,6 +26,8 @@ pub struct Env {
     pub window: Option<u32>,
     pub secret_file: Option<PathBuf>,
     pub spin: Duration,
+    /// The load's clients read runs of deliveries whole (not `--no-gro`).
+    pub gro: bool,
     pub progress: bool,
     pub(super) scratch: PathBuf,
 }
@@ -245,6 +247,7 @@ pub fn drive(
         flood_clients: 0,
         excused: Vec::new(),
         hooks: None,
+        gro: env.gro,
     };
     let before = kernel_rcvbuf_errors();
     let load = run_load(&plan)?;

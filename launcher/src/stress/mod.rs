@@ -99,6 +99,11 @@ pub struct StressArgs {
     /// is checked like every message, and every normal message must arrive.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub flood_clients: usize,
+    /// Clients read one datagram per read, as a client of the spec does,
+    /// instead of whole runs of deliveries (`UDP_GRO`): the servers' cost
+    /// per message with clients that do not coalesce.
+    #[arg(long)]
+    pub no_gro: bool,
 }
 
 pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
@@ -323,6 +328,7 @@ pub fn run(a: StressArgs) -> anyhow::Result<ExitCode> {
         flood_clients: a.flood_clients,
         excused,
         hooks,
+        gro: !a.no_gro,
     };
     let mut schedule = None;
     if let Some(c) = cluster.as_mut()

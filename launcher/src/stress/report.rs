@@ -77,6 +77,10 @@ pub struct StressReport {
     pub server_problems: Vec<String>,
     /// Address-confirmation requests answered.
     pub confirmations: u64,
+    /// Reads of the clients' sockets that returned data, and of them those
+    /// that held a run of several deliveries (`UDP_GRO`; 0 with --no-gro).
+    pub client_reads: u64,
+    pub coalesced_reads: u64,
     pub flood: Option<FloodSummary>,
     /// Peak RSS (VmHWM) of each server this run started, in KiB; empty
     /// with --attach (not known).
@@ -290,6 +294,8 @@ pub(super) fn build(
         garbled_examples: load.garbled_examples,
         server_problems,
         confirmations: load.confirmations,
+        client_reads: load.reads,
+        coalesced_reads: load.coalesced_reads,
         flood: (a.flood_clients > 0).then_some(FloodSummary {
             clients: a.flood_clients,
             sent: load.flood_sent,
@@ -417,6 +423,11 @@ pub(super) fn print(r: &StressReport) {
             r.confirmations
         );
     }
+    crate::outln!(
+        "  clients' socket reads: {}, of which {} held a run of several datagrams (UDP_GRO)",
+        r.client_reads,
+        r.coalesced_reads
+    );
     match r.kernel_rcvbuf_errors {
         Some(n) => crate::outln!("  kernel UDP receive-buffer drops during the run: {n}"),
         None => crate::outln!("  kernel UDP receive-buffer drops: unknown (no /proc/net/snmp)"),
