@@ -86,6 +86,21 @@ fn rows<'a>(run: &'a Run, name: &str) -> &'a Vec<serde_json::Value> {
         "{}",
         run.stdout
     );
+    // How busy the machine was, and what the hypervisor took, beside
+    // every benchmark's figures.
+    let load = &b["cpu_load"];
+    let (busy, steal) = (load["busy_pct"].as_f64(), load["steal_pct"].as_f64());
+    assert!(
+        busy.is_some_and(|b| (0.0..=100.0).contains(&b))
+            && steal.is_some_and(|s| (0.0..=100.0).contains(&s)),
+        "{b:#}"
+    );
+    assert!(
+        run.stdout
+            .contains("note: machine during this benchmark: CPUs busy "),
+        "{}",
+        run.stdout
+    );
     let rows = b["rows"].as_array().expect("rows");
     assert!(!rows.is_empty());
     rows
@@ -136,11 +151,22 @@ fn w2_latency_runs_under_its_alias() {
     // Every message of the three clients reached all three members once.
     let d = row(rows, "deliveries");
     assert_eq!(d["met"], true, "{d:#}");
-    let details = &run.report["benches"][0]["details"];
+    let details = &run.report["benches"][0]["details"]["run"];
     assert_eq!(details["deliveries"], details["expected_deliveries"]);
     assert_eq!(details["duplicates"], 0);
     assert_eq!(details["check_ok"], true);
     assert_eq!(details["latency"]["count"], details["expected_deliveries"]);
+    // The relay floor ran the same clients: every line to every member,
+    // once (it orders nothing, so that is all it is checked for).
+    let floor = &run.report["benches"][0]["details"]["relay_floor"];
+    assert_eq!(floor["expected_deliveries"], details["expected_deliveries"]);
+    assert_eq!(
+        floor["deliveries"], floor["expected_deliveries"],
+        "{floor:#}"
+    );
+    assert_eq!(floor["duplicates"], 0);
+    assert_eq!(floor["check_ok"], true, "{floor:#}");
+    assert!(row(rows, "relay floor")["value"].is_number());
 }
 
 #[test]

@@ -595,6 +595,7 @@ pub fn run(env: &Env) -> anyhow::Result<PresetReport> {
             "callgrind": callgrind_details,
         }),
         duration_s: 0.0,
+        cpu_load: None,
     })
 }
 

@@ -123,5 +123,6 @@ pub(super) fn run(env: &Env) -> anyhow::Result<PresetReport> {
         notes,
         details: serde_json::to_value(&runs)?,
         duration_s: 0.0,
+        cpu_load: None,
     })
 }

@@ -25,6 +25,7 @@ mod faults;
 mod latency;
 mod machine;
 mod presets;
+mod relay_floor;
 mod report;
 mod runner;
 
@@ -121,8 +122,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     let mut ok = true;
     for p in presets {
+        let before = machine::CpuTimes::now();
         match presets::run_one(&env, p) {
-            Ok(r) => {
+            Ok(mut r) => {
+                r.cpu_load = before
+                    .zip(machine::CpuTimes::now())
+                    .and_then(|(b, a)| machine::CpuLoad::between(b, a));
+                if let Some(load) = r.cpu_load {
+                    r.notes.push(format!(
+                        "machine during this benchmark: {load}; figures taken with much steal are not comparable with others"
+                    ));
+                }
                 report::print(&r);
                 ok &= r.ok;
                 reports.push(r);

@@ -106,6 +106,7 @@ fn w1(env: &Env) -> anyhow::Result<PresetReport> {
         notes,
         details: serde_json::json!({ "sweep": sweep_runs, "best": best, "variants": runs }),
         duration_s: 0.0,
+        cpu_load: None,
     })
 }
 
@@ -130,6 +131,17 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
     let result = latency::run(&plan);
     let (_, problems) = running.stop(Duration::from_secs(3));
     let r = result?;
+    // The same clients against the relay floor (see `relay_floor`): it
+    // orders nothing, so only exactly-once is checked.
+    env.say("the same clients against the relay floor (4 hops, nothing else)");
+    let floor = {
+        let relay = super::relay_floor::RelayFloor::start(3).context("starting the relay floor")?;
+        latency::run(&LatencyPlan {
+            servers: relay.binds().to_vec(),
+            properties: Properties::from_guarantees(orderings::Guarantees::NONE),
+            ..plan.clone()
+        })?
+    };
     let ok = r.check_ok
         && r.stop_reason == "complete"
         && r.deliveries == r.expected_deliveries
@@ -161,6 +173,19 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
             if r.check_ok { "OK" } else { "FAILED" }
         )),
         Row::new(
+            "relay floor: p50 / p99 (the same 4 hops, nothing else)",
+            Some(floor.latency.p50_ms),
+            "ms",
+            None,
+        )
+        .note(format!(
+            "p99 {:.3} ms; {} of {} deliveries; pacing lag p99 {:.1} us",
+            floor.latency.p99_ms,
+            floor.deliveries,
+            floor.expected_deliveries,
+            floor.pacing.lag_p99_us
+        )),
+        Row::new(
             "achieved send rate",
             Some(r.send_rate.round()),
             "msg/s",
@@ -189,8 +214,9 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
         ok,
         rows,
         notes,
-        details: serde_json::to_value(&r)?,
+        details: serde_json::json!({ "run": r, "relay_floor": floor }),
         duration_s: 0.0,
+        cpu_load: None,
     })
 }
 
@@ -281,6 +307,7 @@ fn w3(env: &Env, one_room: bool) -> anyhow::Result<PresetReport> {
         notes,
         details: serde_json::to_value(&f)?,
         duration_s: 0.0,
+        cpu_load: None,
     })
 }
 
@@ -344,6 +371,7 @@ fn w4(env: &Env) -> anyhow::Result<PresetReport> {
         notes,
         details: serde_json::json!({ "sweep": runs, "best": best }),
         duration_s: 0.0,
+        cpu_load: None,
     })
 }
 
@@ -521,6 +549,7 @@ fn memory(env: &Env) -> anyhow::Result<PresetReport> {
             "samples": samples,
         }),
         duration_s: 0.0,
+        cpu_load: None,
     })
 }
 

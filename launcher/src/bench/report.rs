@@ -114,6 +114,9 @@ pub struct PresetReport {
     pub notes: Vec<String>,
     pub details: serde_json::Value,
     pub duration_s: f64,
+    /// How busy the machine was during the benchmark, and how much the
+    /// hypervisor took (set by the caller that timed it).
+    pub cpu_load: Option<super::machine::CpuLoad>,
 }
 
 /// What `--json` writes.
