@@ -114,9 +114,9 @@ impl Relay {
             };
             let data = &buf[..len];
             if self.peers.contains(&from) {
-                self.from_peer(data);
+                self.handle_peer(data);
             } else {
-                self.from_client(from, data);
+                self.handle_client(from, data);
             }
         }
     }
@@ -126,7 +126,7 @@ impl Relay {
         let _ = self.sock.send_to(data, to);
     }
 
-    fn from_client(&mut self, from: SocketAddr, data: &[u8]) {
+    fn handle_client(&mut self, from: SocketAddr, data: &[u8]) {
         let text = String::from_utf8_lossy(data);
         if let Some(room) = text.strip_prefix("/join ") {
             if !self.members.contains(&from) {
@@ -151,7 +151,7 @@ impl Relay {
         }
     }
 
-    fn from_peer(&mut self, data: &[u8]) {
+    fn handle_peer(&mut self, data: &[u8]) {
         if data.len() < HEADER {
             return;
         }
