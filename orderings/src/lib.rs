@@ -254,6 +254,20 @@ pub trait Ordering: Send {
         out: &mut Outbox,
     ) -> Result<(), WireError>;
 
+    /// [`handle_peer`](Self::handle_peer) for a payload in shared bytes
+    /// (what the replica passes): a strategy that keeps payloads or lines
+    /// can take slices of it (a reference count) instead of copies. By
+    /// default, `handle_peer`.
+    fn handle_peer_shared(
+        &mut self,
+        now: Time,
+        from: ServerId,
+        payload: &Bytes,
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
+        self.handle_peer(now, from, payload, out)
+    }
+
     /// Peer `peer` is running `incarnation`: called when it is first heard
     /// from (`restarted == false`) and whenever it turns out to have
     /// restarted (`restarted == true`): then everything the old incarnation

@@ -477,7 +477,7 @@ impl Replica {
         wire: &[u8],
     ) -> Option<(ServerId, Result<(), WireError>)> {
         let key = self.cfg.key.as_ref()?;
-        let raw = link::open_datagram(wire, Some(key)).ok()?;
+        let raw = Bytes::from(link::open_datagram(wire, Some(key)).ok()?);
         let from = ServerId(link::sender_of(&raw).ok()??);
         if from == self.cfg.me || from.index() >= self.cfg.servers {
             return None;
@@ -495,7 +495,7 @@ impl Replica {
         from: ServerId,
         wire: &[u8],
     ) -> Result<(), WireError> {
-        let raw = link::open_datagram(wire, self.cfg.key.as_ref())?;
+        let raw = Bytes::from(link::open_datagram(wire, self.cfg.key.as_ref())?);
         // An authenticated index that names another server is not `from`'s.
         if self.cfg.key.is_some() && link::sender_of(&raw)?.is_some_and(|s| s != from.0) {
             return Err(WireError::OutOfRange("sender"));
@@ -503,14 +503,15 @@ impl Replica {
         self.handle_raw(now, from, &raw)
     }
 
-    /// An opened (authenticated) datagram of `from`.
-    fn handle_raw(&mut self, now: Time, from: ServerId, raw: &[u8]) -> Result<(), WireError> {
+    /// An opened (authenticated) datagram of `from`. Its payloads share
+    /// `raw`'s bytes: one allocation per datagram, not one per payload.
+    fn handle_raw(&mut self, now: Time, from: ServerId, raw: &Bytes) -> Result<(), WireError> {
         self.last_now = now;
         let Some(Some(link)) = self.links.get_mut(from.index()) else {
             return Err(WireError::OutOfRange("sender"));
         };
         let (d, _) = Datagram::decode_raw(raw)?;
-        let received = link.receive(now, self.cfg.clock_at_zero, &d);
+        let received = link.receive_sharing(now, self.cfg.clock_at_zero, &d, raw);
         // Excluded by a server we excluded too: the higher one comes back
         // (as a new incarnation, which the lower one admits).
         if received.excluded_us || (received.excluded_mutually && self.cfg.me > from) {
@@ -557,7 +558,7 @@ impl Replica {
             }
             if let Err(e) = self
                 .strategy
-                .handle_peer(now, from, &payload, &mut self.scratch)
+                .handle_peer_shared(now, from, &payload, &mut self.scratch)
             {
                 self.bad_payloads += 1;
                 tracing::warn!("dropped a bad payload from {from}: {e}");

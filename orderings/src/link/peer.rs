@@ -417,7 +417,30 @@ impl PeerLink {
     /// Handles a decoded datagram from the peer. `clock_at_zero` is the
     /// incarnation clock's reading at `Time::ZERO` (see
     /// [`crate::replica::ReplicaConfig::clock_at_zero`]).
+    #[cfg(test)]
     pub(crate) fn receive(&mut self, now: Time, clock_at_zero: u64, d: &Datagram<'_>) -> Received {
+        self.receive_with(now, clock_at_zero, d, Bytes::copy_from_slice)
+    }
+
+    /// [`receive`](Self::receive) of a datagram decoded from `raw`: the
+    /// payloads are slices of `raw`, which they keep alive, not copies.
+    pub(crate) fn receive_sharing(
+        &mut self,
+        now: Time,
+        clock_at_zero: u64,
+        d: &Datagram<'_>,
+        raw: &Bytes,
+    ) -> Received {
+        self.receive_with(now, clock_at_zero, d, |p| share(raw, p))
+    }
+
+    fn receive_with(
+        &mut self,
+        now: Time,
+        clock_at_zero: u64,
+        d: &Datagram<'_>,
+        payload_of: impl Fn(&[u8]) -> Bytes,
+    ) -> Received {
         let mut out = Received::default();
         if d.excluded {
             // The peer, addressing this very incarnation of ours, says it is
@@ -533,13 +556,13 @@ impl PeerLink {
             }
             if seq == self.recv_upto + 1 {
                 self.recv_upto = seq;
-                out.payloads.push(Bytes::copy_from_slice(payload));
+                out.payloads.push(payload_of(payload));
                 while let Some(p) = self.early.remove(&(self.recv_upto + 1)) {
                     self.recv_upto += 1;
                     out.payloads.push(p);
                 }
             } else if seq <= self.recv_upto + 4 * self.cfg.window as u64 {
-                self.early.insert(seq, Bytes::copy_from_slice(payload));
+                self.early.insert(seq, payload_of(payload));
                 gap_seen = true;
             } else {
                 // Far beyond any window the peer may use: not a frame of ours.
@@ -1007,6 +1030,21 @@ fn frame_cost(f: &OutFrame) -> usize {
     // seq and length varints (at most 10 bytes each, stuffed at most x2) plus
     // the stuffed payload.
     stuffed_len(&f.payload) + 12
+}
+
+/// `part` as a slice of `whole` when it lies within it (a payload decoded
+/// from it), else a copy.
+fn share(whole: &Bytes, part: &[u8]) -> Bytes {
+    let (start, end) = (
+        whole.as_ptr() as usize,
+        whole.as_ptr() as usize + whole.len(),
+    );
+    let at = part.as_ptr() as usize;
+    if !part.is_empty() && at >= start && at + part.len() <= end {
+        whole.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
 }
 
 #[cfg(test)]

@@ -433,20 +433,19 @@ impl Total {
         Ok(k)
     }
 
+    /// A payload of `from`, in bytes the relay may keep and the line shares.
     fn handle_payload(
         &mut self,
         from: ServerId,
-        payload: &[u8],
+        payload: &Bytes,
         out: &mut Outbox,
     ) -> Result<(), WireError> {
         let k = self.peer_index(from)?;
         if RelayMessage::is_relay_kind(payload) {
             return self.handle_relay(from, payload, out);
         }
-        // The one copy: the relay keeps it, the line shares it.
-        let payload = Bytes::copy_from_slice(payload);
-        let message = StampedMessage::decode_shared(&payload)?;
-        if self.relay.stash(from, &payload) {
+        let message = StampedMessage::decode_shared(payload)?;
+        if self.relay.stash(from, payload) {
             return Ok(());
         }
         let seq = match &message {
@@ -493,13 +492,13 @@ impl Total {
         if st.expected == Some(seq) && st.reordered.is_empty() {
             // The usual case over the links: next in line, nothing waits.
             st.expected = Some(seq + 1);
-            return self.handle_multicast(from, message, &payload);
+            return self.handle_multicast(from, message, payload);
         }
         if st.reordered.len() >= self.max_reordered {
             self.refused += 1;
             return Ok(());
         }
-        st.reordered.insert(seq, payload);
+        st.reordered.insert(seq, payload.clone());
         self.handle_in_order(from)
     }
 
@@ -720,6 +719,16 @@ impl Ordering for Total {
         now: Time,
         from: ServerId,
         payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), WireError> {
+        self.handle_peer_shared(now, from, &Bytes::copy_from_slice(payload), out)
+    }
+
+    fn handle_peer_shared(
+        &mut self,
+        now: Time,
+        from: ServerId,
+        payload: &Bytes,
         out: &mut Outbox,
     ) -> Result<(), WireError> {
         self.last_now = now;
