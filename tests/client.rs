@@ -458,3 +458,43 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A busy room: the server sends the client its deliveries in runs (one
+/// segmented send each; its counters say so), the client reads a run whole
+/// and prints every line of it on its own, in order, byte for byte.
+#[test]
+fn a_burst_of_deliveries_is_printed_line_by_line_in_order() {
+    let mut c = cluster(1);
+    let mut chat = Chat::spawn(&[&c.binds[0].to_string()]);
+    chat.write(b"/join 5\n/nick Eve\n");
+    chat.expect_line("+OK You are now in chat room #5");
+    chat.expect_line("+OK Nickname set to 'Eve'");
+    let ann = Client::new(c.binds[0]);
+    ann.expect_reply("/join 5", "+OK You are now in chat room #5");
+    ann.expect_reply("/nick Ann", "+OK Nickname set to 'Ann'");
+    let n = 300;
+    for i in 0..n {
+        ann.send(format!("burst line {i:04}"));
+    }
+    for i in 0..n {
+        chat.expect_line(&format!("<Ann> burst line {i:04}"));
+    }
+    chat.close_stdin();
+    let st = chat.wait_exit();
+    assert!(st.success(), "chatclient exited with {st}");
+    assert_eq!(chat.stderr_text(), "");
+    // The server sent runs (to Eve and Ann alike: the same deliveries).
+    let server = &mut c.servers[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let lines = server.wait_stderr(" stopped: ");
+    let counters =
+        node::stats::ServerCounters::from_stopped_line(lines.last().unwrap()).expect("counters");
+    assert!(
+        counters.segmented_sends > 0,
+        "no run was sent segmented: {counters:?}"
+    );
+}

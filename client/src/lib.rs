@@ -21,6 +21,7 @@
 //! keep going; both answer the server's address-confirmation request
 //! ([`confirm_token`]) at once.
 
+pub mod gro;
 pub mod tty;
 
 use clap::Parser;
@@ -30,6 +31,7 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -374,7 +376,9 @@ pub async fn session<W: Write>(
     let mut health = Health::new(server);
     let mut ticks = tokio::time::interval(Duration::from_millis(250));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result = loop {
+    // Runs of deliveries come whole (see `gro`); without it, one by one.
+    gro::enable(sock);
+    let result = 'session: loop {
         tokio::select! {
             biased;
             _ = &mut stop => break Ok(()),
@@ -397,19 +401,24 @@ pub async fn session<W: Write>(
                     deadline = Some(Instant::now() + linger);
                 }
             },
-            r = sock.recv_from(&mut buf) => match r {
-                Ok((n, from)) if from == server => {
-                    if let Some(text) = health.received() {
-                        notice(&text);
-                    }
-                    if let Err(e) = print_line(out, &buf[..n]) {
-                        if e.kind() == io::ErrorKind::BrokenPipe {
-                            break Ok(()); // `| head`: nobody reads any more
+            r = sock.async_io(Interest::READABLE, || gro::recv(sock, &mut buf)) => match r {
+                Ok(run) if run.from == Some(server) => {
+                    for data in gro::split(&buf[..run.len], run.segment) {
+                        if let Some(text) = health.received() {
+                            notice(&text);
                         }
-                        break Err(io::Error::new(e.kind(), format!("cannot write output: {e}")));
-                    }
-                    if let Some(token) = confirm_token(&buf[..n]) {
-                        send(sock, server, &confirm_reply(token), &mut health).await;
+                        if let Err(e) = print_line(out, data) {
+                            if e.kind() == io::ErrorKind::BrokenPipe {
+                                break 'session Ok(()); // `| head`: nobody reads any more
+                            }
+                            break 'session Err(io::Error::new(
+                                e.kind(),
+                                format!("cannot write output: {e}"),
+                            ));
+                        }
+                        if let Some(token) = confirm_token(data) {
+                            send(sock, server, &confirm_reply(token), &mut health).await;
+                        }
                     }
                 }
                 Ok(_) => {} // not from our server: ignored

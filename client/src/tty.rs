@@ -317,28 +317,15 @@ fn send(sock: &UdpSocket, data: &[u8], sh: &Shared) {
 
 fn receive_loop(sock: &UdpSocket, sh: &Shared) {
     let mut buf = vec![0u8; 65536];
+    // Runs of deliveries come whole (see `gro`); without it, one by one.
+    crate::gro::enable(sock);
     while !sh.stop.load(Ordering::SeqCst) {
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let data = &buf[..n];
-                let back = sh.health.lock().ok().and_then(|mut h| h.received());
-                if let Some(t) = back {
-                    sh.say(&t);
+        // Connected: only the server's datagrams arrive.
+        match crate::gro::recv(sock, &mut buf) {
+            Ok(run) => {
+                for data in crate::gro::split(&buf[..run.len], run.segment) {
+                    show(sock, data, sh);
                 }
-                if let Ok(mut v) = sh.view.lock() {
-                    v.learn(data);
-                }
-                if let Some(token) = confirm_token(data) {
-                    send(sock, &confirm_reply(token), sh);
-                    sh.say("the server asked this client to confirm its address: confirmed");
-                } else if is_confirm_answer(data) {
-                    sh.say(&visible(data));
-                } else {
-                    sh.print(render(data, sh.colour));
-                }
-                let mut g = sh.received.lock().unwrap_or_else(|e| e.into_inner());
-                *g += 1;
-                sh.moved.notify_all();
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 let text = sh.health.lock().ok().and_then(|mut h| h.refused());
@@ -367,6 +354,28 @@ fn receive_loop(sock: &UdpSocket, sh: &Shared) {
             sh.say(&t);
         }
     }
+}
+
+/// Shows one datagram from the server (or answers it).
+fn show(sock: &UdpSocket, data: &[u8], sh: &Shared) {
+    let back = sh.health.lock().ok().and_then(|mut h| h.received());
+    if let Some(t) = back {
+        sh.say(&t);
+    }
+    if let Ok(mut v) = sh.view.lock() {
+        v.learn(data);
+    }
+    if let Some(token) = confirm_token(data) {
+        send(sock, &confirm_reply(token), sh);
+        sh.say("the server asked this client to confirm its address: confirmed");
+    } else if is_confirm_answer(data) {
+        sh.say(&visible(data));
+    } else {
+        sh.print(render(data, sh.colour));
+    }
+    let mut g = sh.received.lock().unwrap_or_else(|e| e.into_inner());
+    *g += 1;
+    sh.moved.notify_all();
 }
 
 /// SIGTERM, SIGHUP (the terminal closed) and a SIGINT outside the line

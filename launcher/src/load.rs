@@ -543,7 +543,7 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
         let gro = plan.gro;
         tasks.push(tokio::task::spawn_local(async move {
             let mut buf = vec![0u8; 65_536];
-            let gro = gro && node::enable_gro(&*sock);
+            let gro = gro && client::gro::enable(&*sock);
             loop {
                 if !gro {
                     match sock.recv(&mut buf).await {
@@ -557,16 +557,16 @@ async fn load(plan: LoadPlan) -> anyhow::Result<LoadResult> {
                 }
                 let r = sock
                     .async_io(tokio::io::Interest::READABLE, || {
-                        node::recv_gro(&*sock, &mut buf)
+                        client::gro::recv(&*sock, &mut buf)
                     })
                     .await;
                 match r {
-                    Ok((n, segment)) => {
+                    Ok(run) => {
                         sh2.reads.set(sh2.reads.get() + 1);
-                        if segment < n {
+                        if run.segment < run.len {
                             sh2.coalesced_reads.set(sh2.coalesced_reads.get() + 1);
                         }
-                        for d in node::split_run(&buf[..n], segment) {
+                        for d in client::gro::split(&buf[..run.len], run.segment) {
                             sh2.on_datagram(c, d);
                         }
                     }

@@ -58,7 +58,7 @@ pub mod server;
 pub mod session;
 pub mod stats;
 mod udp;
-pub use udp::{enable_gro, grow_buffers, recv_gro, split_run};
+pub use udp::grow_buffers;
 mod verbose;
 
 /// A map keyed by client address, room or message id, hashed with foldhash

@@ -621,67 +621,6 @@ fn set_segment_size(h: &mut libc::msghdr, control: &mut SegmentControl, segment:
     }
 }
 
-/// Asks the kernel to hand this socket a run of equal-length datagrams
-/// from one sender as one buffer (`UDP_GRO`, Linux 5.0 and later) instead of
-/// splitting a segmented send (`UDP_SEGMENT`, as the server sends) into one
-/// queued datagram each: the sender's kernel then skips the split, and the
-/// receiver is queued to and woken once per run. For clients that receive
-/// much (the load generator); read with [`recv_gro`]. Returns whether the
-/// kernel took the option; without it, each read is one datagram.
-pub fn enable_gro(sock: &impl AsRawFd) -> bool {
-    set_int_option(sock, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
-}
-
-/// Reads what one datagram, or one coalesced run, brought to a socket with
-/// [`enable_gro`]: `(bytes, segment)`, where `buf[..bytes]` holds datagrams
-/// of `segment` bytes each, the last possibly shorter (`segment == bytes`
-/// for a lone datagram); [`split_run`] gives them back one by one. `buf`
-/// should hold 64 KiB, the most a run carries: a longer run is cut short.
-/// Non-blocking: `WouldBlock` when nothing is queued.
-pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, usize)> {
-    // Room for one control message carrying an int, 8-byte aligned.
-    let mut control = [0u64; 4];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid: no name, no iovec, no control.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: msg points at live buffers of the sizes it declares.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-    // A negative count is an error, in errno.
-    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-    let mut segment = n;
-    // SAFETY: walks the control messages the kernel wrote, within the
-    // length it set in msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                if let Ok(size) = usize::try_from(size)
-                    && size > 0
-                {
-                    segment = segment.min(size);
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok((n, segment.max(1)))
-}
-
-/// The datagrams of a run [`recv_gro`] read: `run` cut every `segment`
-/// bytes. An empty run is one empty datagram (never part of a longer run).
-pub fn split_run(run: &[u8], segment: usize) -> impl Iterator<Item = &[u8]> {
-    let lone_empty = run.is_empty().then_some(run);
-    run.chunks(segment.max(1)).chain(lone_empty)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -788,7 +727,7 @@ mod tests {
     #[tokio::test]
     async fn a_gro_receiver_reads_runs_whole_and_splits_them_back() {
         let a = receiver();
-        assert!(enable_gro(&a), "UDP_GRO is in Linux since 5.0");
+        assert!(client::gro::enable(&a), "UDP_GRO is in Linux since 5.0");
         a.set_nonblocking(true).unwrap();
         let sock = sender();
         let mut q = SendQueue::default();
@@ -812,13 +751,15 @@ mod tests {
         let mut buf = vec![0u8; 65_536];
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while got.len() < want.len() && std::time::Instant::now() < deadline {
-            match recv_gro(&a, &mut buf) {
-                Ok((n, segment)) => {
+            match client::gro::recv(&a, &mut buf) {
+                Ok(run) => {
                     reads += 1;
-                    got.extend(split_run(&buf[..n], segment).map(<[u8]>::to_vec));
+                    assert_eq!(run.from, Some(sock.local_addr().unwrap()));
+                    let data = &buf[..run.len];
+                    got.extend(client::gro::split(data, run.segment).map(<[u8]>::to_vec));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => panic!("recv_gro: {e}"),
+                Err(e) => panic!("gro::recv: {e}"),
             }
         }
         assert_eq!(got, want);
