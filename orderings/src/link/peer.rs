@@ -414,16 +414,15 @@ impl PeerLink {
         excluded
     }
 
-    /// Handles a decoded datagram from the peer. `clock_at_zero` is the
-    /// incarnation clock's reading at `Time::ZERO` (see
-    /// [`crate::replica::ReplicaConfig::clock_at_zero`]).
+    /// [`receive_with`](Self::receive_with), the payloads copied.
     #[cfg(test)]
     pub(crate) fn receive(&mut self, now: Time, clock_at_zero: u64, d: &Datagram<'_>) -> Received {
         self.receive_with(now, clock_at_zero, d, Bytes::copy_from_slice)
     }
 
-    /// [`receive`](Self::receive) of a datagram decoded from `raw`: the
-    /// payloads are slices of `raw`, which they keep alive, not copies.
+    /// [`receive_with`](Self::receive_with) of a datagram decoded from
+    /// `raw`: the payloads are slices of `raw`, which they keep alive, not
+    /// copies.
     pub(crate) fn receive_sharing(
         &mut self,
         now: Time,
@@ -434,6 +433,10 @@ impl PeerLink {
         self.receive_with(now, clock_at_zero, d, |p| share(raw, p))
     }
 
+    /// Handles a decoded datagram from the peer; `payload_of` makes each
+    /// payload handed on. `clock_at_zero` is the incarnation clock's
+    /// reading at `Time::ZERO` (see
+    /// [`crate::replica::ReplicaConfig::clock_at_zero`]).
     fn receive_with(
         &mut self,
         now: Time,
