@@ -266,3 +266,39 @@ fn unknown_names_are_refused() {
         "{err}"
     );
 }
+
+/// `--repeat N` runs a benchmark N times and sums each figure up: its
+/// range over the runs and in how many it met its target.
+#[test]
+fn repeated_runs_are_summed_up_figure_by_figure() {
+    let run = bench_with("w2", &["--repeat", "2"]);
+    let benches = run.report["benches"].as_array().expect("benches");
+    assert_eq!(benches.len(), 2, "both runs reported");
+    let summaries = run.report["summaries"].as_array().expect("summaries");
+    assert_eq!(summaries.len(), 1);
+    let s = &summaries[0];
+    assert_eq!(s["bench"], "w2");
+    assert_eq!(s["runs"], 2);
+    assert_eq!(s["steal_pct"].as_array().unwrap().len(), 2);
+    let p50 = s["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["figure"].as_str().is_some_and(|f| f.starts_with("p50")))
+        .expect("the p50 row");
+    assert_eq!(p50["measured"], 2);
+    let (min, median, max) = (
+        p50["min"].as_f64().unwrap(),
+        p50["median"].as_f64().unwrap(),
+        p50["max"].as_f64().unwrap(),
+    );
+    assert!(min <= median && median <= max, "{p50:#}");
+    assert!(p50["met"].as_u64().unwrap() <= 2);
+    assert!(run.stdout.contains(" over 2 runs"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("note: CPU time stolen by the hypervisor, run by run: "),
+        "{}",
+        run.stdout
+    );
+}

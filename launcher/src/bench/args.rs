@@ -77,6 +77,12 @@ pub struct BenchArgs {
     /// servers cost with clients that do not coalesce.
     #[arg(long)]
     pub no_gro: bool,
+    /// Run each benchmark N times in a row, then print each figure's range
+    /// over the runs (min, median, max) and in how many it met its target:
+    /// on a shared machine one run says little.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
     /// No progress lines on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,

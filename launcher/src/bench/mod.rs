@@ -120,28 +120,41 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         vec![a.name]
     };
     let mut reports = Vec::new();
+    let mut summaries = Vec::new();
     let mut ok = true;
     for p in presets {
-        let before = machine::CpuTimes::now();
-        match presets::run_one(&env, p) {
-            Ok(mut r) => {
-                r.cpu_load = before
-                    .zip(machine::CpuTimes::now())
-                    .and_then(|(b, a)| machine::CpuLoad::between(b, a));
-                if let Some(load) = r.cpu_load {
-                    r.notes.push(format!(
-                        "machine during this benchmark: {load}; figures taken with much steal are not comparable with others"
-                    ));
-                }
-                report::print(&r);
-                ok &= r.ok;
-                reports.push(r);
+        let mut runs = Vec::new();
+        for run in 1..=a.repeat {
+            if a.repeat > 1 {
+                env.say(format!("{}: run {run} of {}", p.name(), a.repeat));
             }
-            Err(e) => {
-                crate::outln!("\n== {}: could not run: {e:#}", p.name());
-                ok = false;
+            let before = machine::CpuTimes::now();
+            match presets::run_one(&env, p) {
+                Ok(mut r) => {
+                    r.cpu_load = before
+                        .zip(machine::CpuTimes::now())
+                        .and_then(|(b, a)| machine::CpuLoad::between(b, a));
+                    if let Some(load) = r.cpu_load {
+                        r.notes.push(format!(
+                            "machine during this benchmark: {load}; figures taken with much steal are not comparable with others"
+                        ));
+                    }
+                    report::print(&r);
+                    ok &= r.ok;
+                    runs.push(r);
+                }
+                Err(e) => {
+                    crate::outln!("\n== {}: could not run: {e:#}", p.name());
+                    ok = false;
+                }
             }
         }
+        if a.repeat > 1 && !runs.is_empty() {
+            let s = report::Summary::of(&runs);
+            report::print_summary(&s);
+            summaries.push(s);
+        }
+        reports.extend(runs);
     }
     drop(scratch);
     if let Some(path) = &a.json {
@@ -151,6 +164,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             secret: a.secret,
             ok,
             benches: reports,
+            summaries,
         };
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;

@@ -128,6 +128,138 @@ pub struct BenchReport {
     pub secret: bool,
     pub ok: bool,
     pub benches: Vec<PresetReport>,
+    /// With `--repeat N`: each benchmark's figures over its N runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub summaries: Vec<Summary>,
+}
+
+/// One benchmark's figures over several runs (`--repeat`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub bench: String,
+    pub title: String,
+    pub runs: usize,
+    pub rows: Vec<SummaryRow>,
+    /// Each run's share of CPU time taken by the hypervisor (%), in order.
+    pub steal_pct: Vec<Option<f64>>,
+}
+
+/// One figure over the runs that measured it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SummaryRow {
+    pub figure: String,
+    pub unit: String,
+    /// Runs with a value for it.
+    pub measured: usize,
+    pub min: Option<f64>,
+    pub median: Option<f64>,
+    pub max: Option<f64>,
+    pub target: Option<Target>,
+    /// Runs in which it met its target (of `measured`).
+    pub met: usize,
+}
+
+impl Summary {
+    /// The figures of `runs` (of one benchmark), matched by name in the
+    /// order they first appear.
+    pub fn of(runs: &[PresetReport]) -> Summary {
+        let mut rows: Vec<SummaryRow> = Vec::new();
+        let mut values: Vec<Vec<f64>> = Vec::new();
+        for r in runs {
+            for x in &r.rows {
+                let i = match rows.iter().position(|s| s.figure == x.figure) {
+                    Some(i) => i,
+                    None => {
+                        rows.push(SummaryRow {
+                            figure: x.figure.clone(),
+                            unit: x.unit.clone(),
+                            measured: 0,
+                            min: None,
+                            median: None,
+                            max: None,
+                            target: x.target,
+                            met: 0,
+                        });
+                        values.push(Vec::new());
+                        rows.len() - 1
+                    }
+                };
+                if let Some(v) = x.value.filter(|v| v.is_finite()) {
+                    values[i].push(v);
+                    rows[i].met += usize::from(x.met == Some(true));
+                }
+            }
+        }
+        for (row, mut v) in rows.iter_mut().zip(values) {
+            v.sort_by(f64::total_cmp);
+            row.measured = v.len();
+            row.min = v.first().copied();
+            row.max = v.last().copied();
+            row.median = match v.len() {
+                0 => None,
+                n if n % 2 == 1 => Some(v[n / 2]),
+                n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+            };
+        }
+        Summary {
+            bench: runs.first().map(|r| r.bench.clone()).unwrap_or_default(),
+            title: runs.first().map(|r| r.title.clone()).unwrap_or_default(),
+            runs: runs.len(),
+            rows,
+            steal_pct: runs
+                .iter()
+                .map(|r| r.cpu_load.map(|l| l.steal_pct))
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn print_summary(s: &Summary) {
+    crate::outln!();
+    crate::outln!("== {} over {} runs", s.title, s.runs);
+    let w = s
+        .rows
+        .iter()
+        .map(|x| x.figure.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    crate::outln!(
+        "  {:<w$}  {:>14}  {:>14}  {:>14}  {:>16}  met",
+        "figure",
+        "min",
+        "median",
+        "max",
+        "target"
+    );
+    let num = |v: Option<f64>, unit: &str| match v {
+        Some(v) => format!("{} {unit}", fmt_num(v)).trim_end().to_string(),
+        None => "n/a".into(),
+    };
+    for x in &s.rows {
+        let (target, met) = match x.target {
+            Some(t) => (t.text(&x.unit), format!("{} of {}", x.met, x.measured)),
+            None => ("-".into(), String::new()),
+        };
+        crate::outln!(
+            "  {:<w$}  {:>14}  {:>14}  {:>14}  {:>16}  {}",
+            x.figure,
+            num(x.min, &x.unit),
+            num(x.median, &x.unit),
+            num(x.max, &x.unit),
+            target,
+            met
+        );
+    }
+    let steal: Vec<String> = s
+        .steal_pct
+        .iter()
+        .map(|p| p.map_or("?".into(), |p| format!("{p:.0}%")))
+        .collect();
+    crate::outln!(
+        "  note: CPU time stolen by the hypervisor, run by run: {}",
+        steal.join(", ")
+    );
 }
 
 /// Numbers with thousands separators (integers) or up to 3 decimals.
@@ -209,6 +341,50 @@ pub(super) fn print(r: &PresetReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(p50: f64, extra: Option<f64>, steal: f64) -> PresetReport {
+        let mut rows = vec![Row::new("p50", Some(p50), "ms", Target::at_most(0.10))];
+        if let Some(v) = extra {
+            rows.push(Row::new("only sometimes", Some(v), "", None));
+        }
+        PresetReport {
+            bench: "w2".into(),
+            title: "W2".into(),
+            quick: false,
+            ok: true,
+            rows,
+            notes: Vec::new(),
+            details: serde_json::Value::Null,
+            duration_s: 0.0,
+            cpu_load: Some(super::super::machine::CpuLoad {
+                busy_pct: 50.0,
+                steal_pct: steal,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_summary_gives_each_figure_its_range_and_how_often_it_met_its_target() {
+        let s = Summary::of(&[
+            run(0.12, None, 1.0),
+            run(0.09, Some(7.0), 20.0),
+            run(0.30, Some(5.0), 3.0),
+            run(0.10, None, 0.0),
+        ]);
+        assert_eq!((s.bench.as_str(), s.runs), ("w2", 4));
+        assert_eq!(
+            s.steal_pct,
+            vec![Some(1.0), Some(20.0), Some(3.0), Some(0.0)]
+        );
+        let p50 = &s.rows[0];
+        assert_eq!(p50.figure, "p50");
+        assert_eq!((p50.min, p50.max), (Some(0.09), Some(0.30)));
+        assert_eq!(p50.median, Some(0.11), "the mean of the middle two");
+        assert_eq!((p50.met, p50.measured), (2, 4), "0.09 and 0.10 are <= 0.10");
+        let some = &s.rows[1];
+        assert_eq!((some.measured, some.median, some.met), (2, Some(6.0), 0));
+        assert!(some.target.is_none());
+    }
 
     #[test]
     fn numbers_print_readably() {
