@@ -14,7 +14,8 @@
 //! | `all` | every one of them, in that order |
 //!
 //! `--quick` runs a tiny version of each (seconds, not minutes) to prove the
-//! command works; its figures mean nothing. Every run is bounded in messages
+//! command works; its figures mean nothing. `--repeat N` runs each N times
+//! and sums each figure up over the runs (`report::Summary`). Every run is bounded in messages
 //! and in time, and stops every process it started, by pid. The exit code is
 //! non-zero when a run lost messages, broke its ordering guarantee or could
 //! not run, never because a target was missed.
