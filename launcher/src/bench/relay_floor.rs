@@ -140,7 +140,8 @@ impl Relay {
             let nick = self.nicks.get(&from).map_or("anonymous", String::as_str);
             let line = format!("<{nick}> {text}").into_bytes();
             self.counter += 1;
-            let mut m = self.header(b'M', self.me, self.counter);
+            let mut m = Vec::with_capacity(HEADER + line.len());
+            m.extend_from_slice(&Self::header(b'M', self.me, self.counter));
             m.extend_from_slice(&line);
             for (i, p) in self.peers.iter().enumerate() {
                 if i != usize::from(self.me) {
@@ -159,7 +160,7 @@ impl Relay {
         let counter = u32::from_le_bytes([data[2], data[3], data[4], data[5]]);
         match data[0] {
             b'M' => {
-                let ack = self.header(b'A', origin, counter);
+                let ack = Self::header(b'A', origin, counter);
                 for (i, p) in self.peers.iter().enumerate() {
                     if i != usize::from(self.me) {
                         self.send(&ack, *p);
@@ -172,10 +173,11 @@ impl Relay {
         }
     }
 
-    fn header(&self, kind: u8, origin: u8, counter: u32) -> Vec<u8> {
-        let mut h = vec![kind, origin];
-        h.extend_from_slice(&counter.to_le_bytes());
-        h
+    /// A message's header, on the stack: the floor allocates only for
+    /// the lines it keeps.
+    fn header(kind: u8, origin: u8, counter: u32) -> [u8; HEADER] {
+        let c = counter.to_le_bytes();
+        [kind, origin, c[0], c[1], c[2], c[3]]
     }
 
     /// Adds `marks` to a message; delivers it to every member once it has
@@ -238,11 +240,11 @@ mod tests {
             got.sort();
             assert_eq!(got, vec![b"<c0> hello".to_vec(), b"<c1> there".to_vec()]);
         }
-        c_quiet(&clients[0]);
+        assert_quiet(&clients[0]);
     }
 
     /// Nothing more arrives.
-    fn c_quiet(c: &UdpSocket) {
+    fn assert_quiet(c: &UdpSocket) {
         c.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut buf = [0u8; 64];

@@ -214,16 +214,23 @@ impl Summary {
     }
 }
 
+/// Width of the figure column: the longest figure name, at least 6.
+fn figure_width<'a>(figures: impl Iterator<Item = &'a str>) -> usize {
+    figures.map(str::len).max().unwrap_or(6).max(6)
+}
+
+/// A figure's value with its unit, or `n/a`.
+fn value_text(v: Option<f64>, unit: &str) -> String {
+    match v {
+        Some(v) => format!("{} {unit}", fmt_num(v)).trim_end().to_string(),
+        None => "n/a".into(),
+    }
+}
+
 pub(super) fn print_summary(s: &Summary) {
     crate::outln!();
     crate::outln!("== {} over {} runs", s.title, s.runs);
-    let w = s
-        .rows
-        .iter()
-        .map(|x| x.figure.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let w = figure_width(s.rows.iter().map(|x| x.figure.as_str()));
     crate::outln!(
         "  {:<w$}  {:>14}  {:>14}  {:>14}  {:>16}  met",
         "figure",
@@ -232,10 +239,6 @@ pub(super) fn print_summary(s: &Summary) {
         "max",
         "target"
     );
-    let num = |v: Option<f64>, unit: &str| match v {
-        Some(v) => format!("{} {unit}", fmt_num(v)).trim_end().to_string(),
-        None => "n/a".into(),
-    };
     for x in &s.rows {
         let (target, met) = match x.target {
             Some(t) => (t.text(&x.unit), format!("{} of {}", x.met, x.measured)),
@@ -244,9 +247,9 @@ pub(super) fn print_summary(s: &Summary) {
         crate::outln!(
             "  {:<w$}  {:>14}  {:>14}  {:>14}  {:>16}  {}",
             x.figure,
-            num(x.min, &x.unit),
-            num(x.median, &x.unit),
-            num(x.max, &x.unit),
+            value_text(x.min, &x.unit),
+            value_text(x.median, &x.unit),
+            value_text(x.max, &x.unit),
             target,
             met
         );
@@ -291,13 +294,7 @@ pub(super) fn print(r: &PresetReport) {
             ""
         }
     );
-    let w = r
-        .rows
-        .iter()
-        .map(|x| x.figure.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let w = figure_width(r.rows.iter().map(|x| x.figure.as_str()));
     crate::outln!(
         "  {:<w$}  {:>14}  {:>16}  {:<4}  note",
         "figure",
@@ -306,10 +303,7 @@ pub(super) fn print(r: &PresetReport) {
         "met"
     );
     for x in &r.rows {
-        let value = match x.value {
-            Some(v) => format!("{} {}", fmt_num(v), x.unit).trim_end().to_string(),
-            None => "n/a".into(),
-        };
+        let value = value_text(x.value, &x.unit);
         let target = x
             .target
             .map(|t| t.text(&x.unit))
