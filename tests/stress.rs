@@ -689,6 +689,17 @@ fn clients_read_runs_of_deliveries_whole_unless_told_not_to() {
         assert_eq!(report["distinct_deliveries"], 18_000, "{report:#}");
         let reads = report["client_reads"].as_u64().unwrap();
         let runs = report["coalesced_reads"].as_u64().unwrap();
+        // Every delivery is also timed to its arrival by the kernel's stamp,
+        // which comes before the read: never later at any percentile.
+        let read = &report["latency"];
+        let arrival = &report["arrival_latency"];
+        assert_eq!(arrival["count"], read["count"], "{report:#}");
+        assert_eq!(arrival["count"], 18_000, "{report:#}");
+        for q in ["p50_us", "p90_us", "p99_us", "max_us"] {
+            let (a, r) = (arrival[q].as_u64().unwrap(), read[q].as_u64().unwrap());
+            assert!(a >= 1 && a <= r, "{q}: arrival {a} µs, read {r} µs");
+        }
+        assert!(text.contains("latency send->arrival"), "{text}");
         if gro {
             assert!(runs > 0, "no read held a run: {report:#}");
             assert!(reads < 18_000, "{reads} reads for 18,000 deliveries");

@@ -262,6 +262,13 @@ fn w3(env: &Env, one_room: bool) -> anyhow::Result<PresetReport> {
         ),
         Row::new("max", Some(f.latency.max_ms), "ms", None),
         Row::new(
+            "p99 send -> arrival",
+            f.arrival.as_ref().map(|a| a.p99_ms),
+            "ms",
+            None,
+        )
+        .note("by the kernel's stamp on the client's socket, before the load tool read it"),
+        Row::new(
             "deliveries/s to clients",
             Some(f.deliveries_per_s.round()),
             "/s",

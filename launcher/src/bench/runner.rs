@@ -179,6 +179,9 @@ pub struct LoadFigures {
     pub stop_reason: String,
     pub complete: bool,
     pub latency: Percentiles,
+    /// Send -> the kernel's arrival stamp on the member's socket: without
+    /// the load tool's own wait to read (`None` without stamps).
+    pub arrival: Option<Percentiles>,
     pub kernel_rcvbuf_drops: Option<u64>,
     /// Sums over the servers of the counters they print when they stop
     /// (`retransmissions`, `refused_posts`, ...); empty when not found.
@@ -298,6 +301,7 @@ pub fn figures(
             && load.distinct == load.expected
             && load.sent == spec.clients as u64 * u64::from(spec.messages),
         latency: Percentiles::from_us(&load.latency),
+        arrival: load.arrival_latency.as_ref().map(Percentiles::from_us),
         kernel_rcvbuf_drops: drops,
         server_totals: BTreeMap::new(),
         check_ok,

@@ -7,6 +7,7 @@ use super::pause::Pauses;
 use crate::cluster::fault_proxy::ProxyCounts;
 use crate::cluster::settings::FaultConfig;
 use crate::load::LoadResult;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use testkit::check::{Properties, Report};
 
@@ -22,6 +23,18 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// The percentiles of a histogram in microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        Latency {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+            mean_us: if h.is_empty() { 0.0 } else { h.mean() },
+        }
+    }
+
     /// `p50 1.485 ms, p90 1.779 ms, p99 2.117 ms, max 2.127 ms (160 samples)`.
     pub fn text(&self) -> String {
         let ms = |us: u64| us as f64 / 1000.0;
@@ -63,6 +76,10 @@ pub struct StressReport {
     pub messages_per_s: f64,
     pub deliveries_per_s: f64,
     pub latency: Latency,
+    /// Send -> the kernel's arrival stamp on the member's socket: the
+    /// latency without the load tool's own wait to read (its one thread
+    /// shares the machine with the servers). `None` without stamps.
+    pub arrival_latency: Option<Latency>,
     /// Increase of the kernel's `Udp RcvbufErrors` during the run (all
     /// sockets of the machine).
     pub kernel_rcvbuf_errors: Option<u64>,
@@ -245,15 +262,8 @@ pub(super) fn build(
     server_peak_rss_kib: Vec<Option<u64>>,
     faults_part: FaultPart,
 ) -> StressReport {
-    let h = &load.latency;
-    let latency = Latency {
-        count: h.len(),
-        p50_us: h.value_at_quantile(0.50),
-        p90_us: h.value_at_quantile(0.90),
-        p99_us: h.value_at_quantile(0.99),
-        max_us: h.max(),
-        mean_us: if h.is_empty() { 0.0 } else { h.mean() },
-    };
+    let latency = Latency::of(&load.latency);
+    let arrival_latency = load.arrival_latency.as_ref().map(Latency::of);
     let secs = load.run_duration.as_secs_f64();
     let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let ok = check.ok()
@@ -284,6 +294,7 @@ pub(super) fn build(
         messages_per_s: per_s(load.sent),
         deliveries_per_s: per_s(load.distinct),
         latency,
+        arrival_latency,
         kernel_rcvbuf_errors,
         proxy,
         server_counters,
@@ -395,6 +406,12 @@ pub(super) fn print(r: &StressReport) {
         r.deliveries_per_s
     );
     crate::outln!("  latency send->delivery: {}", r.latency.text());
+    if let Some(a) = &r.arrival_latency {
+        crate::outln!(
+            "  latency send->arrival (kernel stamp on the client's socket, before this tool read it): {}",
+            a.text()
+        );
+    }
     if let Some(f) = &r.flood {
         crate::outln!(
             "  flood: {} client{} in room 1 sent {} messages; {} reached the room ({} deliveries), {} -ERR replies (refusals are answered at most every 250 ms)",
