@@ -48,7 +48,7 @@ use tokio::time::Instant;
                   /nick NAME, /quit. Ctrl+C, SIGTERM and end of input also send /quit and exit."
 )]
 pub struct Args {
-    /// The server's bind address: IP:PORT, [IPV6]:PORT or HOST:PORT.
+    /// The server's bind address: IP:PORT, `[IPV6]:PORT` or HOST:PORT.
     #[arg(value_name = "IP:PORT")]
     pub server: String,
     /// After end of input, keep printing received datagrams for MS

@@ -163,7 +163,7 @@ impl<'de> Deserialize<'de> for NodeList {
     }
 }
 
-/// What a table struct is called in messages ("the [cluster] table").
+/// What a table struct is called in messages ("the `[cluster]` table").
 pub trait TomlTable {
     const EXPECTING: &'static str;
 }

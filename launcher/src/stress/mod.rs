@@ -9,9 +9,9 @@
 //! receive-buffer drops and violations. Exit code 0 only when every check
 //! passed.
 //!
-//! `--kill-server`/`--stop-server` ([`faults`]) signal servers of that
+//! `--kill-server`/`--stop-server` (`faults`) signal servers of that
 //! cluster during the load; their clients are then checked as partial, and
-//! the report says how long deliveries paused ([`pause`]).
+//! the report says how long deliveries paused (`pause`).
 
 mod faults;
 mod html;

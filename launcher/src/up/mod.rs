@@ -1,10 +1,10 @@
 //! `launcher up/check/status/down`.
 //!
-//! `status --watch` ([`watch`]) scrapes each node's `/metrics`: `up`
+//! `status --watch` (`watch`) scrapes each node's `/metrics`: `up`
 //! starts every node with one (the file's address, else a free port) and
 //! records the bound address in the state file.
 //!
-//! `up` runs every node of a cluster file under the [`supervisor`] and
+//! `up` runs every node of a cluster file under the `supervisor` and
 //! keeps `STATE_DIR/launcher.json` current; `status` and `down` work from
 //! that file in another terminal, checking each pid's start time in `/proc`
 //! before trusting (or signalling) it.
@@ -38,7 +38,7 @@ pub struct UpArgs {
     #[arg(short = 'o', long = "ordering")]
     pub ordering: Option<String>,
     /// Serve the web console at IP:PORT (overrides `console` in
-    /// [cluster]); the nodes then run with `-v`.
+    /// `[cluster]`); the nodes then run with `-v`.
     #[arg(long, value_name = "IP:PORT")]
     pub console: Option<std::net::SocketAddr>,
 }

@@ -128,7 +128,7 @@ impl<'a> Datagram<'a> {
 }
 
 /// Names `sender` in a raw datagram (from [`Datagram::encode_raw`], before
-/// it is sealed): sets [`FLAG_SENDER`] and inserts the index after the
+/// it is sealed): sets the sender flag (`FLAG_SENDER`) and inserts the index after the
 /// flags. A datagram that already names a sender is left alone.
 pub fn stamp_sender(raw: &mut Vec<u8>, sender: u16) {
     if raw.len() < 3 || raw[2] & FLAG_SENDER != 0 {
