@@ -21,31 +21,25 @@ use std::time::{Duration, SystemTime};
 
 /// Asks for runs whole on `sock`; returns whether the kernel took it.
 pub fn enable(sock: &impl AsRawFd) -> bool {
-    let on: libc::c_int = 1;
-    // SAFETY: a live fd and an int option of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    r == 0
+    switch_on(sock, libc::SOL_UDP, libc::UDP_GRO)
 }
 
 /// Asks the kernel to stamp every datagram with the time it was queued on
 /// `sock` (`SO_TIMESTAMPNS`, the real-time clock); [`recv`] returns it as
 /// [`Run::arrived`]. Returns whether the kernel took it.
 pub fn enable_arrival_stamps(sock: &impl AsRawFd) -> bool {
+    switch_on(sock, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)
+}
+
+/// Sets an int socket option to 1; whether the kernel took it.
+fn switch_on(sock: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> bool {
     let on: libc::c_int = 1;
     // SAFETY: a live fd and an int option of the size given.
     let r = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
+            level,
+            name,
             (&raw const on).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -226,19 +220,9 @@ impl RunBatch {
 /// # Safety
 /// `msg` is a header recvmsg filled, its control buffer still live.
 unsafe fn gro_segment(msg: &libc::msghdr) -> Option<usize> {
-    // SAFETY: walks the control messages the kernel wrote, within the
-    // length it left in msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                return usize::try_from(size).ok().filter(|&s| s > 0);
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    None
+    // SAFETY: the caller's; the kernel puts an int there.
+    let size = unsafe { control_value::<libc::c_int>(msg, libc::SOL_UDP, libc::UDP_GRO) }?;
+    usize::try_from(size).ok().filter(|&s| s > 0)
 }
 
 /// The arrival stamp, from the `SO_TIMESTAMPNS` control message.
@@ -246,15 +230,31 @@ unsafe fn gro_segment(msg: &libc::msghdr) -> Option<usize> {
 /// # Safety
 /// `msg` is a header recvmsg filled, its control buffer still live.
 unsafe fn arrival_stamp(msg: &libc::msghdr) -> Option<SystemTime> {
-    // SAFETY: as in gro_segment.
+    // SAFETY: the caller's; the kernel puts a timespec there.
+    let ts =
+        unsafe { control_value::<libc::timespec>(msg, libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) }?;
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// The data of the control message of `level` and `kind`, if any.
+///
+/// # Safety
+/// `msg` is a header recvmsg filled, its control buffer still live, and
+/// that message's data is a `T`.
+unsafe fn control_value<T: Copy>(
+    msg: &libc::msghdr,
+    level: libc::c_int,
+    kind: libc::c_int,
+) -> Option<T> {
+    // SAFETY: walks the control messages the kernel wrote, within the
+    // length it left in msg_controllen.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(msg);
         while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
-                let secs = u64::try_from(ts.tv_sec).ok()?;
-                let nanos = u32::try_from(ts.tv_nsec).ok()?;
-                return SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
+            if (*c).cmsg_level == level && (*c).cmsg_type == kind {
+                return Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<T>()));
             }
             c = libc::CMSG_NXTHDR(msg, c);
         }
