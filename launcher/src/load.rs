@@ -286,8 +286,9 @@ struct Shared {
     /// Address-confirmation requests answered (the server asks a new
     /// address to confirm before it sends it much).
     confirmations: Cell<u64>,
-    /// Reads of the clients' sockets that returned data, and of them those
-    /// that held a run of several datagrams (`UDP_GRO`).
+    /// What the clients' sockets gave, counted per datagram or run (one
+    /// system call may take several), and of them the runs of several
+    /// datagrams (`UDP_GRO`).
     reads: Cell<u64>,
     coalesced_reads: Cell<u64>,
     /// The clients' read buffers, shared: a task holds them only between
@@ -485,7 +486,8 @@ pub struct LoadResult {
     /// Per server, how many clients it had.
     pub clients_per_server: Vec<usize>,
     pub confirmations: u64,
-    /// Reads of the clients' sockets that returned data.
+    /// Datagrams or runs read from the clients' sockets (one system call
+    /// may take several).
     pub reads: u64,
     /// Of them, those that held a run of several datagrams (`UDP_GRO`).
     pub coalesced_reads: u64,

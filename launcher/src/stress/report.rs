@@ -94,8 +94,9 @@ pub struct StressReport {
     pub server_problems: Vec<String>,
     /// Address-confirmation requests answered.
     pub confirmations: u64,
-    /// Reads of the clients' sockets that returned data, and of them those
-    /// that held a run of several deliveries (`UDP_GRO`; 0 with --no-gro).
+    /// Datagrams or runs read from the clients' sockets (one system call
+    /// may take several), and of them the runs of several deliveries
+    /// (`UDP_GRO`; 0 with --no-gro).
     pub client_reads: u64,
     pub coalesced_reads: u64,
     pub flood: Option<FloodSummary>,
