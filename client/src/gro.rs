@@ -82,7 +82,7 @@ pub fn recv(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Run> {
     };
     // SAFETY: try_init hands us storage for a socket address and its
     // length, which recvmsg fills (msg_namelen written back through it).
-    let ((len, segment, arrived), addr) = unsafe {
+    let (run, addr) = unsafe {
         socket2::SockAddr::try_init(|storage, addr_len| {
             // SAFETY: all-zero is a valid msghdr: no name, iovec or control.
             let mut msg: libc::msghdr = std::mem::zeroed();
@@ -97,15 +97,29 @@ pub fn recv(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Run> {
             // A negative count is an error, in errno.
             let len = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
             *addr_len = msg.msg_namelen;
-            Ok((len, gro_segment(&msg).unwrap_or(len), arrival_stamp(&msg)))
+            Ok(run_of(&msg, len, None))
         })?
     };
     Ok(Run {
-        len,
-        segment: segment.min(len).max(1),
         from: addr.as_socket(),
-        arrived,
+        ..run
     })
+}
+
+/// What recvmsg filled in `msg`: a run of `len` bytes, with its segment
+/// size and arrival stamp from the control messages.
+///
+/// # Safety
+/// `msg` is a header recvmsg filled, its control buffer still live.
+unsafe fn run_of(msg: &libc::msghdr, len: usize, from: Option<SocketAddr>) -> Run {
+    // SAFETY: the caller's.
+    let (segment, arrived) = unsafe { (gro_segment(msg), arrival_stamp(msg)) };
+    Run {
+        len,
+        segment: segment.unwrap_or(len).min(len).max(1),
+        from,
+        arrived,
+    }
 }
 
 /// Most bytes one read of a run needs (a UDP payload's limit).
@@ -130,7 +144,7 @@ impl RunBatch {
         let slots = slots.max(1);
         // SAFETY: all-zero is a valid mmsghdr (no name, iovec or control).
         let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        RunBatch {
+        let mut b = RunBatch {
             bufs: vec![0; slots * RUN_BYTES],
             controls: vec![[0; 8]; slots],
             addrs: (0..slots)
@@ -139,7 +153,25 @@ impl RunBatch {
             iovs: Vec::with_capacity(slots),
             hdrs: vec![zero_hdr; slots],
             runs: Vec::with_capacity(slots),
+        };
+        // The headers point into the vectors' heap storage, which never
+        // moves (none of them grows), so this is done once.
+        let base = b.bufs.as_mut_ptr();
+        for i in 0..slots {
+            b.iovs.push(libc::iovec {
+                // SAFETY: slot i lies within bufs.
+                iov_base: unsafe { base.add(i * RUN_BYTES) }.cast(),
+                iov_len: RUN_BYTES,
+            });
         }
+        for i in 0..slots {
+            let h = &mut b.hdrs[i].msg_hdr;
+            h.msg_name = (&raw mut b.addrs[i]).cast();
+            h.msg_iov = &raw mut b.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = b.controls[i].as_mut_ptr().cast();
+        }
+        b
     }
 
     /// How many runs one read takes at most.
@@ -151,22 +183,10 @@ impl RunBatch {
     /// blocking; `WouldBlock` when it holds nothing. Returns how many.
     pub fn recv(&mut self, sock: &impl AsRawFd) -> io::Result<usize> {
         self.runs.clear();
-        self.iovs.clear();
-        let base = self.bufs.as_mut_ptr();
-        for i in 0..self.slots() {
-            self.iovs.push(libc::iovec {
-                // SAFETY: slot i lies within bufs.
-                iov_base: unsafe { base.add(i * RUN_BYTES) }.cast(),
-                iov_len: RUN_BYTES,
-            });
-        }
+        // The kernel wrote back the lengths it used last time.
         for i in 0..self.slots() {
             let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&raw mut self.addrs[i]).cast();
             h.msg_namelen = self.addrs[i].size_of();
-            h.msg_iov = &raw mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = self.controls[i].as_mut_ptr().cast();
             h.msg_controllen = std::mem::size_of_val(&self.controls[i]) as _;
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
@@ -186,24 +206,14 @@ impl RunBatch {
         for i in 0..n {
             let h = &self.hdrs[i].msg_hdr;
             let len = (self.hdrs[i].msg_len as usize).min(RUN_BYTES);
-            // SAFETY: the kernel filled this header and its control buffer,
-            // and wrote the source address's length back.
-            let (segment, arrived, from) = unsafe {
-                let mut addr = socket2::SockAddrStorage::zeroed();
-                *addr.view_as::<libc::sockaddr_storage>() =
-                    *self.addrs[i].view_as::<libc::sockaddr_storage>();
-                (
-                    gro_segment(h).unwrap_or(len),
-                    arrival_stamp(h),
-                    socket2::SockAddr::new(addr, h.msg_namelen).as_socket(),
-                )
+            // SAFETY: the kernel filled this header, its control buffer and
+            // the source address, whose length it wrote back.
+            let storage = std::mem::replace(&mut self.addrs[i], socket2::SockAddrStorage::zeroed());
+            let run = unsafe {
+                let addr = socket2::SockAddr::new(storage, h.msg_namelen);
+                run_of(h, len, addr.as_socket())
             };
-            self.runs.push(Run {
-                len,
-                segment: segment.min(len).max(1),
-                from,
-                arrived,
-            });
+            self.runs.push(run);
         }
         Ok(n)
     }
