@@ -177,7 +177,12 @@ impl PeerBook {
             }
             Some(a) => {
                 p.failing = false;
-                if p.addr == Some(a) {
+                // Heard at its address since the lookup began (a lookup
+                // starts only for a silent peer): that address is live, and
+                // the name may lag behind it, as `heard` lets a new address
+                // win only over a silent one.
+                let live = p.addr.is_some() && now.saturating_sub(p.heard_at) < SILENT_US;
+                if p.addr == Some(a) || live {
                     return (None, false);
                 }
                 (self.set(peer, a, now), false)
@@ -287,6 +292,28 @@ mod tests {
             "configured: never a client"
         );
         assert!(b.is_server_address(a("10.0.0.9:5000")), "the peer's now");
+    }
+
+    /// A lookup that began while the peer was silent ends after the peer
+    /// was heard at a new address (an authenticated datagram): the stale
+    /// name does not take the live address back.
+    #[test]
+    fn a_lookup_does_not_undo_an_address_heard_meanwhile() {
+        let mut b = book();
+        b.heard(ServerId(1), a("10.0.0.2:5000"), 100);
+        let t = 100 + SILENT_US;
+        let due = b.due_lookups(t);
+        assert!(due.iter().any(|(p, _)| *p == ServerId(1)), "{due:?}");
+        let m = b.heard(ServerId(1), a("10.0.0.9:5000"), t + 10);
+        assert_eq!(m.map(|m| m.to), Some(a("10.0.0.9:5000")));
+        let (moved, _) = b.resolved(ServerId(1), Some(a("10.0.0.2:5000")), t + 20);
+        assert_eq!(moved, None);
+        assert_eq!(b.addr_of(ServerId(1)), Some(a("10.0.0.9:5000")));
+        // Silent again: the name is believed.
+        let later = t + 10 + SILENT_US;
+        b.due_lookups(later);
+        let (moved, _) = b.resolved(ServerId(1), Some(a("10.0.0.2:5000")), later + 1);
+        assert_eq!(moved.map(|m| m.to), Some(a("10.0.0.2:5000")));
     }
 
     #[test]
