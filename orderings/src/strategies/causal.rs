@@ -370,8 +370,7 @@ impl Causal {
         if Some(clock[o].incarnation) == self.departed[o] && clock[o].count <= cr.departed[o] {
             return Ok(()); // already delivered, from a relay
         }
-        self.relay
-            .note_received(from, counter, Bytes::copy_from_slice(payload));
+        self.relay.note_received_copy(from, counter, payload);
         self.accept(from, counter, room, clock, line, out);
         Ok(())
     }
