@@ -8,6 +8,11 @@
 #   sudo scripts/bench-hosts.sh            # full: window sweep, CPU, paced latency
 #   sudo scripts/bench-hosts.sh --quick    # a short run of each (CI checks the script)
 #
+# Environment: BIN_DIR (where chatserver and launcher are; default
+# target/release), MESSAGES (per client, full-speed runs), WINDOWS (the
+# sweep), STRESS_ARGS (more `launcher stress` options, e.g. --no-gro for
+# clients that read one datagram at a time, as a client of the spec does).
+#
 # Reports: messages/s at each window (3 clients, one room, 100 B, total;
 # every delivery checked by `launcher stress`), the servers' CPU time per
 # message summed over the 3 servers (from /proc/PID/schedstat, during the
@@ -90,7 +95,7 @@ server_cpu_ns() {
 
 stress() {
     ip netns exec "${tag}h4" "$bin/launcher" stress "$cfg" --attach -o total \
-        --clients 3 --rooms 1 --size 100 -q "$@"
+        --clients 3 --rooms 1 --size 100 -q ${STRESS_ARGS:-} "$@"
 }
 
 if [ $quick = 1 ]; then
@@ -104,6 +109,7 @@ else
 fi
 
 echo "bench-hosts: 3 servers on 3 hosts (network namespaces, veth, one bridge), the load on a 4th; total, 3 clients, one room, 100 B"
+if [ -n "${STRESS_ARGS:-}" ]; then echo "  load options: $STRESS_ARGS"; fi
 best_rate=0
 best_window=0
 for w in $windows; do
