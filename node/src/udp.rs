@@ -581,8 +581,7 @@ impl SendQueue {
             iov_base: d.as_ptr() as *mut libc::c_void,
             iov_len: d.len(),
         }));
-        b.controls
-            .resize(b.messages.len(), SegmentControl([0; 32]));
+        b.controls.resize(b.messages.len(), SegmentControl([0; 32]));
         // SAFETY: all-zero is a valid mmsghdr; fields are set below.
         b.hdrs
             .resize_with(b.messages.len(), || unsafe { std::mem::zeroed() });

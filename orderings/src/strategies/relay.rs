@@ -225,8 +225,8 @@ struct Held<M> {
 
 /// Copies of an origin's payloads ([`DepartedRelay::note_received_copy`])
 /// are carved out of chunks of this many bytes: one allocation per chunk
-/// instead of one per message (and per drop), which was a tenth of a
-/// server's user-space time at full speed. One origin's copies share a
+/// instead of one per message (and per drop), which were about 3% of a
+/// server's samples at full speed (the drops: cold memory). One origin's copies share a
 /// chunk and leave `recent` oldest first, so a chunk is freed soon after
 /// its last copy is dropped: at most one chunk more per origin is held
 /// than the copies themselves need.
@@ -856,7 +856,11 @@ mod tests {
         holder.depart(x, &mut answer);
         answer.sends.clear();
         holder
-            .handle(ServerId(3), RelayMessage::decode(&report).expect("ok"), &mut answer)
+            .handle(
+                ServerId(3),
+                RelayMessage::decode(&report).expect("ok"),
+                &mut answer,
+            )
             .expect("ok");
         let relayed: Vec<Bytes> = answer
             .sends
