@@ -814,15 +814,7 @@ mod tests {
         for c in 1..=5 {
             holder.note_received(x, c, chat(c));
         }
-        holder.depart(x, &mut answer);
-        answer.sends.clear();
-        holder
-            .handle(
-                ServerId(3),
-                RelayMessage::decode(&report).expect("ok"),
-                &mut answer,
-            )
-            .expect("ok");
+        let answer = answer_after_departure(&mut holder, x, &report);
         assert_eq!(relays(&answer), 5, "all five held messages");
     }
 
@@ -853,15 +845,7 @@ mod tests {
             // Twice, or from before: not kept again.
             holder.note_received_copy(x, c, &payload(c + 1));
         }
-        holder.depart(x, &mut answer);
-        answer.sends.clear();
-        holder
-            .handle(
-                ServerId(3),
-                RelayMessage::decode(&report).expect("ok"),
-                &mut answer,
-            )
-            .expect("ok");
+        let answer = answer_after_departure(&mut holder, x, &report);
         let relayed: Vec<Bytes> = answer
             .sends
             .iter()
@@ -1007,6 +991,26 @@ mod tests {
         };
         n.handle(ServerId(2), report, &mut out).expect("ok");
         assert_eq!(relays(&out), 2, "only the last two are kept");
+    }
+
+    /// `holder` sees `x` depart, then answers server 3's `report` about
+    /// it: what it sends for that answer.
+    fn answer_after_departure(
+        holder: &mut DepartedRelay<Bytes>,
+        x: ServerId,
+        report: &[u8],
+    ) -> Outbox {
+        let mut answer = Outbox::default();
+        holder.depart(x, &mut answer);
+        answer.sends.clear();
+        holder
+            .handle(
+                ServerId(3),
+                RelayMessage::decode(report).expect("ok"),
+                &mut answer,
+            )
+            .expect("ok");
+        answer
     }
 
     fn relays(out: &Outbox) -> usize {
