@@ -57,13 +57,30 @@ impl RecvBatch {
         // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
         let zero_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        Self {
+        let mut b = Self {
             bufs: vec![0; RECV_BATCH * RECV_SLOT],
             addrs: vec![zero_addr; RECV_BATCH],
             iovs: Vec::with_capacity(RECV_BATCH),
             hdrs: vec![zero_hdr; RECV_BATCH],
             got: Vec::with_capacity(RECV_BATCH),
+        };
+        // The headers point into the vectors' heap storage, which never
+        // moves (none of them grows), so this is done once, not per read.
+        let base = b.bufs.as_mut_ptr();
+        for i in 0..RECV_BATCH {
+            b.iovs.push(libc::iovec {
+                // SAFETY: each slot lies within `bufs`.
+                iov_base: unsafe { base.add(i * RECV_SLOT) }.cast(),
+                iov_len: RECV_SLOT,
+            });
         }
+        for i in 0..RECV_BATCH {
+            let h = &mut b.hdrs[i].msg_hdr;
+            h.msg_name = (&raw mut b.addrs[i]).cast();
+            h.msg_iov = &raw mut b.iovs[i];
+            h.msg_iovlen = 1;
+        }
+        b
     }
 
     /// The bytes kept of datagram `i` of the last batch.
@@ -76,25 +93,11 @@ impl RecvBatch {
     /// happens: an empty socket is `WouldBlock`.
     pub(crate) fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         self.got.clear();
-        let base = self.bufs.as_mut_ptr();
-        self.iovs.clear();
-        for i in 0..RECV_BATCH {
-            self.iovs.push(libc::iovec {
-                // SAFETY: each slot lies within `bufs`.
-                iov_base: unsafe { base.add(i * RECV_SLOT) }.cast(),
-                iov_len: RECV_SLOT,
-            });
-        }
-        for i in 0..RECV_BATCH {
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
+        // Only what the kernel writes back: the source's length (an IPv4
+        // source shortens it, and an IPv6 one must still fit).
+        for h in &mut self.hdrs {
+            h.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         }
         let fd = sock.as_raw_fd();
         let hdrs = self.hdrs.as_mut_ptr();
