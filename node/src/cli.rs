@@ -65,7 +65,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = config::DEFAULT_MAX_SERVERS, value_parser = parse_max_servers, value_name = "N")]
     pub max_servers: usize,
     /// After traffic, keep polling the socket this long (yielding the CPU)
-    /// before sleeping in epoll: lower latency at the cost of some CPU
+    /// before sleeping in ppoll: lower latency at the cost of some CPU
     /// after traffic. 0 = off.
     #[arg(long, default_value_t = 20, value_name = "US")]
     pub busy_poll_us: u64,
@@ -246,14 +246,16 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         membership.suspect_us / 1000,
         membership.heartbeat_us / 1000
     );
+    // The async side (signals, metrics, host-name lookups) runs on a
+    // runtime of its own thread; the server's loop runs on this one.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async move {
+    let (control, inbox) = crate::control::channel().context("creating the loop's eventfd")?;
+    let (std_sock, metrics, _ready, shutdown) = rt.block_on(async {
         let (std_sock, granted) =
             crate::udp::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
-        let socket = tokio::net::UdpSocket::from_std(std_sock)?;
         // Bound before `ready`, so that a taken port fails the start.
         let metrics = match args.metrics.or(entry.metrics) {
             Some(addr) => {
@@ -271,10 +273,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             eprintln!("{me} note: no cluster secret; server-to-server packets are not authenticated");
         }
         // Signal handlers go in before `ready`: a supervisor may stop us
-        // the moment it reads that line.
+        // the moment it reads that line (a signal that comes before the
+        // runtime's thread runs is kept for it).
         let shutdown = shutdown_signal()?;
         // The file first: whoever reads the line may look for it.
-        let _ready = match &args.ready_file {
+        let ready = match &args.ready_file {
             Some(p) => Some(ReadyFile::create(p)?),
             None => None,
         };
@@ -285,39 +288,69 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             rooms,
             granted / 1024
         );
-        let setup = ServerSetup {
-            cluster,
-            me,
-            strategy,
-            rooms,
-            max_clients: args.max_clients,
-            incarnation,
-            key,
-            busy_poll_us: args.busy_poll_us,
-            window: args.admission_window as usize,
-            max_clock_skew_us: args.max_clock_skew_ms.saturating_mul(1000),
-            membership,
-            session_policy: crate::session::SessionPolicy {
-                idle_us: args.session_idle_s.saturating_mul(1_000_000),
-                unconfirmed_allowance: args.unconfirmed_allowance,
-                cookie_key: crate::session::random_key(),
-            },
-            error_limits: crate::guard::ErrorLimits {
-                per_addr_burst: args.error_burst,
-                per_addr_rate: args.error_rate,
-                total_rate: args.error_rate_total,
-            },
-        };
-        let stats = server::run(socket, setup, shutdown, metrics.map(|(m, _)| m)).await;
-        // Not ready any more, before anything says it stopped.
-        drop(_ready);
-        let stats = stats?;
-        eprintln!(
-            "{}",
-            crate::stats::ServerCounters::from(&stats).stopped_line(&me.to_string())
-        );
-        Ok(())
-    })
+        anyhow::Ok((std_sock, metrics.map(|(m, _)| m), ready, shutdown))
+    })?;
+    let setup = ServerSetup {
+        cluster,
+        me,
+        strategy,
+        rooms,
+        max_clients: args.max_clients,
+        incarnation,
+        key,
+        busy_poll_us: args.busy_poll_us,
+        window: args.admission_window as usize,
+        max_clock_skew_us: args.max_clock_skew_ms.saturating_mul(1000),
+        membership,
+        session_policy: crate::session::SessionPolicy {
+            idle_us: args.session_idle_s.saturating_mul(1_000_000),
+            unconfirmed_allowance: args.unconfirmed_allowance,
+            cookie_key: crate::session::random_key(),
+        },
+        error_limits: crate::guard::ErrorLimits {
+            per_addr_burst: args.error_burst,
+            per_addr_rate: args.error_rate,
+            total_rate: args.error_rate_total,
+        },
+    };
+    let runtime = rt.handle().clone();
+    let asks = metrics.as_ref().map(|m| m.asks());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let async_side = std::thread::Builder::new()
+        .name("async side".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let to_loop = control.clone();
+                tokio::spawn(async move {
+                    shutdown.await;
+                    to_loop.send(crate::control::Control::Shutdown);
+                });
+                if let Some(asks) = asks {
+                    tokio::spawn(async move {
+                        loop {
+                            asks.next().await;
+                            if !control.send(crate::control::Control::MetricsWanted) {
+                                break;
+                            }
+                        }
+                    });
+                }
+                // Until the loop has stopped (or is gone).
+                let _ = stopped.await;
+            })
+        })
+        .context("starting the async side's thread")?;
+    let stats = server::run(std_sock, setup, inbox, runtime, metrics);
+    // Not ready any more, before anything says it stopped.
+    drop(_ready);
+    drop(stop);
+    let _ = async_side.join();
+    let stats = stats?;
+    eprintln!(
+        "{}",
+        crate::stats::ServerCounters::from(&stats).stopped_line(&me.to_string())
+    );
+    Ok(())
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the returned future completes

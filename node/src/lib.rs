@@ -1,5 +1,6 @@
-//! The chat server, `chatserver`: the tokio runtime around the sans-IO
-//! [`orderings::Replica`], client sessions, and the cluster file.
+//! The chat server, `chatserver`: a socket loop around the sans-IO
+//! [`orderings::Replica`], client sessions, and the cluster file; a tokio
+//! runtime beside it for signals, metrics and host-name lookups.
 //!
 //! # Layout
 //!
@@ -8,8 +9,10 @@
 //! - [`config`] (with `config_toml`): the cluster file, in the spec's line
 //!   format or TOML.
 //! - [`server`]: the event loop. One UDP socket for clients and peers, one
-//!   task; owns the replica, the sessions, fair admission, the `-ERR` limits
-//!   and the send queue.
+//!   thread that sleeps in `ppoll`; owns the replica, the sessions, fair
+//!   admission, the `-ERR` limits and the send queue.
+//! - [`control`]: what wakes the loop besides its socket (shutdown, scrapes,
+//!   finished lookups), from the runtime's thread.
 //! - `udp`: batched socket I/O (`recvmmsg`, `sendmmsg`) and the socket's
 //!   ICMP error queue.
 //! - [`command`]: a client datagram parsed into a [`command::ClientCommand`],
@@ -51,6 +54,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod config_toml;
+pub mod control;
 pub mod guard;
 pub mod metrics;
 mod peers;

@@ -10,8 +10,9 @@
 //!
 //! Nothing runs on the message path: the server loop publishes a
 //! [`Snapshot`] every [`PUBLISH_EVERY`] and whenever a scrape asks for one
-//! ([`MetricsHandle::wanted`]); the HTTP task (hyper, on the server's
-//! runtime) encodes the latest snapshot.
+//! ([`MetricsHandle::asks`], relayed to the loop as
+//! [`crate::control::Control::MetricsWanted`]); the HTTP task (hyper, on
+//! the runtime beside the loop) encodes the latest snapshot.
 
 use crate::stats::ServerCounters;
 use bytes::Bytes;
@@ -133,9 +134,22 @@ impl MetricsHandle {
         self.tx.send_replace(Arc::new(snapshot));
     }
 
-    /// Completes when a scrape asks for a fresh snapshot.
-    pub async fn wanted(&self) {
-        self.asked.notified().await
+    /// What tells when a scrape asks for a fresh snapshot, for a task of
+    /// the runtime that serves the scrapes.
+    pub fn asks(&self) -> ScrapeAsks {
+        ScrapeAsks(self.asked.clone())
+    }
+}
+
+/// See [`MetricsHandle::asks`].
+#[derive(Debug, Clone)]
+pub struct ScrapeAsks(Arc<Notify>);
+
+impl ScrapeAsks {
+    /// Completes when a scrape asks for a fresh snapshot (an ask made
+    /// while nobody waited is kept for the next call).
+    pub async fn next(&self) {
+        self.0.notified().await
     }
 }
 

@@ -1,11 +1,16 @@
-//! The tokio side of a server: one UDP socket for clients and peers, the
-//! sans-IO [`Replica`] for ordering and [`Sessions`] for clients. Everything
-//! runs on one task: no locks, and batches of datagrams are handled before
-//! anything is flushed, so server-to-server packets get batched under load.
+//! The server's loop: one UDP socket for clients and peers, the sans-IO
+//! [`Replica`] for ordering and [`Sessions`] for clients. Everything runs
+//! on one thread that sleeps in `ppoll` on the socket and the
+//! [`ControlInbox`] (see [`crate::control`] for why it is not a tokio
+//! task): no locks, and batches of datagrams are handled before anything
+//! is flushed, so server-to-server packets get batched under load. Signals,
+//! metrics scrapes and host-name lookups live on a tokio runtime of their
+//! own and reach the loop as [`Control`] messages.
 
 use crate::admission::FairAdmission;
 use crate::command::{ClientCommand, CommandError, MAX_LINE};
 use crate::config::ClusterConfig;
+use crate::control::{Control, ControlInbox};
 use crate::guard::{ErrorLimiter, ErrorLimits};
 use crate::peers::PeerBook;
 use crate::session::{Outcome, SessionLimits, SessionPolicy, SessionStats, Sessions};
@@ -14,12 +19,9 @@ use bytes::Bytes;
 use orderings::{
     Replica, ReplicaConfig, ReplicaEvent, ReplicaStats, RoomId, ServerId, StrategySpec, Time,
 };
-use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::time::Instant;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 /// `recvmmsg` calls per wake-up before flushing (bounds latency under load).
 const BATCHES_PER_WAKE: usize = 4;
@@ -116,20 +118,16 @@ enum Source {
     Implausible,
 }
 
-/// A finished host-name lookup: the peer and its address, if it resolved.
-type Lookup = (ServerId, Option<SocketAddr>);
-
 struct Server {
     socket: UdpSocket,
     replica: Replica,
     sessions: Sessions,
     /// The peers' addresses, updated while running.
     book: PeerBook,
-    /// Host-name lookups report here: `(peer, address)`.
-    lookups: (
-        tokio::sync::mpsc::UnboundedSender<Lookup>,
-        tokio::sync::mpsc::UnboundedReceiver<Lookup>,
-    ),
+    /// Signals, scrapes and finished host-name lookups arrive here.
+    inbox: ControlInbox,
+    /// Where host-name lookups run (they report to `inbox`).
+    runtime: tokio::runtime::Handle,
     /// Whether any peer is named by host name (lookups to schedule).
     named_peers: bool,
     /// No lookup scheduling before this time (µs since the epoch).
@@ -253,15 +251,15 @@ impl Server {
         }
         self.next_lookup_check = now + 100_000;
         for (peer, name) in self.book.due_lookups(now) {
-            let tx = self.lookups.0.clone();
-            tokio::spawn(async move {
+            let tx = self.inbox.sender();
+            self.runtime.spawn(async move {
                 let addr = match tokio::net::lookup_host(name.as_str()).await {
                     Ok(found) => crate::config::pick_address(&found.collect::<Vec<_>>())
                         .filter(|a| plausible_client(*a)),
                     Err(_) => None,
                 };
                 // The server may be gone: nothing to tell then.
-                let _ = tx.send((peer, addr));
+                tx.send(Control::Resolved(peer, addr));
             });
         }
     }
@@ -409,8 +407,8 @@ impl Server {
     }
 
     /// Sends what is queued, then acts on the ICMP errors it caused.
-    async fn send_out(&mut self) {
-        let r = self.out.flush(&self.socket).await;
+    fn send_out(&mut self) {
+        let r = self.out.flush(&self.socket);
         self.stats.failed_sends += r.failed;
         self.stats.dropped_sends += r.dropped;
         self.stats.segmented_sends += r.segmented;
@@ -467,23 +465,23 @@ impl Server {
     }
 
     /// After activity, keeps polling the socket for `window`, yielding the
-    /// CPU between polls instead of sleeping in epoll: the next hop of an
+    /// CPU between polls instead of sleeping in ppoll: the next hop of an
     /// agreement round usually arrives within tens of microseconds, and a
     /// sleeping process pays a scheduler wake-up for it. Bounded, so the
     /// main loop (timers, shutdown) runs at least every few milliseconds.
-    async fn busy_poll(&mut self, batch: &mut RecvBatch, window: std::time::Duration) {
+    fn busy_poll(&mut self, batch: &mut RecvBatch, window: Duration) {
         let start = Instant::now();
         let mut until = start + window;
         loop {
             let now = Instant::now();
-            if now >= until || now.duration_since(start) > std::time::Duration::from_millis(5) {
+            if now >= until || now.duration_since(start) > Duration::from_millis(5) {
                 return;
             }
             if self.replica.poll_timeout().is_some_and(|t| t <= self.now()) {
                 return;
             }
             if self.drain(batch) > 0 {
-                self.flush().await;
+                self.flush();
                 until = Instant::now() + window;
             } else {
                 std::thread::yield_now();
@@ -559,7 +557,7 @@ impl Server {
 
     /// Queues what the replica wants sent and delivers what it has ordered,
     /// then sends it all in batches.
-    async fn flush(&mut self) {
+    fn flush(&mut self) {
         let now = self.now();
         while let Some(t) = self.replica.poll_transmit(now) {
             // A peer whose name has not resolved yet: the link sends again.
@@ -585,7 +583,7 @@ impl Server {
             }
             self.out.push(to, Bytes::from(t.payload));
             if self.out.len() >= SendQueue::FLUSH_AT {
-                self.send_out().await;
+                self.send_out();
             }
         }
         while let Some(e) = self.replica.poll_event() {
@@ -613,7 +611,7 @@ impl Server {
             // Bounded memory: a room of thousands of members and a burst of
             // deliveries never queue more than about FLUSH_AT datagrams.
             if self.out.len() >= SendQueue::FLUSH_AT {
-                self.send_out().await;
+                self.send_out();
             }
         }
         if tracing::enabled!(tracing::Level::INFO) {
@@ -628,18 +626,21 @@ impl Server {
             }
         }
         if !self.out.is_empty() {
-            self.send_out().await;
+            self.send_out();
         }
     }
 }
 
-/// Runs a server on `socket` until `shutdown` completes; returns its
-/// counters. With `metrics`, publishes a snapshot every
-/// [`crate::metrics::PUBLISH_EVERY`] and whenever a scrape asks.
-pub async fn run(
+/// Runs a server on `socket` (non-blocking) until `inbox` says
+/// [`Control::Shutdown`]; returns its counters. Host-name lookups run on
+/// `runtime`. With `metrics`, publishes a snapshot every
+/// [`crate::metrics::PUBLISH_EVERY`] and whenever a scrape asks
+/// ([`Control::MetricsWanted`]).
+pub fn run(
     socket: UdpSocket,
     setup: ServerSetup,
-    shutdown: impl Future<Output = ()>,
+    inbox: ControlInbox,
+    runtime: tokio::runtime::Handle,
     metrics: Option<crate::metrics::MetricsHandle>,
 ) -> Result<ServerStats, ServerError> {
     let servers = setup.cluster.servers.len();
@@ -679,7 +680,8 @@ pub async fn run(
             setup.session_policy.clone(),
         ),
         book,
-        lookups: tokio::sync::mpsc::unbounded_channel(),
+        inbox,
+        runtime,
         named_peers,
         next_lookup_check: 0,
         keyed: setup.key.is_some(),
@@ -692,15 +694,15 @@ pub async fn run(
         backed_up: false,
     };
     let mut batch = RecvBatch::new();
-    let busy_poll = std::time::Duration::from_micros(setup.busy_poll_us);
-    tokio::pin!(shutdown);
-    let mut publish = tokio::time::interval(crate::metrics::PUBLISH_EVERY);
-    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_publish = tokio::time::Instant::now();
+    let busy_poll = Duration::from_micros(setup.busy_poll_us);
+    // Metrics: a snapshot now and then, never per message.
+    let mut last_publish = Instant::now();
+    let mut next_publish = last_publish + crate::metrics::PUBLISH_EVERY;
     // Announce ourselves (heartbeats carry our incarnation).
-    server.flush().await;
-    loop {
-        // Wake for the replica's timers and for the next session expiry.
+    server.flush();
+    'serve: loop {
+        // Wake for the replica's timers, the next session expiry and the
+        // next snapshot.
         let wake = match (
             server.replica.poll_timeout().map(|t| t.0),
             server.sessions.next_expiry(),
@@ -708,69 +710,64 @@ pub async fn run(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let sleep_until = wake.map(|t| server.epoch + std::time::Duration::from_micros(t));
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            // Metrics: a snapshot now and then, never per message.
-            _ = publish.tick(), if metrics.is_some() => {
-                server.publish(metrics.as_ref());
-                last_publish = tokio::time::Instant::now();
-                continue;
-            }
-            _ = async {
-                match &metrics {
-                    Some(m) => m.wanted().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                // At most one snapshot per gap: a later ask is answered by
-                // the tick, moved to the gap's end.
-                let next = last_publish + crate::metrics::MIN_PUBLISH_GAP;
-                if tokio::time::Instant::now() >= next {
-                    server.publish(metrics.as_ref());
-                    last_publish = tokio::time::Instant::now();
-                } else {
-                    publish.reset_at(next);
-                }
-                continue;
-            }
-            r = server.socket.readable() => {
-                r?;
-                server.drain(&mut batch);
-            }
-            Some((peer, addr)) = server.lookups.1.recv() => server.resolved(peer, addr),
-            // ICMP errors queued on the socket (IP_RECVERR).
-            r = server.socket.ready(Interest::ERROR) => {
-                r?;
-                let out = &mut server.out;
-                let _ = server.socket.try_io(Interest::ERROR, || {
-                    let (_, empty) = crate::udp::drain_errqueue(&server.socket, &mut out.icmp, 4096);
-                    if empty {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    } else {
-                        Ok(())
+        let mut sleep_until = wake.map(|t| server.epoch + Duration::from_micros(t));
+        if metrics.is_some() {
+            sleep_until = Some(sleep_until.map_or(next_publish, |t| t.min(next_publish)));
+        }
+        let timeout = sleep_until.map(|t| t.saturating_duration_since(Instant::now()));
+        let ready = crate::control::wait(&server.socket, &server.inbox, timeout)?;
+        if ready.control {
+            for c in server.inbox.take() {
+                match c {
+                    Control::Shutdown => break 'serve,
+                    Control::MetricsWanted => {
+                        // At most one snapshot per gap: a later ask is
+                        // answered at the gap's end.
+                        let next = last_publish + crate::metrics::MIN_PUBLISH_GAP;
+                        next_publish = next_publish.min(next);
                     }
-                });
-                server.handle_icmp();
-            }
-            _ = async {
-                match sleep_until {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
+                    Control::Resolved(peer, addr) => server.resolved(peer, addr),
                 }
-            } => {
-                let now = server.now();
-                if server.replica.poll_timeout().is_some_and(|t| t <= now) {
-                    server.replica.handle_timeout(now);
-                }
-                server.expire_sessions();
             }
         }
+        if ready.readable {
+            server.drain(&mut batch);
+        }
+        // ICMP errors queued on the socket (IP_RECVERR).
+        if ready.error {
+            let out = &mut server.out;
+            let mut read = 0;
+            // Bounded: the loop comes back for the rest.
+            for _ in 0..4 {
+                let (n, empty) = crate::udp::drain_errqueue(&server.socket, &mut out.icmp, 4096);
+                read += n;
+                if empty {
+                    break;
+                }
+            }
+            if read == 0 {
+                // A pending error with nothing queued: take it, or every
+                // wait would return at once.
+                if let Ok(Some(e)) = server.socket.take_error() {
+                    tracing::debug!("socket error: {e}");
+                }
+            }
+            server.handle_icmp();
+        }
+        let now = server.now();
+        if server.replica.poll_timeout().is_some_and(|t| t <= now) {
+            server.replica.handle_timeout(now);
+        }
+        server.expire_sessions();
+        if metrics.is_some() && Instant::now() >= next_publish {
+            server.publish(metrics.as_ref());
+            last_publish = Instant::now();
+            next_publish = last_publish + crate::metrics::PUBLISH_EVERY;
+        }
         server.start_lookups();
-        server.flush().await;
+        server.flush();
         if !busy_poll.is_zero() {
-            server.busy_poll(&mut batch, busy_poll).await;
+            server.busy_poll(&mut batch, busy_poll);
         }
     }
     server.fill_stats();

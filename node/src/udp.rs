@@ -1,4 +1,4 @@
-//! Batched UDP I/O: `recvmmsg` and `sendmmsg` on the tokio socket's fd.
+//! Batched UDP I/O: `recvmmsg` and `sendmmsg` on the server's socket.
 //! The kernel's per-datagram cost is the floor of this server's speed, and
 //! one system call per batch instead of per datagram cuts it noticeably.
 //!
@@ -15,8 +15,6 @@ use socket2::SockAddr;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 /// Datagrams read per `recvmmsg`.
 pub(crate) const RECV_BATCH: usize = 64;
@@ -91,7 +89,7 @@ impl RecvBatch {
 
     /// Reads up to [`RECV_BATCH`] datagrams without blocking. `Ok(0)` never
     /// happens: an empty socket is `WouldBlock`.
-    pub(crate) fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, sock: &impl AsRawFd) -> io::Result<usize> {
         self.got.clear();
         // Only what the kernel writes back: the source's length (an IPv4
         // source shortens it, and an IPv6 one must still fit).
@@ -101,20 +99,18 @@ impl RecvBatch {
         }
         let fd = sock.as_raw_fd();
         let hdrs = self.hdrs.as_mut_ptr();
-        let n = sock.try_io(Interest::READABLE, || {
-            // SAFETY: the headers point at live buffers sized as declared.
-            let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    hdrs,
-                    RECV_BATCH as libc::c_uint,
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                    std::ptr::null_mut(),
-                )
-            };
-            // A negative count is an error, in errno.
-            usize::try_from(n).map_err(|_| io::Error::last_os_error())
-        })?;
+        // SAFETY: the headers point at live buffers sized as declared.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs,
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        // A negative count is an error, in errno.
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
         for i in 0..n {
             let len = self.hdrs[i].msg_len as usize;
             // A non-IP source cannot happen on a UDP/IP socket; keep indices
@@ -439,7 +435,7 @@ impl SendQueue {
 
     /// Reads the socket's error queue into [`SendQueue::icmp`]; returns
     /// (entries read, whether the queue was found empty).
-    pub(crate) fn collect_icmp(&mut self, sock: &UdpSocket) -> (usize, bool) {
+    pub(crate) fn collect_icmp(&mut self, sock: &impl AsRawFd) -> (usize, bool) {
         let room = MAX_ICMP_PER_FLUSH.saturating_sub(self.icmp.len());
         drain_errqueue(sock, &mut self.icmp, room)
     }
@@ -448,7 +444,7 @@ impl SendQueue {
     /// send buffer. A send that fails because an ICMP error was pending on
     /// the socket is retried (the error belongs to an earlier datagram, and
     /// the error queue says which); other refusals are skipped and counted.
-    pub(crate) async fn flush(&mut self, sock: &UdpSocket) -> FlushReport {
+    pub(crate) fn flush(&mut self, sock: &impl AsRawFd) -> FlushReport {
         let mut report = FlushReport::default();
         let mut retries = 0;
         if self.segmentation {
@@ -461,12 +457,9 @@ impl SendQueue {
                     retries = 0;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match tokio::time::timeout(SEND_STALL, sock.writable()).await {
-                        Ok(Ok(())) => {}
-                        _ => {
-                            report.dropped += (self.items.len() - self.sent) as u64;
-                            break;
-                        }
+                    if !matches!(crate::control::wait_writable(sock, SEND_STALL), Ok(true)) {
+                        report.dropped += (self.items.len() - self.sent) as u64;
+                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -559,7 +552,7 @@ impl SendQueue {
 
     /// One `sendmmsg` of up to [`SEND_BATCH`] messages, each one datagram
     /// or one segmented run. Returns how many datagrams went out.
-    fn send_some(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+    fn send_some(&mut self, sock: &impl AsRawFd) -> io::Result<usize> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = self.send_some_with(sock, &mut scratch);
         scratch.clear();
@@ -567,7 +560,7 @@ impl SendQueue {
         result
     }
 
-    fn send_some_with(&mut self, sock: &UdpSocket, b: &mut SendScratch) -> io::Result<usize> {
+    fn send_some_with(&mut self, sock: &impl AsRawFd, b: &mut SendScratch) -> io::Result<usize> {
         let mut at = self.sent;
         while at < self.items.len() && b.messages.len() < SEND_BATCH {
             let n = self.run_at(at);
@@ -601,20 +594,18 @@ impl SendQueue {
         }
         let fd = sock.as_raw_fd();
         let hdrs = &mut b.hdrs;
-        let result = sock.try_io(Interest::WRITABLE, || {
-            // SAFETY: headers point at live addresses, payloads and
-            // control buffers.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    hdrs.as_mut_ptr(),
-                    hdrs.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            // A negative count is an error, in errno.
-            usize::try_from(n).map_err(|_| io::Error::last_os_error())
-        });
+        // SAFETY: headers point at live addresses, payloads and control
+        // buffers.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                hdrs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        // A negative count is an error, in errno.
+        let result = usize::try_from(n).map_err(|_| io::Error::last_os_error());
         let messages = &b.messages;
         match result {
             Ok(done) => {
@@ -677,10 +668,10 @@ mod tests {
         s
     }
 
-    fn sender() -> UdpSocket {
+    fn sender() -> std::net::UdpSocket {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_nonblocking(true).unwrap();
-        UdpSocket::from_std(s).unwrap()
+        s
     }
 
     /// Receives `n` datagrams, each as its own.
@@ -697,8 +688,8 @@ mod tests {
     /// What the server sends looks the same to every receiver whether or
     /// not it went out segmented: each datagram arrives alone, in its order
     /// per destination, whatever the lengths and the interleaving.
-    #[tokio::test]
-    async fn segmented_runs_arrive_as_single_datagrams_in_order() {
+    #[test]
+    fn segmented_runs_arrive_as_single_datagrams_in_order() {
         let (a, b) = (receiver(), receiver());
         let sock = sender();
         let mut want_a = Vec::new();
@@ -721,7 +712,7 @@ mod tests {
                 want_a.push(Vec::new());
             }
         }
-        let r = q.flush(&sock).await;
+        let r = q.flush(&sock);
         assert_eq!((r.failed, r.dropped), (0, 0));
         assert!(
             r.segmented >= 100,
@@ -735,8 +726,8 @@ mod tests {
     /// A segmented send the kernel refuses (here: more segments than it
     /// takes at once) turns segmentation off, and the datagrams go out one
     /// by one, none lost.
-    #[tokio::test]
-    async fn a_refused_segmented_send_goes_out_one_by_one() {
+    #[test]
+    fn a_refused_segmented_send_goes_out_one_by_one() {
         let a = receiver();
         let sock = sender();
         let mut q = SendQueue {
@@ -747,7 +738,7 @@ mod tests {
         for d in &want {
             q.push(a.local_addr().unwrap(), bytes::Bytes::from(d.clone()));
         }
-        let r = q.flush(&sock).await;
+        let r = q.flush(&sock);
         assert_eq!((r.failed, r.dropped, r.segmented), (0, 0, 0));
         assert!(!q.segmentation, "turned off");
         assert_eq!(receive(&a, 300), want);
@@ -759,15 +750,15 @@ mod tests {
         for d in &want {
             q.push(a.local_addr().unwrap(), bytes::Bytes::from(d.clone()));
         }
-        assert_eq!(q.flush(&sock).await.segmented, 0);
+        assert_eq!(q.flush(&sock).segmented, 0);
         assert_eq!(receive(&a, 300), want);
     }
 
     /// A receiver with `UDP_GRO` reads a segmented run as one buffer and
     /// cuts it back into the very datagrams sent, in order: runs of
     /// several lengths, a shorter last one, lone datagrams and an empty one.
-    #[tokio::test]
-    async fn a_gro_receiver_reads_runs_whole_and_splits_them_back() {
+    #[test]
+    fn a_gro_receiver_reads_runs_whole_and_splits_them_back() {
         let a = receiver();
         assert!(client::gro::enable(&a), "UDP_GRO is in Linux since 5.0");
         a.set_nonblocking(true).unwrap();
@@ -785,7 +776,7 @@ mod tests {
             q.push(a.local_addr().unwrap(), bytes::Bytes::from(d.clone()));
             want.push(d);
         }
-        let r = q.flush(&sock).await;
+        let r = q.flush(&sock);
         assert_eq!((r.failed, r.dropped), (0, 0));
         assert!(r.segmented >= 100, "sent segmented: {}", r.segmented);
         let mut got: Vec<Vec<u8>> = Vec::new();
@@ -814,12 +805,12 @@ mod tests {
 
     /// A closed port answers with ICMP port unreachable; the error queue
     /// names it, and a send to a live socket right after is not lost.
-    #[tokio::test]
-    async fn errqueue_names_closed_ports_and_sends_survive_pending_errors() {
+    #[test]
+    fn errqueue_names_closed_ports_and_sends_survive_pending_errors() {
         let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         std_sock.set_nonblocking(true).unwrap();
         enable_recverr(&std_sock, false).unwrap();
-        let sock = UdpSocket::from_std(std_sock).unwrap();
+        let sock = std_sock;
         let live = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         live.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
@@ -837,7 +828,7 @@ mod tests {
                 bytes::Bytes::from(format!("{i}")),
             );
         }
-        let r = q.flush(&sock).await;
+        let r = q.flush(&sock);
         assert_eq!((r.failed, r.dropped), (0, 0));
         q.collect_icmp(&sock);
         let mut got: Vec<SocketAddr> = q
