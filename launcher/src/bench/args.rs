@@ -69,6 +69,12 @@ pub struct BenchArgs {
     /// `chatserver` start.
     #[arg(long)]
     pub secret: bool,
+    /// The servers' `--busy-poll-us`: how long each keeps polling its
+    /// socket after traffic before it sleeps (default: the server's, 20).
+    /// 400 or more keeps the servers awake between the messages of a
+    /// steady load (lower latency, more CPU: see BENCHMARKS.md, W2).
+    #[arg(long, value_name = "US")]
+    pub busy_poll_us: Option<u64>,
     /// w2: how long before each send deadline the sender busy-waits (µs).
     #[arg(long, default_value_t = 100, value_name = "US")]
     pub spin_us: u64,

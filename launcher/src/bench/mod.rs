@@ -69,6 +69,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         scale: a.scale,
         window: a.window.map(|w| w.max(1)),
         secret_file,
+        busy_poll_us: a.busy_poll_us,
         spin: Duration::from_micros(a.spin_us),
         gro: !a.no_gro,
         progress: !a.quiet,
@@ -84,8 +85,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let machine = machine::machine();
     crate::outln!(
-        "bench: {machine}; chatserver {}; server links {}; load clients read {}",
+        "bench: {machine}; chatserver {}{}; server links {}; load clients read {}",
         env.chatserver.display(),
+        match env.busy_poll_us {
+            Some(us) => format!(" --busy-poll-us {us}"),
+            None => String::new(),
+        },
         if env.secret_file.is_some() {
             "authenticated (--secret)"
         } else {

@@ -128,7 +128,20 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
     env.say(format!(
         "3 clients at 1,000 messages/s each, {messages} messages each"
     ));
+    // What the servers spend for this latency (polling costs CPU while it
+    // saves wake-ups): their CPU time over the run, per message sent.
+    let cpu_of = |pids: &[Option<i32>]| -> Option<u64> {
+        pids.iter()
+            .map(|p| p.and_then(crate::cluster::procfs::cpu_time).map(|c| c.total_ns()))
+            .sum()
+    };
+    let cpu_before = cpu_of(&running.pids);
+    let started = std::time::Instant::now();
     let result = latency::run(&plan);
+    let cpu_used = cpu_of(&running.pids)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let wall = started.elapsed().as_secs_f64();
     let (_, problems) = running.stop(Duration::from_secs(3));
     let r = result?;
     // The same clients against the relay floor (see `relay_floor`): it
@@ -185,6 +198,21 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
             floor.expected_deliveries,
             floor.pacing.lag_p99_us
         )),
+        Row::new(
+            "servers' CPU per message (3 servers summed)",
+            cpu_used.map(|ns| ns as f64 / 1_000.0 / r.sent.max(1) as f64),
+            "us",
+            None,
+        )
+        .note(match cpu_used {
+            Some(ns) => format!(
+                "{:.0}% of a core per server over the run ({:.1} s); --busy-poll-us {}",
+                100.0 * ns as f64 / 1e9 / wall.max(1e-9) / 3.0,
+                wall,
+                env.busy_poll_us.map_or("20 (default)".to_string(), |us| us.to_string())
+            ),
+            None => "no /proc/PID/schedstat".to_string(),
+        }),
         Row::new(
             "achieved send rate",
             Some(r.send_rate.round()),

@@ -25,6 +25,8 @@ pub struct Env {
     /// `--window`, if given.
     pub window: Option<u32>,
     pub secret_file: Option<PathBuf>,
+    /// The servers' `--busy-poll-us`, if given.
+    pub busy_poll_us: Option<u64>,
     pub spin: Duration,
     /// The load's clients read runs of deliveries whole (not `--no-gro`).
     pub gro: bool,
@@ -116,6 +118,10 @@ pub fn start_cluster_behind(
     if let Some(p) = &env.secret_file {
         extra_args.push("--secret-file".to_string());
         extra_args.push(p.to_string_lossy().into_owned());
+    }
+    if let Some(us) = env.busy_poll_us {
+        extra_args.push("--busy-poll-us".to_string());
+        extra_args.push(us.to_string());
     }
     let spec = ClusterSpec {
         cfg,
