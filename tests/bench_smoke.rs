@@ -171,7 +171,9 @@ fn w2_latency_runs_under_its_alias() {
     let cpu = row(rows, "servers' CPU per message");
     assert!(cpu["value"].as_f64().is_some_and(|v| v > 0.0), "{cpu:#}");
     assert!(
-        cpu["note"].as_str().is_some_and(|n| n.contains("--busy-poll-us 20 (default)")),
+        cpu["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("--busy-poll-us 20 (default)")),
         "{cpu:#}"
     );
 }
@@ -185,7 +187,9 @@ fn w2_takes_the_servers_polling_time() {
     let cpu = row(rows, "servers' CPU per message");
     assert!(cpu["value"].as_f64().is_some_and(|v| v > 0.0), "{cpu:#}");
     assert!(
-        cpu["note"].as_str().is_some_and(|n| n.ends_with("--busy-poll-us 400")),
+        cpu["note"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("--busy-poll-us 400")),
         "{cpu:#}"
     );
     let d = row(rows, "deliveries");

@@ -132,7 +132,10 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
     // saves wake-ups): their CPU time over the run, per message sent.
     let cpu_of = |pids: &[Option<i32>]| -> Option<u64> {
         pids.iter()
-            .map(|p| p.and_then(crate::cluster::procfs::cpu_time).map(|c| c.total_ns()))
+            .map(|p| {
+                p.and_then(crate::cluster::procfs::cpu_time)
+                    .map(|c| c.total_ns())
+            })
             .sum()
     };
     let cpu_before = cpu_of(&running.pids);
@@ -209,7 +212,8 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
                 "{:.0}% of a core per server over the run ({:.1} s); --busy-poll-us {}",
                 100.0 * ns as f64 / 1e9 / wall.max(1e-9) / 3.0,
                 wall,
-                env.busy_poll_us.map_or("20 (default)".to_string(), |us| us.to_string())
+                env.busy_poll_us
+                    .map_or("20 (default)".to_string(), |us| us.to_string())
             ),
             None => "no /proc/PID/schedstat".to_string(),
         }),
