@@ -167,13 +167,16 @@ fn w2_latency_runs_under_its_alias() {
     assert_eq!(floor["duplicates"], 0);
     assert_eq!(floor["check_ok"], true, "{floor:#}");
     assert!(row(rows, "relay floor")["value"].is_number());
-    // What the servers spent on it, with the setting it was spent under.
+    servers_cpu_under(rows, "--busy-poll-us 20 (default)");
+}
+
+/// W2's row of what the servers spent: a figure, with the polling setting
+/// it was spent under.
+fn servers_cpu_under(rows: &[serde_json::Value], setting: &str) {
     let cpu = row(rows, "servers' CPU per message");
     assert!(cpu["value"].as_f64().is_some_and(|v| v > 0.0), "{cpu:#}");
     assert!(
-        cpu["note"]
-            .as_str()
-            .is_some_and(|n| n.contains("--busy-poll-us 20 (default)")),
+        cpu["note"].as_str().is_some_and(|n| n.ends_with(setting)),
         "{cpu:#}"
     );
 }
@@ -184,14 +187,7 @@ fn w2_latency_runs_under_its_alias() {
 fn w2_takes_the_servers_polling_time() {
     let run = bench_with("w2", &["--busy-poll-us", "400"]);
     let rows = rows(&run, "w2");
-    let cpu = row(rows, "servers' CPU per message");
-    assert!(cpu["value"].as_f64().is_some_and(|v| v > 0.0), "{cpu:#}");
-    assert!(
-        cpu["note"]
-            .as_str()
-            .is_some_and(|n| n.ends_with("--busy-poll-us 400")),
-        "{cpu:#}"
-    );
+    servers_cpu_under(rows, "--busy-poll-us 400");
     let d = row(rows, "deliveries");
     assert_eq!(d["met"], true, "{d:#}");
 }
