@@ -256,7 +256,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let (control, inbox) = crate::control::channel().context("creating the loop's eventfd")?;
-    let (std_sock, metrics, _ready, shutdown) = rt.block_on(async {
+    let (std_sock, metrics, ready_file, shutdown) = rt.block_on(async {
         let (std_sock, granted) =
             crate::udp::bind_socket(entry.bind).with_context(|| format!("binding {} ({})", entry.bind, entry.name))?;
         // Bound before `ready`, so that a taken port fails the start.
@@ -345,7 +345,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .context("starting the async side's thread")?;
     let stats = server::run(std_sock, setup, inbox, runtime, metrics);
     // Not ready any more, before anything says it stopped.
-    drop(_ready);
+    drop(ready_file);
     drop(stop);
     let _ = async_side.join();
     let stats = stats?;
