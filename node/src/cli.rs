@@ -67,9 +67,9 @@ pub struct ServerArgs {
     /// After traffic, keep polling the socket this long (yielding the CPU)
     /// before sleeping in ppoll: lower latency at the cost of some CPU
     /// after traffic. 0 = off. 400 or more keeps a server awake between
-    /// the messages of a steady load of a few thousand a second: no hop
-    /// pays a wake-up (W2: p50 about 0.07-0.09 ms instead of 0.12-0.14 ms
-    /// here), at up to one core per server while that load lasts.
+    /// the messages of a steady load, so that no hop pays a wake-up: the
+    /// lowest latency, at up to one core per server while such a load
+    /// lasts (figures in BENCHMARKS.md).
     #[arg(long, default_value_t = 20, value_name = "US")]
     pub busy_poll_us: u64,
     /// Admission window: this server accepts a post only while every server
