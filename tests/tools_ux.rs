@@ -199,3 +199,32 @@ fn verbose_levels_and_unescaped_client_text() {
         "per-packet chatter at -v:\n{all}"
     );
 }
+
+/// The polling time after traffic comes from `--busy-poll-us`, else the
+/// TOML file's `busy_poll_us`, else 20 µs; the ready line says which.
+#[test]
+fn polling_comes_from_the_flag_then_the_file_then_the_default() {
+    let dir = Scratch::new("tools-busy-poll");
+    let ready = |file: &std::path::Path, args: &[&str]| -> String {
+        let mut cmd = Command::new(bin("chatserver"));
+        cmd.arg(file).arg("1").args(args);
+        let mut p = Proc::spawn("chatserver 1", cmd);
+        p.wait_stderr(" ready: ")
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let base = support::free_ports(1)[0];
+    let toml = dir.write(
+        "cluster.toml",
+        &format!("[cluster]\nbusy_poll_us = 400\n\n[nodes]\ncount = 1\nbase_port = {base}\n"),
+    );
+    let line = ready(&toml, &[]);
+    assert!(line.contains("polls 400 us after traffic"), "{line}");
+    let line = ready(&toml, &["--busy-poll-us", "0"]);
+    assert!(line.contains("polls 0 us after traffic"), "{line}");
+    let (text, _, _) = legacy_config(1, false);
+    let legacy = dir.write("servers.txt", &text);
+    let line = ready(&legacy, &[]);
+    assert!(line.contains("polls 20 us after traffic"), "{line}");
+}

@@ -69,9 +69,10 @@ pub struct ServerArgs {
     /// after traffic. 0 = off. 400 or more keeps a server awake between
     /// the messages of a steady load, so that no hop pays a wake-up: the
     /// lowest latency, at up to one core per server while such a load
-    /// lasts (figures in BENCHMARKS.md).
-    #[arg(long, default_value_t = 20, value_name = "US")]
-    pub busy_poll_us: u64,
+    /// lasts (figures in BENCHMARKS.md). Default: the cluster file's
+    /// `busy_poll_us`, else 20.
+    #[arg(long, value_name = "US")]
+    pub busy_poll_us: Option<u64>,
     /// Admission window: this server accepts a post only while every server
     /// has fewer than N of its messages not yet delivered (flow control; a
     /// flooding client is refused at the edge, fairly).
@@ -174,6 +175,10 @@ pub fn key_from_secret(secret: &[u8]) -> [u8; 32] {
     blake3::derive_key("chatroom server links v1", secret)
 }
 
+/// How long a server keeps polling after traffic unless told otherwise:
+/// enough for the next hop of a busy round, cheap at any load.
+pub const DEFAULT_BUSY_POLL_US: u64 = 20;
+
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let cluster = config::load_with(
         &args.config,
@@ -249,6 +254,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         membership.suspect_us / 1000,
         membership.heartbeat_us / 1000
     );
+    let busy_poll_us = args
+        .busy_poll_us
+        .or(cluster.busy_poll_us)
+        .unwrap_or(DEFAULT_BUSY_POLL_US);
     // The async side (signals, metrics, host-name lookups) runs on a
     // runtime of its own thread; the server's loop runs on this one.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -285,7 +294,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             None => None,
         };
         eprintln!(
-            "{me} ready: listening on {} (ordering {}, {} rooms, incarnation {incarnation}, receive buffer {} KiB){metrics_note}",
+            "{me} ready: listening on {} (ordering {}, {} rooms, incarnation {incarnation}, receive buffer {} KiB, polls {busy_poll_us} us after traffic){metrics_note}",
             entry.bind,
             strategy.name,
             rooms,
@@ -301,7 +310,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         max_clients: args.max_clients,
         incarnation,
         key,
-        busy_poll_us: args.busy_poll_us,
+        busy_poll_us,
         window: args.admission_window as usize,
         max_clock_skew_us: args.max_clock_skew_ms.saturating_mul(1000),
         membership,

@@ -132,6 +132,10 @@ pub struct ClusterConfig {
     /// Ordering mode from the file (TOML); `None` for legacy files.
     pub ordering: Option<String>,
     pub rooms: u32,
+    /// How long each server keeps polling after traffic (TOML
+    /// `busy_poll_us`; `chatserver --busy-poll-us` overrides it); `None`:
+    /// the server's default.
+    pub busy_poll_us: Option<u64>,
     pub servers: Vec<ServerEntry>,
     /// Failure detection and quorum (TOML `[membership]`); unset values
     /// take the defaults of [`orderings::MembershipConfig`].
@@ -351,6 +355,7 @@ pub fn parse_legacy_with(
             format: ConfigFormat::Legacy,
             ordering: None,
             rooms: DEFAULT_ROOMS,
+            busy_poll_us: None,
             servers,
             membership: MembershipSettings::default(),
         },

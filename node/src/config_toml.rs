@@ -7,6 +7,8 @@
 //! [cluster]
 //! ordering = "total"         # a registered mode; `launcher up -o` overrides it
 //! rooms = 10                 # rooms 1..=rooms
+//! busy_poll_us = 400         # polling after traffic, 0..=5000 (default 20;
+//!                            # `chatserver --busy-poll-us` overrides it)
 //!
 //! [nodes]                    # N nodes on consecutive ports of one host ...
 //! count = 3                  # required
@@ -75,6 +77,7 @@ struct ClusterTable {
     _name: Option<IgnoredAny>,
     ordering: Option<Spanned<String>>,
     rooms: Option<Int<1, { u32::MAX as i64 }>>,
+    busy_poll_us: Option<Int<0, { MAX_BUSY_POLL_US as i64 }>>,
     #[serde(rename = "chatserver")]
     _chatserver: Option<IgnoredAny>,
     #[serde(rename = "state_dir")]
@@ -90,6 +93,10 @@ struct ClusterTable {
 }
 
 type Port = Int<1, 65535>;
+
+/// The most polling a file may ask for: one poll never lasts longer than
+/// 5 ms (the loop's timers and shutdown run at least that often).
+pub const MAX_BUSY_POLL_US: u64 = 5_000;
 
 impl TomlTable for ClusterTable {
     const EXPECTING: &'static str = "the [cluster] table";
@@ -371,6 +378,7 @@ pub fn parse_toml_with(path: &Path, text: &str, limits: ConfigLimits) -> Result<
         format: ConfigFormat::Toml,
         ordering: None,
         rooms: DEFAULT_ROOMS,
+        busy_poll_us: None,
         servers: Vec::new(),
         membership: config::MembershipSettings::default(),
     };
@@ -382,6 +390,9 @@ pub fn parse_toml_with(path: &Path, text: &str, limits: ConfigLimits) -> Result<
         }
         if let Some(Int(r)) = c.rooms {
             cfg.rooms = r as u32; // in 1..=u32::MAX
+        }
+        if let Some(Int(us)) = c.busy_poll_us {
+            cfg.busy_poll_us = Some(us as u64); // in 0..=MAX_BUSY_POLL_US
         }
     }
     let (servers, origins) = match (file.nodes, file.node) {
@@ -744,6 +755,7 @@ mod tests {
         assert_eq!(c.format, ConfigFormat::Toml);
         assert_eq!(c.rooms, DEFAULT_ROOMS);
         assert_eq!(c.ordering, None);
+        assert_eq!(c.busy_poll_us, None);
         assert_eq!(c.servers.len(), 3);
         assert_eq!(c.servers[2].name, "s3");
         assert_eq!(c.servers[2].bind, "127.0.0.1:5002".parse().unwrap());
@@ -753,12 +765,13 @@ mod tests {
 
     #[test]
     fn explicit_nodes() {
-        let text = "[cluster]\nordering = \"fifo\"\nrooms = 20\n\n\
+        let text = "[cluster]\nordering = \"fifo\"\nrooms = 20\nbusy_poll_us = 400\n\
                     [[node]]\nname = \"alpha\"\nbind = \"127.0.0.1:5000\"\nforward = \"127.0.0.1:8000\"\n\n\
                     [[node]]\nbind = \"localhost:5001\"\n";
         let c = p(text).unwrap();
         assert_eq!(c.ordering.as_deref(), Some("fifo"));
         assert_eq!(c.rooms, 20);
+        assert_eq!(c.busy_poll_us, Some(400));
         assert_eq!(c.servers[0].name, "alpha");
         assert_eq!(c.servers[0].forward, "127.0.0.1:8000".parse().unwrap());
         assert_eq!(c.servers[0].line, 7);
@@ -1008,6 +1021,16 @@ mod tests {
             &format!("[cluster]\nrooms = -1\n{NODES}"),
             2,
             &["cluster.rooms"],
+        );
+        assert_err(
+            &format!("[cluster]\nbusy_poll_us = 5001\n{NODES}"),
+            2,
+            &["cluster.busy_poll_us", "out of range"],
+        );
+        assert_err(
+            &format!("[cluster]\nbusy_poll_us = -1\n{NODES}"),
+            2,
+            &["cluster.busy_poll_us"],
         );
         assert_err(
             &format!("[cluster]\nrooms = \"ten\"\n{NODES}"),

@@ -194,6 +194,8 @@ struct ClusterKeys {
     _ordering: Option<IgnoredAny>,
     #[serde(rename = "rooms")]
     _rooms: Option<IgnoredAny>,
+    #[serde(rename = "busy_poll_us")]
+    _busy_poll_us: Option<IgnoredAny>,
     chatserver: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     secret: Option<Spanned<String>>,
@@ -544,6 +546,7 @@ mod tests {
 name = "demo-1"
 ordering = "fifo"
 rooms = 20
+busy_poll_us = 400
 chatserver = "bin/chatserver"
 state_dir = "/tmp/x"
 secret = "hunter2"
@@ -575,8 +578,9 @@ seed = 7
         let ClusterFile { cfg, settings: s } = p(text).unwrap();
         assert_eq!(cfg.ordering.as_deref(), Some("fifo"));
         assert_eq!(cfg.rooms, 20);
+        assert_eq!(cfg.busy_poll_us, Some(400));
         assert_eq!(cfg.servers[0].name, "alpha");
-        assert_eq!(cfg.servers[0].line, 14);
+        assert_eq!(cfg.servers[0].line, 15);
         assert_eq!(cfg.servers[1].name, "s2");
         assert_eq!(s.name, "demo-1");
         assert_eq!(s.chatserver, Some(PathBuf::from("/cfg/bin/chatserver")));
