@@ -68,6 +68,21 @@ fn bench_with(name: &str, extra: &[&str]) -> Run {
     let report: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(report["ok"], true, "{report:#}");
     assert!(report["machine"]["nproc"].as_u64().unwrap() >= 1);
+    // How idle CPUs wait decides what a wake-up costs: the report says it
+    // wherever the kernel does.
+    if let Ok(driver) = std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver") {
+        assert_eq!(
+            report["machine"]["idle"]["driver"].as_str(),
+            Some(driver.trim()),
+            "{:#}",
+            report["machine"]
+        );
+        assert!(
+            stderr.contains(&format!("idle CPUs: {}/", driver.trim()))
+                || stdout.contains(&format!("idle CPUs: {}/", driver.trim())),
+            "the machine line names the idle driver:\n{stdout}\n{stderr}"
+        );
+    }
     Run { stdout, report }
 }
 

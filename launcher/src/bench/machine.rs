@@ -2,7 +2,7 @@
 //! external measuring tools (perf, strace, valgrind) on `PATH`.
 
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The machine the figures come from.
 #[derive(Debug, Clone, Serialize)]
@@ -11,6 +11,67 @@ pub struct Machine {
     pub cpu_model: String,
     pub kernel: String,
     pub memory_gib: f64,
+    /// How an idle CPU waits for work; `None` where sysfs does not say.
+    pub idle: Option<IdleWait>,
+}
+
+/// How the machine's idle CPUs wait (cpuidle), which sets what waking a
+/// sleeping process costs: every hop of a delivery to a server or client
+/// that sleeps pays it. In a KVM guest an idle virtual CPU that halts is
+/// descheduled by the hypervisor and woken by an interrupt through it, tens
+/// of microseconds; with guest halt polling it polls for a while first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IdleWait {
+    /// The cpuidle driver (`haltpoll`, `intel_idle`, `acpi_idle`, ...).
+    pub driver: String,
+    /// The cpuidle governor (`haltpoll`, `menu`, `teo`, ...).
+    pub governor: String,
+    /// Most nanoseconds an idle virtual CPU polls before it halts
+    /// (`/sys/module/haltpoll/parameters/guest_halt_poll_ns`); `None`
+    /// without the haltpoll driver's module.
+    pub guest_halt_poll_ns: Option<u64>,
+}
+
+impl IdleWait {
+    /// Reads it under `root` (`/` on a live machine; a test's tree
+    /// otherwise).
+    pub fn read(root: &Path) -> Option<IdleWait> {
+        let text = |p: &str| {
+            std::fs::read_to_string(root.join(p))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        let cpuidle = "sys/devices/system/cpu/cpuidle";
+        let driver = text(&format!("{cpuidle}/current_driver"))?;
+        let governor = text(&format!("{cpuidle}/current_governor"))
+            .or_else(|| text(&format!("{cpuidle}/current_governor_ro")))
+            .unwrap_or_else(|| "unknown".into());
+        let guest_halt_poll_ns =
+            text("sys/module/haltpoll/parameters/guest_halt_poll_ns").and_then(|v| v.parse().ok());
+        Some(IdleWait {
+            driver,
+            governor,
+            guest_halt_poll_ns,
+        })
+    }
+
+    /// A guest whose idle CPUs halt at once: the haltpoll driver with its
+    /// polling turned off.
+    pub fn halts_at_once(&self) -> bool {
+        self.driver == "haltpoll" && self.guest_halt_poll_ns == Some(0)
+    }
+}
+
+impl std::fmt::Display for IdleWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "idle CPUs: {}/{}", self.driver, self.governor)?;
+        match self.guest_halt_poll_ns {
+            Some(0) => write!(f, ", guest halt polling off"),
+            Some(ns) => write!(f, ", guest halt polling up to {} us", ns / 1_000),
+            None => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Display for Machine {
@@ -19,7 +80,11 @@ impl std::fmt::Display for Machine {
             f,
             "{} CPUs ({}), {:.1} GiB, Linux {}",
             self.nproc, self.cpu_model, self.memory_gib, self.kernel
-        )
+        )?;
+        match &self.idle {
+            Some(idle) => write!(f, "; {idle}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -51,6 +116,7 @@ pub fn machine() -> Machine {
         cpu_model,
         kernel,
         memory_gib,
+        idle: IdleWait::read(Path::new("/")),
     }
 }
 
@@ -139,6 +205,55 @@ mod tests {
         assert!(machine().nproc >= 1);
         assert!(which("sh").is_some());
         assert!(which("no-such-program-here").is_none());
+    }
+
+    #[test]
+    fn idle_wait_reads_the_driver_governor_and_guest_halt_polling() {
+        let root = std::env::temp_dir().join(format!("idle-wait-{}", std::process::id()));
+        let put = |p: &str, v: &str| {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        assert_eq!(IdleWait::read(&root), None, "no sysfs, nothing said");
+        put(
+            "sys/devices/system/cpu/cpuidle/current_driver",
+            "intel_idle\n",
+        );
+        put(
+            "sys/devices/system/cpu/cpuidle/current_governor_ro",
+            "menu\n",
+        );
+        let bare = IdleWait::read(&root).unwrap();
+        assert_eq!(bare.to_string(), "idle CPUs: intel_idle/menu");
+        assert!(!bare.halts_at_once());
+        put(
+            "sys/devices/system/cpu/cpuidle/current_driver",
+            "haltpoll\n",
+        );
+        put(
+            "sys/devices/system/cpu/cpuidle/current_governor",
+            "haltpoll\n",
+        );
+        put("sys/module/haltpoll/parameters/guest_halt_poll_ns", "0\n");
+        let off = IdleWait::read(&root).unwrap();
+        assert_eq!(
+            off.to_string(),
+            "idle CPUs: haltpoll/haltpoll, guest halt polling off"
+        );
+        assert!(off.halts_at_once());
+        put(
+            "sys/module/haltpoll/parameters/guest_halt_poll_ns",
+            "400000\n",
+        );
+        let on = IdleWait::read(&root).unwrap();
+        assert_eq!(on.guest_halt_poll_ns, Some(400_000));
+        assert_eq!(
+            on.to_string(),
+            "idle CPUs: haltpoll/haltpoll, guest halt polling up to 400 us"
+        );
+        assert!(!on.halts_at_once());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -233,6 +233,16 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
         r.clients,
         env.spin.as_micros()
     )];
+    if super::machine::IdleWait::read(std::path::Path::new("/")).is_some_and(|w| w.halts_at_once())
+    {
+        notes.push(
+            "this virtual machine's idle CPUs halt at once (guest halt polling off: \
+             /sys/module/haltpoll/parameters/guest_halt_poll_ns is 0), so every hop to a \
+             process that sleeps waits for the hypervisor to wake a CPU; the relay floor \
+             pays it too (BENCHMARKS.md, \"Idle CPUs that wake fast\")"
+                .to_string(),
+        );
+    }
     notes.extend(problems);
     if !r.check_ok {
         notes.push(r.check.clone());
