@@ -182,7 +182,13 @@ fn w2_latency_runs_under_its_alias() {
     assert_eq!(floor["duplicates"], 0);
     assert_eq!(floor["check_ok"], true, "{floor:#}");
     assert!(row(rows, "relay floor")["value"].is_number());
-    servers_cpu_under(rows, "--busy-poll-us 20 (default)");
+    servers_cpu_under(
+        rows,
+        &format!(
+            "--busy-poll-us {} (default)",
+            node::cli::DEFAULT_BUSY_POLL_US
+        ),
+    );
 }
 
 /// W2's row of what the servers spent: a figure, with the polling setting

@@ -70,7 +70,7 @@ pub struct ServerArgs {
     /// the messages of a steady load, so that no hop pays a wake-up: the
     /// lowest latency, at up to one core per server while such a load
     /// lasts (figures in BENCHMARKS.md). Default: the cluster file's
-    /// `busy_poll_us`, else 20.
+    /// `busy_poll_us`, else 50.
     #[arg(long, value_name = "US")]
     pub busy_poll_us: Option<u64>,
     /// Admission window: this server accepts a post only while every server
@@ -176,8 +176,11 @@ pub fn key_from_secret(secret: &[u8]) -> [u8; 32] {
 }
 
 /// How long a server keeps polling after traffic unless told otherwise:
-/// enough for the next hop of a busy round, cheap at any load.
-pub const DEFAULT_BUSY_POLL_US: u64 = 20;
+/// long enough for the replies of a round under way (a hop there and back
+/// on a quiet machine), so they do not each pay a wake-up; cheap at any
+/// load (a server at full speed never polls an empty socket, a light one
+/// polls 50 µs per burst). 20 µs missed the round's second hop.
+pub const DEFAULT_BUSY_POLL_US: u64 = 50;
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let cluster = config::load_with(

@@ -7,7 +7,7 @@
 //! [cluster]
 //! ordering = "total"         # a registered mode; `launcher up -o` overrides it
 //! rooms = 10                 # rooms 1..=rooms
-//! busy_poll_us = 400         # polling after traffic, 0..=5000 (default 20;
+//! busy_poll_us = 400         # polling after traffic, 0..=5000 (default 50;
 //!                            # `chatserver --busy-poll-us` overrides it)
 //!
 //! [nodes]                    # N nodes on consecutive ports of one host ...

@@ -212,8 +212,10 @@ fn w2(env: &Env) -> anyhow::Result<PresetReport> {
                 "{:.0}% of a core per server over the run ({:.1} s); --busy-poll-us {}",
                 100.0 * ns as f64 / 1e9 / wall.max(1e-9) / 3.0,
                 wall,
-                env.busy_poll_us
-                    .map_or("20 (default)".to_string(), |us| us.to_string())
+                env.busy_poll_us.map_or(
+                    format!("{} (default)", node::cli::DEFAULT_BUSY_POLL_US),
+                    |us| us.to_string()
+                )
             ),
             None => "no /proc/PID/schedstat".to_string(),
         }),
