@@ -482,11 +482,11 @@ pub struct LoadResult {
     pub arrival_latency: Option<Histogram<u64>>,
     pub setup: Duration,
     /// From the first send to the last send, less the last send's lateness
-    /// to its schedule up to [`PACER_TICK`]: the pacer sleeps on tokio's
-    /// timer, which rounds up to the millisecond, and a last send that
-    /// went out a fraction of a millisecond late for that reason would
-    /// read as a rate below the one offered (4,999 of 5,000 messages/s in
-    /// W3) though nothing waited on the servers.
+    /// to its schedule up to the pacer's timer tick (1 ms): the pacer
+    /// sleeps on tokio's timer, which rounds up to the millisecond, and a
+    /// last send that went out a fraction of a millisecond late for that
+    /// reason would read as a rate below the one offered (4,999 of 5,000
+    /// messages/s in W3) though nothing waited on the servers.
     pub send_duration: Duration,
     /// From the first send to the last first-time delivery.
     pub run_duration: Duration,
