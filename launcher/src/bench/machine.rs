@@ -209,13 +209,15 @@ mod tests {
 
     #[test]
     fn idle_wait_reads_the_driver_governor_and_guest_halt_polling() {
-        let root = std::env::temp_dir().join(format!("idle-wait-{}", std::process::id()));
+        // Removed on drop, also when an assertion fails.
+        let scratch = crate::cluster::ScratchDir::new("idle-wait").unwrap();
+        let root = scratch.path();
         let put = |p: &str, v: &str| {
             let p = root.join(p);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, v).unwrap();
         };
-        assert_eq!(IdleWait::read(&root), None, "no sysfs, nothing said");
+        assert_eq!(IdleWait::read(root), None, "no sysfs, nothing said");
         put(
             "sys/devices/system/cpu/cpuidle/current_driver",
             "intel_idle\n",
@@ -224,7 +226,7 @@ mod tests {
             "sys/devices/system/cpu/cpuidle/current_governor_ro",
             "menu\n",
         );
-        let bare = IdleWait::read(&root).unwrap();
+        let bare = IdleWait::read(root).unwrap();
         assert_eq!(bare.to_string(), "idle CPUs: intel_idle/menu");
         assert!(!bare.halts_at_once());
         put(
@@ -236,7 +238,7 @@ mod tests {
             "haltpoll\n",
         );
         put("sys/module/haltpoll/parameters/guest_halt_poll_ns", "0\n");
-        let off = IdleWait::read(&root).unwrap();
+        let off = IdleWait::read(root).unwrap();
         assert_eq!(
             off.to_string(),
             "idle CPUs: haltpoll/haltpoll, guest halt polling off"
@@ -246,14 +248,13 @@ mod tests {
             "sys/module/haltpoll/parameters/guest_halt_poll_ns",
             "400000\n",
         );
-        let on = IdleWait::read(&root).unwrap();
+        let on = IdleWait::read(root).unwrap();
         assert_eq!(on.guest_halt_poll_ns, Some(400_000));
         assert_eq!(
             on.to_string(),
             "idle CPUs: haltpoll/haltpoll, guest halt polling up to 400 us"
         );
         assert!(!on.halts_at_once());
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
